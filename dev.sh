@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# sarclym-node developer entry point. Sets everything up on a fresh Debian 12 machine (root or
+# sudo): Debian packages (DCMTK, dicom3tools, Orthanc, Redis, pixelmed), a virtualenv in .venv with
+# the CPU build of torch first, then the project in editable mode with its test tools.
+#
+#   ./dev.sh node     set up, then run the node on its embedded defaults
+#   ./dev.sh test     set up, then run the whole test suite (lint, types, tests, benchmarks)
+#   ./dev.sh setup    set up only
+#   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server)
+# What each package gives us, to tell whether apt-get is needed at all.
+APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /usr/sbin/Orthanc
+            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server)
+TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
+
+log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
+
+apt_setup() {
+  local missing=0
+  for probe in "${APT_PROBES[@]}"; do [ -e "$probe" ] || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  log "installing Debian packages: ${APT_PACKAGES[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${APT_PACKAGES[@]}" default-jre-headless >/dev/null
+}
+
+python_setup() {
+  local py=${PYTHON:-python3}
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$py" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.sarclym-setup"
+  local want
+  want=$(cat pyproject.toml dev.sh | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "installing Python packages ($TORCH_PIN first)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$TORCH_PIN"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,codecs]"
+  echo "$want" > "$stamp"
+}
+
+setup() { apt_setup; python_setup; }
+
+run_tests() {
+  log "ruff"
+  "$VENV/bin/ruff" check node model tests
+  "$VENV/bin/ruff" format --check node model tests
+  log "mypy"
+  "$VENV/bin/mypy" node model
+  log "pytest"
+  "$VENV/bin/python" -m pytest "$@"
+}
+
+run_node() {
+  # The node's listener and worker arrive with issue 5 (`sarclym-node serve`). Until then this
+  # command writes a small synthetic demo cohort, as a scanner would produce it.
+  local out="$ROOT/var/demo"
+  log "no listener yet: writing a demo synthetic cohort to $out"
+  "$VENV/bin/sarclym-node" synth --out "$out" --cases 6 --seed 1 --contact-sheet "$out/contact_sheet.png"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  node)  setup; run_node "$@" ;;
+  test)  setup; run_tests "$@" ;;
+  bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
+  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+esac

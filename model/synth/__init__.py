@@ -1,0 +1,1 @@
+"""Synthetic FDG PET/CT cohort (sarcoidosis vs lymphoma) for tests, demos and default weights."""
