@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -14,6 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sarclym.node.errors import InputError
 from sarclym.node.send import SendReport, send_files
+
+if TYPE_CHECKING:
+    from sarclym.model.synth.cohort import GeneratedStudy
+    from sarclym.model.synth.contact import SheetItem
 
 log = structlog.get_logger(__name__)
 
@@ -58,14 +63,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
     mip = {"random": None, "yes": True, "no": False}[args.mip_series]
     totals = SendReport()
-    sheet_items = []
+    sheet_items: list[SheetItem] = []
 
     with _progress(args.cases) as progress:
 
-        def on_study(study: object) -> None:
-            from sarclym.model.synth.cohort import GeneratedStudy
-
-            assert isinstance(study, GeneratedStudy)
+        def on_study(study: GeneratedStudy) -> None:
             index = len(sheet_items)
             sheet_items.append(
                 (

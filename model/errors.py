@@ -1,0 +1,57 @@
+"""Exceptions of :mod:`sarclym.model`.
+
+One tree; everything the model package raises on purpose derives from
+:class:`SarclymModelError`::
+
+    SarclymModelError(Exception)
+     +-- SeriesRejected              the series is not analysed (reason, attribute)
+          +-- SUVNotComputable       a quantity SUVbw needs is missing or invalid
+          +-- GeometryError          gaps, oblique orientation, duplicate positions,
+                                     inconsistent spacing or size
+
+:class:`SeriesRejected` carries a human-readable ``reason`` (shown on the dashboard and in
+logs as ``"skipped: <reason>"``) and, where one attribute is to blame, its DICOM keyword in
+``attribute``. Errors from pydicom or its pixel handlers are translated once, at the boundary
+(:func:`sarclym.model.volume.build_volume`), with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GeometryError", "SUVNotComputable", "SarclymModelError", "SeriesRejected"]
+
+
+class SarclymModelError(Exception):
+    """Base class of every error :mod:`sarclym.model` raises on purpose."""
+
+
+class SeriesRejected(SarclymModelError):
+    """A series cannot or must not be analysed.
+
+    Parameters
+    ----------
+    reason : str
+        Human-readable reason, e.g. ``"CorrectedImage lacks ATTN (NAC)"``. Never contains PHI.
+    attribute : str or None, optional
+        Keyword of the DICOM attribute concerned, e.g. ``"CorrectedImage"``.
+    """
+
+    def __init__(self, reason: str, attribute: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attribute = attribute
+
+
+class SUVNotComputable(SeriesRejected):
+    """SUVbw cannot be computed, e.g. (0010,1030) *Patient's Weight* is missing or zero.
+
+    The ``reason`` names the attribute and its tag:
+    ``"PatientWeight (0010,1030) missing or zero: SUVbw not computable"``.
+    """
+
+
+class GeometryError(SeriesRejected):
+    """The slices do not form a regular, axis-aligned volume.
+
+    Raised for oblique orientations, gaps, duplicate positions and inconsistent
+    (0028,0030) *Pixel Spacing* or (0028,0010)/(0028,0011) *Rows*/*Columns*.
+    """

@@ -1,0 +1,45 @@
+"""Packaging: namespaced imports only, every sub-package listed, py.typed shipped."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pyproject() -> dict:  # type: ignore[type-arg]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_listed() -> None:
+    tool = _pyproject()["tool"]["setuptools"]
+    mapping = tool["package-dir"]
+    listed = set(tool["packages"])
+    found = set()
+    for name, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([name, *rel.parts]) if rel.parts else name)
+    assert found == listed, "pyproject [tool.setuptools] packages is out of date"
+
+
+def test_no_bare_node_or_model_import() -> None:
+    """The installed distribution exposes only the ``sarclym`` top-level name."""
+    dist = importlib.metadata.distribution("sarclym-node")
+    assert (dist.read_text("top_level.txt") or "").split() == ["sarclym"]
+    assert importlib.util.find_spec("sarclym.node") is not None
+    assert importlib.util.find_spec("sarclym.model") is not None
+
+
+def test_typed_markers() -> None:
+    assert (ROOT / "node" / "py.typed").exists()
+    assert (ROOT / "model" / "py.typed").exists()
+
+
+def test_torch_range_left_open_for_gpu_users() -> None:
+    deps = _pyproject()["project"]["dependencies"]
+    torch = [d for d in deps if d.startswith("torch")]
+    assert torch == ["torch>=2.2"]
