@@ -5,9 +5,12 @@ One tree; everything the model package raises on purpose derives from
 
     SarclymModelError(Exception)
      +-- SeriesRejected              the series is not analysed (reason, attribute)
-          +-- SUVNotComputable       a quantity SUVbw needs is missing or invalid
-          +-- GeometryError          gaps, oblique orientation, duplicate positions,
-                                     inconsistent spacing or size
+     |    +-- SUVNotComputable       a quantity SUVbw needs is missing or invalid
+     |    +-- GeometryError          gaps, oblique orientation, duplicate positions,
+     |                               inconsistent spacing or size
+     +-- LabelsError                 a retraining labels file is unusable
+     +-- RegistryError               model registry: bad or existing version, AUC gate refused,
+                                     weights missing, modified (SHA-256) or corrupt
 
 :class:`SeriesRejected` carries a human-readable ``reason`` (shown on the dashboard and in
 logs as ``"skipped: <reason>"``) and, where one attribute is to blame, its DICOM keyword in
@@ -17,7 +20,14 @@ logs as ``"skipped: <reason>"``) and, where one attribute is to blame, its DICOM
 
 from __future__ import annotations
 
-__all__ = ["GeometryError", "SUVNotComputable", "SarclymModelError", "SeriesRejected"]
+__all__ = [
+    "GeometryError",
+    "LabelsError",
+    "RegistryError",
+    "SUVNotComputable",
+    "SarclymModelError",
+    "SeriesRejected",
+]
 
 
 class SarclymModelError(Exception):
@@ -54,4 +64,17 @@ class GeometryError(SeriesRejected):
 
     Raised for oblique orientations, gaps, duplicate positions and inconsistent
     (0028,0030) *Pixel Spacing* or (0028,0010)/(0028,0011) *Rows*/*Columns*.
+    """
+
+
+class LabelsError(SarclymModelError):
+    """A labels file for retraining is unusable (names the file, line and what was expected)."""
+
+
+class RegistryError(SarclymModelError):
+    """The model registry refused or failed an operation.
+
+    The message names the version, and the file where one is to blame (e.g. a
+    ``weights.safetensors`` whose SHA-256 does not match its model card, or the AUC and the
+    gate of a refused activation).
     """
