@@ -7,6 +7,7 @@
 #   ./dev.sh test     set up, then run the whole test suite (lint, types, tests, benchmarks)
 #   ./dev.sh setup    set up only
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
+#   ./dev.sh mypy     type-check only
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -49,12 +50,21 @@ python_setup() {
 
 setup() { apt_setup; python_setup; }
 
+run_mypy() {
+  # mypy cannot follow the editable install's package-dir mapping (node/ -> sarclym.node), so
+  # give it a tree with the installed names, made of links to the source folders.
+  mkdir -p build/mypy/sarclym
+  ln -sfn ../../../node build/mypy/sarclym/node
+  ln -sfn ../../../model build/mypy/sarclym/model
+  MYPYPATH=build/mypy "$VENV/bin/mypy" -p sarclym.node -p sarclym.model
+}
+
 run_tests() {
   log "ruff"
   "$VENV/bin/ruff" check node model tests
   "$VENV/bin/ruff" format --check node model tests
   log "mypy"
-  "$VENV/bin/mypy" node model
+  run_mypy
   log "pytest"
   "$VENV/bin/python" -m pytest "$@"
 }
@@ -73,6 +83,7 @@ case "$cmd" in
   setup) setup ;;
   node)  setup; run_node "$@" ;;
   test)  setup; run_tests "$@" ;;
+  mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
-  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
 esac

@@ -138,8 +138,11 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs whole DIMSE messages and dataset summaries at DEBUG: keep it at INFO+.
-    logging.getLogger("pynetdicom").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # pynetdicom logs a line per DIMSE message at INFO and message dumps at DEBUG: warnings
+    # only, unless the node itself is at DEBUG.
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if level == "DEBUG" else max(logging.WARNING, logging.getLevelName(level))
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

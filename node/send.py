@@ -133,7 +133,7 @@ def send_files(
                     StoreFailure(rest, None, "association lost") for rest in files[index:]
                 )
                 break
-            _store_one(assoc, path, report)
+            _store_one(assoc, path, report, msg_id=index % 65535 + 1)
             if on_sent is not None:
                 on_sent(path)
     finally:
@@ -165,10 +165,10 @@ def set_nodelay(assoc: Association) -> None:
         wrapped.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _store_one(assoc: Association, path: Path, report: SendReport) -> None:
+def _store_one(assoc: Association, path: Path, report: SendReport, *, msg_id: int) -> None:
     try:
         # Read it ourselves: pynetdicom 3.0 leaves a file it was given by path open.
-        rsp = assoc.send_c_store(dcmread(path))
+        rsp = assoc.send_c_store(dcmread(path), msg_id=msg_id)
     except ValueError as exc:
         # pynetdicom: no accepted presentation context fits this SOP class / transfer syntax.
         report.failures.append(StoreFailure(path, None, f"not sendable: {exc}"))
