@@ -103,6 +103,7 @@ def run_synth(args: argparse.Namespace) -> int:
             vendor=args.vendor,
             transfer_syntax=args.transfer_syntax,
             mip_series=mip,
+            jobs=args.jobs,
             on_study=on_study,
         )
 

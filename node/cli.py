@@ -136,6 +136,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="send each study's instances in a random (seeded) order, series interleaved",
     )
     synth.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes rendering studies (default 1; output is the same for any N)",
+    )
+    synth.add_argument(
         "--contact-sheet",
         type=Path,
         metavar="PNG",

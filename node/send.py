@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydicom import dcmread
@@ -23,7 +24,7 @@ from pynetdicom.association import Association
 
 from sarclym.node.errors import AssociationRejected, InputError
 
-__all__ = ["SendReport", "StoreFailure", "send_files", "set_nodelay"]
+__all__ = ["SendReport", "StoreFailure", "guard_responses", "send_files", "set_nodelay"]
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +128,7 @@ def send_files(
         raise AssociationRejected(f"association to {called_aet}@{host}:{port} {why}")
     try:
         set_nodelay(assoc)
+        guard_responses(assoc)
         for index, path in enumerate(files):
             if not assoc.is_established:
                 report.failures.extend(
@@ -156,6 +158,27 @@ def _close_failed_socket(assoc: Association) -> None:
     wrapped = assoc.dul.socket
     if wrapped is not None and wrapped.socket is not None:
         wrapped.socket.close()
+
+
+def guard_responses(assoc: Association) -> None:
+    """Hand DIMSE responses that the association's reactor thread took back to ``send_*``.
+
+    pynetdicom 3.0.4 pauses its reactor before ``send_c_store`` waits for the response, but the
+    reactor's ``_is_paused`` flag is briefly True while it is still running its loop; with a
+    fast peer (DCMTK, Orthanc on loopback) the reactor sometimes takes the C-STORE-RSP first,
+    logs "Received unexpected C-STORE service message" and drops it, and the sender waits a
+    whole DIMSE timeout for nothing (pynetdicom issues 435, 875). Putting the response back on
+    the DIMSE queue lets the waiting ``send_*`` call receive it.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_requeue(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
 
 
 def set_nodelay(assoc: Association) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -228,18 +230,47 @@ def iter_cohort(
     vendor: VendorChoice = "mixed",
     transfer_syntax: TransferSyntax | str = TransferSyntax.EXPLICIT,
     mip_series: bool | None = None,
+    jobs: int = 1,
 ) -> Iterator[GeneratedStudy]:
-    """Write the cases one by one, yielding each study as soon as it is on disk."""
-    for index, case in enumerate(cases):
-        yield generate_study(
-            case,
-            out / case.case_id,
-            seed=seed,
-            index=index,
-            vendor=vendor,
-            transfer_syntax=transfer_syntax,
-            mip_series=mip_series,
-        )
+    """Write the cases, yielding each study, in case order, as soon as it is on disk.
+
+    With ``jobs > 1`` the studies are rendered and written by that many worker processes;
+    every study is the same as with one process (each depends only on seed and index).
+    """
+    work = partial(
+        _generate_indexed,
+        out=out,
+        seed=seed,
+        vendor=str(vendor),
+        transfer_syntax=str(TransferSyntax(transfer_syntax).value),
+        mip_series=mip_series,
+    )
+    if jobs <= 1 or len(cases) <= 1:
+        yield from map(work, enumerate(cases))
+        return
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(work, enumerate(cases))
+
+
+def _generate_indexed(
+    item: tuple[int, Case],
+    *,
+    out: Path,
+    seed: int,
+    vendor: str,
+    transfer_syntax: str,
+    mip_series: bool | None,
+) -> GeneratedStudy:
+    index, case = item
+    return generate_study(
+        case,
+        out / case.case_id,
+        seed=seed,
+        index=index,
+        vendor=vendor,
+        transfer_syntax=transfer_syntax,
+        mip_series=mip_series,
+    )
 
 
 def write_labels_csv(path: Path, studies: Sequence[GeneratedStudy]) -> None:
@@ -259,6 +290,7 @@ def generate_cohort(
     vendor: VendorChoice = "mixed",
     transfer_syntax: TransferSyntax | str = TransferSyntax.EXPLICIT,
     mip_series: bool | None = None,
+    jobs: int = 1,
     on_study: Callable[[GeneratedStudy], None] | None = None,
 ) -> CohortResult:
     """Draw ``n`` cases, write them under ``out`` and write ``out/labels.csv``.
@@ -273,6 +305,8 @@ def generate_cohort(
         Cohort seed.
     vendor, transfer_syntax, mip_series
         See :func:`generate_study`.
+    jobs
+        Worker processes (see :func:`iter_cohort`).
     on_study
         Called with each study once it is on disk (progress, sending).
 
@@ -284,7 +318,13 @@ def generate_cohort(
     cases = draw_cohort(n, seed)
     studies = []
     for study in iter_cohort(
-        out, cases, seed=seed, vendor=vendor, transfer_syntax=transfer_syntax, mip_series=mip_series
+        out,
+        cases,
+        seed=seed,
+        vendor=vendor,
+        transfer_syntax=transfer_syntax,
+        mip_series=mip_series,
+        jobs=jobs,
     ):
         studies.append(study)
         if on_study is not None:

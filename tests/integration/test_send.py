@@ -128,3 +128,11 @@ def test_thread_safety_smoke(tmp_path: Path, storescp: StoreSCP) -> None:
     for t in threads:
         t.join(timeout=30)
     assert sorted(r.stored for r in reports) == [2, 2]
+
+
+def test_many_fast_responses_none_lost(tmp_path: Path, storescp: StoreSCP) -> None:
+    """Hundreds of tiny instances: pynetdicom's reactor race must not lose a response."""
+    files = [write_phi_file(tmp_path / f"{i}.dcm") for i in range(600)]
+    report = send_files(files, "127.0.0.1", storescp.port, called_aet=storescp.aet, timeout=10)
+    assert report.failures == []
+    assert report.stored == 600
