@@ -1,0 +1,88 @@
+"""The result objects against real validators: dciodvfy, pixelmed's SR validator, dsrdump.
+
+Each tool is skipped with the reason when it is not installed (``./dev.sh setup``). Warnings
+left (not errors): dciodvfy 2022 does not know (0018,1002) *Device UID* inside the
+Contributing Equipment Sequence (AIR asks for it there), so it calls the objects
+"Standard Extended SOP Class".
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmwrite
+
+from sarclym.node.results import SrKind, build_sc, build_sr
+from tests.conftest import require_tool
+from tests.results_fixtures import CREATED, make_prediction
+
+pytestmark = pytest.mark.integration
+
+KINDS: tuple[SrKind, ...] = ("comprehensive3d", "comprehensive", "enhanced")
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SC and the three SR kinds of a lymphoma prediction, written to disk."""
+    folder = tmp_path_factory.mktemp("results")
+    prediction, datasets = make_prediction("lymphoma")
+    sc = build_sc(prediction, datasets, created=CREATED)
+    out = {"sc": folder / "sc.dcm"}
+    dcmwrite(out["sc"], sc, enforce_file_format=True)
+    for kind in KINDS:
+        out[kind] = folder / f"sr_{kind}.dcm"
+        sr = build_sr(prediction, datasets, sc, created=CREATED, kind=kind)
+        dcmwrite(out[kind], sr, enforce_file_format=True)
+    return out
+
+
+def _run(cmd: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("name", ["sc", *KINDS])
+def test_dciodvfy_reports_no_error(files: dict[str, Path], name: str) -> None:
+    exe = require_tool("dciodvfy")
+    proc = _run([exe, str(files[name])])
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert errors == [], output
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pixelmed_sr_validator_reports_no_error(files: dict[str, Path], kind: str) -> None:
+    java = require_tool("java")
+    if not PIXELMED_JAR.exists():
+        pytest.skip(f"{PIXELMED_JAR} is not installed (apt-get install pixelmed-apps)")
+    proc = _run(
+        [
+            java,
+            "-Djdk.xml.xpathExprOpLimit=0",
+            "-Djdk.xml.xpathExprGrpLimit=0",
+            "-Djdk.xml.xpathTotalOpLimit=0",
+            "-cp",
+            str(PIXELMED_JAR),
+            "com.pixelmed.validate.DicomSRValidator",
+            "-describe",
+            "-checktemplateid",
+            "-checkcontentitemorder",
+            str(files[kind]),
+        ]
+    )
+    output = proc.stdout + proc.stderr
+    problems = [line for line in output.splitlines() if line.startswith(("Error", "Warning"))]
+    assert "Found Root Template TID_1500 (MeasurementReport)" in output, output[-4000:]
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dsrdump_renders_the_report(files: dict[str, Path], kind: str) -> None:
+    exe = require_tool("dsrdump")
+    proc = _run([exe, str(files[kind])])
+    assert proc.returncode == 0, proc.stderr
+    assert "Imaging Measurement Report" in proc.stdout
+    assert "Malignant lymphoma" in proc.stdout
+    assert "RESEARCH USE ONLY" in proc.stdout
