@@ -151,7 +151,7 @@ def build_sc(
         instance_number=1,
         manufacturer=MANUFACTURER,
         # Both views share one scale (render.sc_layout): one spacing fits every panel.
-        pixel_spacing=layout.pixel_spacing_mm,
+        pixel_spacing=layout.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int, takes float
         patient_orientation=("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[model_equipment(model, created)],

@@ -286,7 +286,7 @@ def build_sr(
     uids = result_uids(prediction)
     model = prediction.model
     observer = hd.sr.ObserverContext(
-        observer_type=DEVICE_OBSERVER,
+        observer_type=hd.sr.CodedConcept.from_code(DEVICE_OBSERVER),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=uids.device,
             name=model.name,

@@ -1,0 +1,152 @@
+"""Model registry: register, list, activate behind the AUC gate, roll back, verified loading."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sarclym.model.errors import RegistryError, SarclymModelError
+from sarclym.model.net import MipNet, build_net
+from sarclym.model.registry import CARD_FILE, DISCLAIMER, WEIGHTS_FILE, Registry
+
+
+def _net(seed: int = 0, arch: str = "two_branch") -> MipNet:
+    torch.manual_seed(seed)
+    net = build_net(arch, input_size=(64, 64))
+    net.eval()
+    return net
+
+
+def _card(auc: float | None = 0.95) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "suv_window": [0.0, 10.0],
+        "training_data": "synthetic cohort, 40 cases, seed 0",
+        "hyperparameters": {"epochs": 3, "lr": 0.003},
+        "synthetic_data": True,
+        "bayes_auc": 0.97,
+    }
+    if auc is not None:
+        card["cv_metrics"] = {
+            "folds": 5,
+            "n": 40,
+            "auc": {"mean": auc, "ci95": [auc - 0.05, min(1.0, auc + 0.05)]},
+            "accuracy": {"mean": 0.9, "ci95": [0.8, 1.0]},
+        }
+    return card
+
+
+def test_register_list_load_roundtrip(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "models")
+    assert reg.versions() == []
+    assert reg.active() is None
+    net = _net()
+    v = reg.register(net, _card(), version="1.0.0")
+    assert v == "1.0.0"
+    folder = tmp_path / "models" / "1.0.0"
+    assert {p.name for p in folder.iterdir()} == {WEIGHTS_FILE, CARD_FILE, "model_card.md"}
+    card = json.loads((folder / CARD_FILE).read_text())
+    assert card["arch"] == "two_branch"
+    assert card["input_size"] == [64, 64]
+    assert card["disclaimer"] == DISCLAIMER
+    assert card["synthetic_data"] is True
+    assert re.fullmatch(r"[0-9a-f]{64}", card["weights_sha256"])
+    md = (folder / "model_card.md").read_text()
+    assert "not for clinical use" in md
+    assert "0.950" in md
+    assert "synthetic" in md
+    infos = reg.versions()
+    assert [(i.version, i.active, i.cv_auc_mean) for i in infos] == [("1.0.0", False, 0.95)]
+
+    reg.activate("1.0.0", min_auc=0.9)
+    loaded = reg.load()
+    assert loaded.version == "1.0.0"
+    assert loaded.sha256 == card["weights_sha256"]
+    assert not loaded.net.training
+    x = torch.rand(2, 2, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x), net(x), rtol=0, atol=0)
+
+
+def test_dated_versions_and_no_overwrite(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    a = reg.register(_net(), _card())
+    b = reg.register(_net(1), _card())
+    assert re.fullmatch(r"\d{4}\.\d{2}\.\d{2}-1", a)
+    assert b == a[:-1] + "2"
+    with pytest.raises(RegistryError, match=f"version {re.escape(a)} exists"):
+        reg.register(_net(), _card(), version=a)
+    with pytest.raises(RegistryError, match="must look like"):
+        reg.register(_net(), _card(), version="../evil")
+    with pytest.raises(RegistryError, match="lacks suv_window"):
+        reg.register(_net(), {"training_data": "x"}, version="2.0.0")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp leftovers
+
+
+def test_gate_force_and_rollback(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.register(_net(0), _card(0.95), version="1.0.0")
+    reg.register(_net(1), _card(0.70), version="1.1.0")
+    reg.register(_net(2), _card(None), version="1.2.0")
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        reg.rollback()
+    reg.activate("1.0.0", min_auc=0.9)
+    with pytest.raises(RegistryError, match=r"AUC 0\.700 < gate 0\.900"):
+        reg.activate("1.1.0", min_auc=0.9)
+    assert reg.active() == "1.0.0"
+    with pytest.raises(RegistryError, match="no cross-validated AUC"):
+        reg.activate("1.2.0", min_auc=0.9)
+    with pytest.raises(RegistryError, match=r"no version '9\.9\.9'"):
+        reg.activate("9.9.9", min_auc=0.0)
+    reg.activate("1.1.0", min_auc=0.9, force=True)
+    assert reg.active() == "1.1.0"
+    assert [i.version for i in reg.versions() if i.active] == ["1.1.0"]
+    assert reg.rollback() == "1.0.0"
+    assert reg.active() == "1.0.0"
+    assert reg.load().version == "1.0.0"
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        reg.rollback()
+
+
+def test_modified_weights_named(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.register(_net(), _card(), version="1.0.0")
+    path = tmp_path / "1.0.0" / WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match=re.escape(str(path))) as info:
+        reg.load("1.0.0")
+    assert "SHA-256" in str(info.value)
+    assert isinstance(info.value, SarclymModelError)
+
+
+def test_missing_or_corrupt_files(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    with pytest.raises(RegistryError, match="no active model version"):
+        reg.load()
+    reg.register(_net(), _card(), version="1.0.0")
+    reg.register(_net(), _card(), version="1.0.1")
+    weights = tmp_path / "1.0.0" / WEIGHTS_FILE
+    weights.unlink()
+    with pytest.raises(RegistryError, match=f"weights file missing: {re.escape(str(weights))}"):
+        reg.load("1.0.0")
+    card = tmp_path / "1.0.1" / CARD_FILE
+    card.write_text("{not json")
+    with pytest.raises(RegistryError, match=f"model card unreadable: {re.escape(str(card))}"):
+        reg.load("1.0.1")
+
+
+def test_card_arch_mismatch(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    reg.register(_net(), _card(), version="1.0.0")
+    path = tmp_path / "1.0.0" / CARD_FILE
+    card = json.loads(path.read_text())
+    card["arch"] = "two_channel"
+    path.write_text(json.dumps(card))
+    with pytest.raises(RegistryError, match="cannot build the model"):
+        reg.load("1.0.0")
