@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -59,6 +60,32 @@ def model_equipment(model: ModelIdentity, created: datetime) -> hd.ContributingE
             f"AI model {model.name} {model.version}, weights sha256 {model.weights_sha256}"
         ),
     )
+
+
+def provenance_kwargs(model: ModelIdentity, created: datetime, description: str) -> dict[str, Any]:
+    """Constructor arguments every result object shares: who made it, when, research use.
+
+    Parameters
+    ----------
+    model
+        The model that made the prediction.
+    created
+        The job's timestamp (never "now": re-builds must be byte-identical).
+    description
+        What the series holds; the research-use suffix is appended.
+    """
+    return {
+        "manufacturer": MANUFACTURER,
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+        "contributing_equipment": [model_equipment(model, created)],
+        "series_description": f"{model.name} {description} {RESEARCH_SUFFIX}",
+        "manufacturer_model_name": model.name,
+        "software_versions": model.version,
+        "content_date": created.date(),
+        "content_time": created.time(),
+        "series_date": created.date(),
+        "series_time": created.time(),
+    }
 
 
 def stamp_created(ds: Dataset, created: datetime, model: ModelIdentity) -> None:
@@ -149,19 +176,10 @@ def build_sc(
         series_number=series_number,
         sop_instance_uid=uids.sc_instance,
         instance_number=1,
-        manufacturer=MANUFACTURER,
         # Both views share one scale (render.sc_layout): one spacing fits every panel.
         pixel_spacing=layout.pixel_spacing_mm,  # type: ignore[arg-type]  # highdicom hints int, takes float
         patient_orientation=("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[model_equipment(model, created)],
-        series_description=f"{model.name} Grad-CAM MIP {RESEARCH_SUFFIX}",
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
-        content_date=created.date(),
-        content_time=created.time(),
-        series_date=created.date(),
-        series_time=created.time(),
+        **provenance_kwargs(model, created, "Grad-CAM MIP"),
     )
     sc.copy_patient_and_study_information(ref)
     stamp_created(sc, created, model)

@@ -35,7 +35,6 @@ from typing import Literal
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from sarclym.model.prediction import Label, Prediction
 from sarclym.node.results.codes import (
@@ -56,7 +55,7 @@ from sarclym.node.results.codes import (
     QUALITATIVE_EVALUATIONS,
 )
 from sarclym.node.results.render import hot_region, sc_layout
-from sarclym.node.results.sc import MANUFACTURER, RESEARCH_SUFFIX, model_equipment, stamp_created
+from sarclym.node.results.sc import MANUFACTURER, provenance_kwargs, stamp_created
 from sarclym.node.results.uids import ResultUids, result_uids
 
 __all__ = ["CLASS_ORDER", "RESEARCH_STATEMENT", "SrKind", "build_sr"]
@@ -310,19 +309,10 @@ def build_sr(
         series_number=series_number,
         sop_instance_uid=uids.sr_instance,
         instance_number=1,
-        manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[model_equipment(model, created)],
-        series_description=f"{model.name} AI results {RESEARCH_SUFFIX}",
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
-        content_date=created.date(),
-        content_time=created.time(),
-        series_date=created.date(),
-        series_time=created.time(),
+        **provenance_kwargs(model, created, "AI results"),
     )
     stamp_created(sr, created, model)
     return sr
