@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sarclym.model.labels import CLASSES
-from sarclym.model.pipeline import StudyFiles, prepare_study
+from sarclym.model.pipeline import StudyFiles
 
 __all__ = ["TrainingSet", "build_training_set", "cache_key"]
 
@@ -68,15 +68,13 @@ def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
 def _study_input(
     study: StudyFiles, cache_dir: Path, size: tuple[int, int], window: tuple[float, float]
 ) -> tuple[np.ndarray | None, str]:
-    headers = study.headers()
-    # Fast path: a cached input for any qualifying series of this study.
-    for uid, items in study.series.items():
-        cached = cache_dir / cache_key(uid, len(items), size, window)
+    # Fast path: a cached input for any series of this study (keyed by its instance count).
+    for uid, paths in study.series.items():
+        cached = cache_dir / cache_key(uid, len(paths), size, window)
         if cached.exists():
             with np.load(cached) as data:
                 return data["x"].astype(np.float32), uid
-    load = {uid: [p for p, _ in items] for uid, items in study.series.items()}
-    prepared = prepare_study(study.study_instance_uid, headers, load, size=size, suv_window=window)
+    prepared = study.prepare(size=size, suv_window=window)
     if prepared.mips is None or prepared.series_instance_uid is None:
         reasons = "; ".join(s.reason for s in prepared.selection.skipped)
         return None, f"no series to analyse ({reasons})"

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.mip import Mips, mips_for_volume
@@ -40,14 +41,27 @@ class UnreadableFile:
 
 @dataclass
 class StudyFiles:
-    """The files of one study, grouped by series, with their headers (no pixel data)."""
+    """The files of one study, grouped by series.
+
+    Only paths are kept: headers are read again when the study is prepared, so that scanning
+    a folder of hundreds of studies holds no more than one study's headers in memory.
+    """
 
     study_instance_uid: str
-    series: dict[str, list[tuple[Path, Dataset]]] = field(default_factory=dict)
+    series: dict[str, list[Path]] = field(default_factory=dict)
 
     def headers(self) -> dict[str, list[Dataset]]:
-        """SeriesInstanceUID -> header datasets, for ``select_series``."""
-        return {uid: [ds for _, ds in items] for uid, items in self.series.items()}
+        """SeriesInstanceUID -> header datasets (no pixel data), for ``select_series``."""
+        return {
+            uid: [dcmread(p, stop_before_pixels=True) for p in paths]
+            for uid, paths in self.series.items()
+        }
+
+    def prepare(self, *, size: tuple[int, int], suv_window: tuple[float, float]) -> PreparedStudy:
+        """Read the headers, select the series and make its MIPs (:func:`prepare_study`)."""
+        return prepare_study(
+            self.study_instance_uid, self.headers(), self.series, size=size, suv_window=suv_window
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,9 @@ class ScanResult:
 
     studies: dict[str, StudyFiles]
     unreadable: list[UnreadableFile]
+
+
+_SCAN_TAGS = [Tag("StudyInstanceUID"), Tag("SeriesInstanceUID")]
 
 
 def _iter_files(paths: Iterable[Path]) -> Iterable[Path]:
@@ -93,7 +110,7 @@ def scan_paths(paths: Iterable[str | Path]) -> ScanResult:
     unreadable: list[UnreadableFile] = []
     for path in _iter_files(given):
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             unreadable.append(UnreadableFile(path, f"not a readable DICOM file ({exc})"))
             continue
@@ -105,7 +122,7 @@ def scan_paths(paths: Iterable[str | Path]) -> ScanResult:
             )
             continue
         study = studies.setdefault(str(study_uid), StudyFiles(str(study_uid)))
-        study.series.setdefault(str(series_uid), []).append((path, ds))
+        study.series.setdefault(str(series_uid), []).append(path)
     return ScanResult(studies=studies, unreadable=unreadable)
 
 
@@ -174,11 +191,19 @@ def prepare_study(
         if chosen is None:
             break
         try:
-            datasets: list[Dataset] = (
-                [dcmread(p) for p in load[chosen]] if load is not None else list(headers[chosen])
-            )
-            volume = build_volume(datasets)
-            conversion = suv_factor(datasets[0], datasets)
+            # Headers were parsed (and checked) during selection: reuse that geometry and SUV
+            # metadata; the full read only supplies the pixel data.
+            series_headers = list(remaining[chosen])
+            geometry = selection.geometry
+            if geometry is None:  # select_series sets it whenever it chooses a series
+                raise RuntimeError("selection chose a series without its geometry")
+            if load is None:
+                datasets: list[Dataset] = list(geometry.datasets)
+            else:
+                path_of = {id(h): p for h, p in zip(series_headers, load[chosen], strict=True)}
+                datasets = [dcmread(path_of[id(h)]) for h in geometry.datasets]
+            volume = build_volume(datasets, geometry=geometry)
+            conversion = suv_factor(series_headers[0], series_headers)
             mips = mips_for_volume(volume, conversion, size=size, suv_window=suv_window)
         except SeriesRejected as exc:
             extra.append(Skipped(chosen, f"skipped: {exc.reason}"))

@@ -168,11 +168,13 @@ def render_card(card: Mapping[str, Any]) -> str:
         "",
         "## Training data",
         "",
-        str(card.get("training_data", "")),
-        "",
-        "## Hyper-parameters",
-        "",
     ]
+    data = card.get("training_data", "")
+    if isinstance(data, Mapping):
+        lines += [f"- {k}: {v}" for k, v in data.items()]
+    else:
+        lines.append(str(data))
+    lines += ["", "## Hyper-parameters", ""]
     hyper = card.get("hyperparameters") or {}
     lines += [f"- {k}: {v}" for k, v in hyper.items()] or ["- (not given)"]
     lines += ["", "## Cross-validated metrics", ""]
@@ -202,6 +204,13 @@ def render_card(card: Mapping[str, Any]) -> str:
         lines.append("(none)")
     if card.get("bayes_auc") is not None:
         lines += ["", f"Bayes-optimal AUC of the training data: {_fmt(card['bayes_auc'])}."]
+        auc = _auc_mean(card)
+        if auc is not None and card["bayes_auc"]:
+            lines.append(f"Mean CV AUC / Bayes AUC: {auc / card['bayes_auc']:.3f}.")
+    if card.get("reproduce"):
+        lines += ["", "## Reproduce", "", "```", str(card["reproduce"]), "```"]
+    if card.get("notes"):
+        lines += ["", "## Notes", "", str(card["notes"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -408,12 +417,12 @@ class Registry:
             if auc is None:
                 raise RegistryError(
                     f"version {version} has no cross-validated AUC; gate is {min_auc:.3f} "
-                    "(use force to activate anyway)"
+                    "(--force / force=True activates anyway)"
                 )
             if auc < min_auc:
                 raise RegistryError(
                     f"version {version} has cross-validated AUC {auc:.3f} < gate "
-                    f"{min_auc:.3f} (use force to activate anyway)"
+                    f"{min_auc:.3f} (--force / force=True activates anyway)"
                 )
         history = self._history()
         if not history or history[-1] != version:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.suv import series_units, suv_factor
-from sarclym.model.volume import read_geometry
+from sarclym.model.volume import SliceGeometry, read_geometry
 
 __all__ = ["FDG_CODES", "PET_SOP_CLASSES", "Selection", "Skipped", "check_series", "select_series"]
 
@@ -67,11 +67,14 @@ class Selection:
         Why it was chosen (or that none qualified).
     skipped : list of Skipped
         Every other series with its reason, in input order.
+    geometry : SliceGeometry or None
+        The chosen series' geometry, read from the headers it was selected on.
     """
 
     series_instance_uid: str | None
     reason: str
     skipped: list[Skipped] = field(default_factory=list)
+    geometry: SliceGeometry | None = field(default=None, compare=False, repr=False)
 
 
 def _values(ds: Dataset, keyword: str) -> list[str]:
@@ -140,8 +143,8 @@ def _check_tracer(ds: Dataset) -> None:
         )
 
 
-def check_series(datasets: Sequence[Dataset]) -> None:
-    """Raise if a series must not be analysed.
+def check_series(datasets: Sequence[Dataset]) -> SliceGeometry:
+    """Raise if a series must not be analysed; else return its geometry.
 
     Series-level attributes are read from the first instance; geometry and SUV metadata from
     all of them (headers only, no pixel decoding).
@@ -150,6 +153,12 @@ def check_series(datasets: Sequence[Dataset]) -> None:
     ----------
     datasets : sequence of Dataset
         All instances of one series.
+
+    Returns
+    -------
+    SliceGeometry
+        From :func:`~sarclym.model.volume.read_geometry`, for reuse by
+        :func:`~sarclym.model.volume.build_volume`.
 
     Raises
     ------
@@ -204,7 +213,7 @@ def check_series(datasets: Sequence[Dataset]) -> None:
         raise SeriesRejected("DecayCorrection (0054,1102) NONE", attribute="DecayCorrection")
     _check_tracer(ds)
     suv_factor(ds, datasets)
-    read_geometry(datasets)
+    return read_geometry(datasets)
 
 
 def select_series(series: Mapping[str, Sequence[Dataset]]) -> Selection:
@@ -222,13 +231,14 @@ def select_series(series: Mapping[str, Sequence[Dataset]]) -> Selection:
     """
     skipped: dict[str, Skipped] = {}
     candidates: list[tuple[str, float, int]] = []
+    geometries: dict[str, SliceGeometry] = {}
     for uid, datasets in series.items():
         try:
-            check_series(datasets)
-            geometry = read_geometry(datasets)
+            geometry = check_series(datasets)
         except SeriesRejected as exc:
             skipped[uid] = Skipped(uid, f"skipped: {exc.reason}")
             continue
+        geometries[uid] = geometry
         candidates.append((uid, geometry.axial_coverage_mm, geometry.shape[0]))
     if not candidates:
         return Selection(None, "no series qualifies", [skipped[uid] for uid in series])
@@ -254,4 +264,5 @@ def select_series(series: Mapping[str, Sequence[Dataset]]) -> Selection:
             f"largest axial coverage ({best_cov:.1f} mm, {best_n} slices) of "
             f"{len(candidates)} qualifying series"
         )
-    return Selection(best_uid, reason, [skipped[uid] for uid in series if uid != best_uid])
+    others = [skipped[uid] for uid in series if uid != best_uid]
+    return Selection(best_uid, reason, others, geometry=geometries[best_uid])

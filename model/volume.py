@@ -387,30 +387,38 @@ def read_geometry(datasets: Sequence[Dataset]) -> SliceGeometry:
     )
 
 
-def _native_frame(ds: Dataset, frame: int | None, shape: tuple[int, int]) -> np.ndarray | None:
+def _native_frame(
+    ds: Dataset, frame: int | None, shape: tuple[int, int], header: Dataset
+) -> np.ndarray | None:
     """View one frame of little-endian native pixel data without a decoder, or ``None``.
 
     Only the plain case (one sample, (0028,0101) *Bits Stored* equal to (0028,0100) *Bits
     Allocated*, 16 or 32 bits, data length exactly frames x rows x columns) is handled here; for
-    all else pydicom's decoder does the work (sign extension, odd lengths, big endian).
+    all else pydicom's decoder does the work (sign extension, odd lengths, big endian). The
+    pixel description is read from ``header`` (the same instance, already parsed), the pixel
+    data from ``ds``.
     """
-    bits = ds.get("BitsAllocated")
-    if bits not in (16, 32) or ds.get("BitsStored") != bits or ds.get("SamplesPerPixel") != 1:
+    bits = header.get("BitsAllocated")
+    if (
+        bits not in (16, 32)
+        or header.get("BitsStored") != bits
+        or header.get("SamplesPerPixel") != 1
+    ):
         return None
     data = ds.get("PixelData")
     if not isinstance(data, bytes | bytearray):
         return None
     rows, cols = shape  # (0028,0010) Rows, (0028,0011) Columns, checked by read_geometry
     per_frame = rows * cols * bits // 8
-    if len(data) != per_frame * (1 if frame is None else frame_count(ds)):
+    if len(data) != per_frame * (1 if frame is None else frame_count(header)):
         return None
-    signed = ds.get("PixelRepresentation") == 1
+    signed = header.get("PixelRepresentation") == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     offset = (frame or 0) * per_frame
     return np.frombuffer(data, dtype=dtype, count=rows * cols, offset=offset).reshape(rows, cols)
 
 
-def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int]) -> np.ndarray:
+def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int], header: Dataset) -> np.ndarray:
     """Decode one frame of (7FE0,0010) *Pixel Data*, without caching it on the dataset."""
     meta = getattr(ds, "file_meta", None)
     syntax = None if meta is None else meta.get("TransferSyntaxUID")
@@ -420,7 +428,7 @@ def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int]) -> np.ndarra
             attribute="TransferSyntaxUID",
         )
     if syntax in _NATIVE_LITTLE_ENDIAN:
-        native = _native_frame(ds, frame, shape)
+        native = _native_frame(ds, frame, shape, header)
         if native is not None:
             return native
     try:
@@ -432,7 +440,7 @@ def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int]) -> np.ndarra
     return arr
 
 
-def build_volume(datasets: Sequence[Dataset]) -> Volume:
+def build_volume(datasets: Sequence[Dataset], *, geometry: SliceGeometry | None = None) -> Volume:
     """Build the float32 volume of one PET series.
 
     Each slice becomes ``stored x (0028,1053) Rescale Slope + (0028,1052) Rescale Intercept``
@@ -445,6 +453,11 @@ def build_volume(datasets: Sequence[Dataset]) -> Volume:
     ----------
     datasets : sequence of Dataset
         All instances of one series (classic PET or enhanced multi-frame), any order.
+    geometry : SliceGeometry or None, optional
+        Already read (by series selection) from header-only copies of the same instances:
+        ``datasets[i]`` is then the full instance of ``geometry.datasets[i]`` and supplies only
+        the pixel data; its header is not parsed a second time. ``None``: read from
+        ``datasets``.
 
     Returns
     -------
@@ -458,12 +471,21 @@ def build_volume(datasets: Sequence[Dataset]) -> Volume:
     SeriesRejected
         Pixel data missing, of unexpected shape or not decodable.
     """
-    geometry = read_geometry(datasets)
+    if geometry is None:
+        geometry = read_geometry(datasets)
+        sources: Sequence[Dataset] = geometry.datasets
+    elif len(datasets) != len(geometry.datasets):
+        raise ValueError(
+            f"{len(datasets)} instances given for a geometry of {len(geometry.datasets)}"
+        )
+    else:
+        sources = datasets
     nz, ny, nx = geometry.shape
     values = np.empty((nz, ny, nx), dtype=np.float32)
     for k, info in enumerate(geometry.slices):
-        ds = geometry.datasets[info.dataset_index]
-        arr = _decode(ds, info.frame_index, (ny, nx))
+        ds = sources[info.dataset_index]
+        header = geometry.datasets[info.dataset_index]
+        arr = _decode(ds, info.frame_index, (ny, nx), header)
         if arr.shape != (ny, nx):
             raise SeriesRejected(
                 f"decoded frame has shape {arr.shape}, expected {(ny, nx)}", attribute="PixelData"
@@ -484,5 +506,5 @@ def build_volume(datasets: Sequence[Dataset]) -> Volume:
         spacing_mm=geometry.spacing_mm,
         origin_lps_mm=geometry.slices[0].position_lps_mm,
         slices=geometry.slices,
-        datasets=geometry.datasets,
+        datasets=tuple(sources),
     )

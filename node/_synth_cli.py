@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sarclym.node._progress import progress_bar
 from sarclym.node.errors import InputError
 from sarclym.node.send import SendReport, send_files
 
@@ -21,22 +19,6 @@ if TYPE_CHECKING:
     from sarclym.model.synth.contact import SheetItem
 
 log = structlog.get_logger(__name__)
-
-
-@contextmanager
-def _progress(total: int) -> Iterator[Progress | None]:
-    if not sys.stderr.isatty():
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        progress.add_task("studies", total=total)
-        yield progress
 
 
 def _study_files(study_dir: Path) -> list[Path]:
@@ -65,7 +47,7 @@ def run_synth(args: argparse.Namespace) -> int:
     totals = SendReport()
     sheet_items: list[SheetItem] = []
 
-    with _progress(args.cases) as progress:
+    with progress_bar("studies", args.cases) as progress:
 
         def on_study(study: GeneratedStudy) -> None:
             index = len(sheet_items)

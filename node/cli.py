@@ -5,7 +5,8 @@ Exit codes (also in ``sarclym-node --help`` and the README):
 ====  ==========================================================================
 0     success
 1     unexpected internal error (a bug: please report it with the log)
-2     bad usage, bad input (unreadable path, not DICOM) or invalid configuration
+2     bad usage, bad input (unreadable path, not DICOM, bad labels, unusable model
+      registry or version) or invalid configuration
 3     some study had no series to analyse (``infer``)
 4     a destination did not confirm every object (``synth --send``, delivery)
 ====  ==========================================================================
@@ -25,7 +26,13 @@ import yaml
 
 from sarclym.node import __version__
 from sarclym.node.config import Config, load_config
-from sarclym.node.errors import ConfigError, DeliveryError, InputError, SarclymError
+from sarclym.node.errors import (
+    ConfigError,
+    DeliveryError,
+    InputError,
+    ModelError,
+    SarclymError,
+)
 from sarclym.node.log import configure_logging
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_DELIVERY", "EXIT_ERROR", "EXIT_NO_SERIES", "EXIT_OK", "main"]
@@ -40,7 +47,7 @@ _EPILOG = """\
 exit codes:
   0  success
   1  unexpected internal error (a bug: report it with the log)
-  2  bad usage, bad input or invalid configuration
+  2  bad usage, bad input (paths, labels, model registry) or invalid configuration
   3  some study had no series to analyse (infer)
   4  a destination did not confirm every object (synth --send, delivery)
 
@@ -70,6 +77,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _command(
+    sub: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """One sub-command, with the exit codes and the research-use notice in its --help."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=list(parents),
+        help=help,
+        description=description,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarclym-node",
@@ -91,13 +118,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    synth = sub.add_parser(
+    synth = _command(
+        sub,
         "synth",
         help="write a synthetic FDG PET/CT cohort (and optionally send it by C-STORE)",
         description="Write N synthetic PET/CT studies (low-dose CT, AC PET, NAC PET, optional "
         "derived MIP series) and DIR/labels.csv. Synthetic data only: no patient data.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     synth.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     synth.add_argument("--cases", required=True, type=_positive_int, metavar="N")
@@ -150,17 +176,136 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(func=_cmd_synth)
 
-    cfg = sub.add_parser(
+    _add_model_commands(sub)
+
+    cfg = _command(
+        sub,
         "config",
         help="check or show the configuration",
         description="Validate the configuration (file + environment overrides) and print it "
         "with every default filled in, as YAML.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cfg.add_argument("action", choices=["check", "show"], help="check: validate; show: print")
     cfg.set_defaults(func=_cmd_config)
     return parser
+
+
+def _add_model_commands(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry",
+        type=Path,
+        metavar="DIR",
+        help="model registry folder (default: model.registry_dir, else <storage.data_dir>/models, "
+        "seeded on first use with the shipped default)",
+    )
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the network runs (default: model.device, auto = CUDA when available)",
+    )
+
+    infer = _command(
+        sub,
+        "infer",
+        parents=[common, device],
+        help="classify the PET studies in folders or files (sarcoidosis vs lymphoma)",
+        description="Group DICOM files by study and series, choose the attenuation-corrected "
+        "whole-body FDG PET series of each study, make its SUV MIPs and predict. Every skipped "
+        "series is listed with its reason.",
+    )
+    infer.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    infer.add_argument(
+        "--json", action="store_true", help="print one JSON object per study (a list if several)"
+    )
+    infer.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="also write the Secondary Capture and Structured Report of each study to "
+        "DIR/<StudyInstanceUID>/",
+    )
+    infer.add_argument(
+        "--model", metavar="VERSION", help="model version (default: model.version, else active)"
+    )
+    infer.set_defaults(func=_cmd_infer)
+
+    retrain = _command(
+        sub,
+        "retrain",
+        parents=[common, device],
+        help="cross-validate and train a new model version on labelled studies",
+        description="Read labelled studies (labels CSV keyed by StudyInstanceUID, columns "
+        "study_instance_uid,label with label sarcoidosis|lymphoma; the labels.csv of `synth` "
+        "works as is), cache their MIPs, run k-fold cross-validation, print the paper-style "
+        "table, train on all studies and register the result as a new, inactive version.",
+    )
+    retrain.add_argument("--data", required=True, type=Path, metavar="DIR", help="DICOM folder")
+    retrain.add_argument("--labels", required=True, type=Path, metavar="CSV", help="labels file")
+    retrain.add_argument("--folds", type=_positive_int, default=5, help="CV folds (default 5)")
+    retrain.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default 30)")
+    retrain.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
+    retrain.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (3e-3)")
+    retrain.add_argument("--seed", type=int, default=0, help="seed of folds and training (0)")
+    retrain.add_argument(
+        "--arch",
+        default="two_branch",
+        help="two_branch (default), two_channel or two_branch_resnet",
+    )
+    retrain.add_argument(
+        "--input-size", type=_positive_int, default=128, help="MIP side in pixels (default 128)"
+    )
+    retrain.add_argument(
+        "--suv-max", type=float, default=10.0, help="upper end of the SUV window (default 10)"
+    )
+    retrain.add_argument(
+        "--cache", type=Path, metavar="DIR", help="MIP cache (default <data_dir>/mip-cache)"
+    )
+    retrain.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    retrain.add_argument("--version", help="version name (default: YYYY.MM.DD-N of today)")
+    retrain.add_argument("--data-description", help="training data, in words, for the model card")
+    retrain.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="mark the data as synthetic in the card (automatic for a labels.csv from synth)",
+    )
+    retrain.add_argument(
+        "--notes", type=Path, metavar="MD", help="Markdown file added to the model card"
+    )
+    retrain.set_defaults(func=_cmd_retrain)
+
+    model = _command(
+        sub,
+        "model",
+        parents=[common],
+        help="list, show, activate or roll back model versions",
+        description="Manage the model registry. `activate` refuses a version whose "
+        "cross-validated AUC is below model.activation_min_auc unless --force.",
+    )
+    model.add_argument("action", choices=["list", "show", "activate", "rollback"])
+    model.add_argument("version", nargs="?", help="for show (default: active) and activate")
+    model.add_argument("--force", action="store_true", help="activate below the AUC gate")
+    model.add_argument("--json", action="store_true", help="list: print JSON")
+    model.set_defaults(func=_cmd_model)
+
+
+def _cmd_infer(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._model_cli import run_infer
+
+    return run_infer(args, config)
+
+
+def _cmd_retrain(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._model_cli import run_retrain
+
+    return run_retrain(args, config)
+
+
+def _cmd_model(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._model_cli import run_model
+
+    return run_model(args, config)
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
@@ -199,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except InputError as exc:
         sys.stderr.write(f"sarclym-node: bad input: {exc}\n")
+        return EXIT_BAD_INPUT
+    except ModelError as exc:
+        sys.stderr.write(f"sarclym-node: {exc}\n")
         return EXIT_BAD_INPUT
     except DeliveryError as exc:
         sys.stderr.write(f"sarclym-node: delivery failed: {exc}\n")

@@ -6,6 +6,7 @@ occur, with ``raise X(...) from exc``::
     SarclymError
     ├── ConfigError          the configuration file or an environment override is wrong
     ├── InputError           a path or file given by the user cannot be used
+    ├── ModelError           the model registry, a version or the training data cannot be used
     └── DeliveryError        a destination did not confirm an object
         └── AssociationRejected   the peer refused or aborted the association
 
@@ -39,6 +40,10 @@ class ConfigError(SarclymError):
 
 class InputError(SarclymError):
     """A file, folder or argument given by the user cannot be used."""
+
+
+class ModelError(SarclymError):
+    """A model command cannot be carried out: registry, version, labels or training set."""
 
 
 class DeliveryError(SarclymError):

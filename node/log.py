@@ -138,11 +138,12 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs a line per DIMSE message at INFO and message dumps at DEBUG: warnings
-    # only, unless the node itself is at DEBUG.
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if level == "DEBUG" else max(logging.WARNING, logging.getLevelName(level))
-    )
+    # pynetdicom logs a line per DIMSE message and highdicom one per copied module at INFO:
+    # warnings only, unless the node itself is at DEBUG.
+    for chatty in ("pynetdicom", "highdicom"):
+        logging.getLogger(chatty).setLevel(
+            logging.DEBUG if level == "DEBUG" else max(logging.WARNING, logging.getLevelName(level))
+        )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

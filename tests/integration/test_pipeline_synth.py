@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sarclym.model.pipeline import prepare_study, scan_paths
+from sarclym.model.pipeline import scan_paths
 from sarclym.model.synth.cohort import generate_study
 from sarclym.model.synth.latent import draw_cohort
 
@@ -23,8 +23,7 @@ def test_mixed_study_selects_ac_pet(tmp_path: Path, vendor: str) -> None:
     assert [u.path.name for u in scan.unreadable] == ["notes.txt"]
     assert list(scan.studies) == [study.written.study_instance_uid]
     files = scan.studies[study.written.study_instance_uid]
-    load = {uid: [p for p, _ in items] for uid, items in files.series.items()}
-    prepared = prepare_study(files.study_instance_uid, files.headers(), load)
+    prepared = files.prepare(size=(256, 256), suv_window=(0.0, 10.0))
     assert prepared.series_instance_uid == study.written.ac_series_uid
     reasons = {s.series_instance_uid: s.reason for s in prepared.selection.skipped}
     by_role = {s.role: s.series_instance_uid for s in study.written.series}

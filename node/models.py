@@ -1,0 +1,51 @@
+"""Where the node keeps its model versions, and how the shipped default gets there.
+
+The registry the node uses is ``model.registry_dir`` from the configuration, or
+``<storage.data_dir>/models``. On first use an empty registry is seeded with the versions
+shipped inside the package (default weights trained on the synthetic cohort), so that
+``retrain``, ``model activate`` and ``model rollback`` all work on one writable folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from sarclym.node.config import Config
+
+if TYPE_CHECKING:
+    from sarclym.model.registry import Registry
+
+__all__ = ["open_registry", "registry_root"]
+
+log = structlog.get_logger(__name__)
+
+
+def registry_root(config: Config, override: Path | None = None) -> Path:
+    """The registry folder: ``override``, else the configured one, else under the data dir."""
+    if override is not None:
+        return override
+    if config.model.registry_dir is not None:
+        return config.model.registry_dir
+    return config.storage.data_dir / "models"
+
+
+def open_registry(config: Config, override: Path | None = None) -> Registry:
+    """Open (and on first use seed) the node's model registry."""
+    from sarclym.model.predict import DEFAULT_REGISTRY
+    from sarclym.model.registry import Registry
+
+    root = registry_root(config, override)
+    if not (root.exists() and any(root.iterdir())) and DEFAULT_REGISTRY.is_dir():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = root.with_name(root.name + ".seeding")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(DEFAULT_REGISTRY, tmp)
+        if root.exists():
+            root.rmdir()
+        tmp.rename(root)
+        log.info("model registry seeded with the shipped default", registry=str(root))
+    return Registry(root)
