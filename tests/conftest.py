@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -78,3 +79,100 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@dataclass
+class OrthancServer:
+    """A running Orthanc (with the DICOMweb plugin) on loopback ports."""
+
+    http_port: int
+    dicom_port: int
+    aet: str
+    storage: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def start_orthanc(
+    folder: Path, *, modalities: dict[str, list[object]] | None = None
+) -> OrthancServer:
+    """Start Orthanc with its database under ``folder``; wait until its REST API answers."""
+    import httpx
+
+    exe = require_tool("Orthanc")
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip(f"{DICOMWEB_PLUGIN} missing (apt-get install orthanc-dicomweb)")
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "sarclym-test",
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomModalities": modalities or {},
+        "DicomAlwaysAllowStore": True,
+        "DicomCheckCalledAet": False,
+        "StableAge": 1,
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, str(folder / "orthanc.json")],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    server = OrthancServer(http_port, dicom_port, "ORTHANC", folder, proc)
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"Orthanc exited ({proc.returncode}): {(folder / 'orthanc.log').read_text()}"
+            )
+        try:
+            if httpx.get(f"{server.url}/system", timeout=1.0).status_code == 200:
+                wait_for_port(dicom_port)
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_orthanc(server)
+    pytest.fail("Orthanc did not answer GET /system within 30 s")
+
+
+def stop_orthanc(server: OrthancServer) -> None:
+    """Stop Orthanc and wait for its process (a successor on the same database needs that)."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A fresh Orthanc with the DICOMweb plugin, its database in a temporary folder."""
+    server = start_orthanc(tmp_path / "orthanc")
+    try:
+        yield server
+    finally:
+        stop_orthanc(server)
