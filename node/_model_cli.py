@@ -135,8 +135,6 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
 
     if args.arch not in ARCHITECTURES:
         raise InputError(f"--arch {args.arch}: expected one of {', '.join(ARCHITECTURES)}")
-    if args.input_size % 8:
-        raise InputError(f"--input-size {args.input_size}: must be a multiple of 8")
     notes = None
     if args.notes is not None:
         try:
@@ -166,7 +164,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    size = (args.input_size, args.input_size)
+    size: tuple[int, int] = args.input_size
     window = (0.0, float(args.suv_max))
     cache = args.cache or (config.storage.data_dir / "mip-cache")
     with progress_bar("MIPs", len(labels), transient=True) as bar:
@@ -249,8 +247,9 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
 def _command_line(args: argparse.Namespace) -> str:
     """The retrain command as run (the paths as given), for the model card."""
     parts = ["sarclym-node", "retrain", "--data", str(args.data), "--labels", str(args.labels)]
-    for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "input_size", "suv_max"):
+    for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "suv_max"):
         parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    parts += ["--input-size", "{}x{}".format(*args.input_size)]
     return " ".join(parts)
 
 

@@ -97,6 +97,16 @@ def _command(
     return parser
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW or N (e.g. 256x128), got {text!r}")
+    h, w = int(parts[0]), int(parts[-1])
+    if h < 8 or w < 8 or h % 8 or w % 8:
+        raise argparse.ArgumentTypeError(f"sides must be multiples of 8 and >= 8, got {h}x{w}")
+    return h, w
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarclym-node",
@@ -254,7 +264,12 @@ def _add_model_commands(sub: Any) -> None:
         help="two_branch (default), two_channel or two_branch_resnet",
     )
     retrain.add_argument(
-        "--input-size", type=_positive_int, default=128, help="MIP side in pixels (default 128)"
+        "--input-size",
+        type=_input_size,
+        default=(256, 128),
+        metavar="HxW",
+        help="network input in pixels, height x width, multiples of 8 (default 256x128: a "
+        "whole-body MIP is about twice as tall as wide); one number N means NxN",
     )
     retrain.add_argument(
         "--suv-max", type=float, default=10.0, help="upper end of the SUV window (default 10)"

@@ -1,33 +1,57 @@
-"""Render the example Secondary Captures in ``docs/`` from the synthetic test fixtures.
+"""Render the example Secondary Captures in ``docs/`` with the shipped default model.
 
-Run once from the repository root: ``python -m tests.render_sc_examples``. The images come from
-the built DICOM objects' pixel data (what a viewer shows), on the phantom of
-:mod:`tests.results_fixtures` (the lead replaces them with real-model renderings).
+Run from the repository root: ``python -m tests.render_sc_examples``. It generates a few
+synthetic studies (seed 9090, not in the training cohort's seed), runs the default model on each
+exactly as ``sarclym-node infer --out`` does, and saves the pixel data of the first SC of each
+true class whose prediction is right (what a viewer shows) as a PNG.
 """
 
 from __future__ import annotations
 
+import csv
+import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
 
-from sarclym.model.prediction import Label
+from sarclym.model.pipeline import scan_paths
+from sarclym.model.predict import DEFAULT_REGISTRY, Predictor
+from sarclym.model.registry import Registry
+from sarclym.node.cli import main as cli
 from sarclym.node.results import build_sc
-from tests.results_fixtures import CREATED, LARGE_SHAPE, LARGE_SPACING, make_prediction
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+CREATED = datetime(2026, 11, 27, 9, 0, 0)
 
 
 def main() -> None:
     """Write ``docs/sc_example_sarcoidosis.png`` and ``docs/sc_example_lymphoma.png``."""
-    DOCS.mkdir(exist_ok=True)
-    labels: tuple[Label, ...] = ("sarcoidosis", "lymphoma")
-    for label in labels:
-        prediction, datasets = make_prediction(label, shape=LARGE_SHAPE, spacing_mm=LARGE_SPACING)
-        sc = build_sc(prediction, datasets, created=CREATED)
-        path = DOCS / f"sc_example_{label}.png"
-        Image.fromarray(sc.pixel_array).save(path, optimize=True)
-        print(path)
+    predictor = Predictor(Registry(DEFAULT_REGISTRY).load())
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = Path(tmp) / "cohort"
+        assert cli(["synth", "--out", str(cohort), "--cases", "8", "--seed", "9090"]) == 0
+        with (cohort / "labels.csv").open(newline="") as fh:
+            truth = {r["study_instance_uid"]: r["label"] for r in csv.DictReader(fh)}
+        scan = scan_paths([cohort])
+        done: set[str] = set()
+        for uid, study in sorted(scan.studies.items()):
+            label = truth[uid]
+            if label in done:
+                continue
+            prepared = study.prepare(size=predictor.input_size, suv_window=predictor.suv_window)
+            prediction = predictor.predict(prepared)
+            print(f"{label}: P(lymphoma) {prediction.probability_lymphoma:.3f}")
+            if prediction.label != label:
+                continue
+            sc = build_sc(prediction, prepared.datasets, created=CREATED)
+            path = DOCS / f"sc_example_{label}.png"
+            Image.fromarray(sc.pixel_array).save(path, optimize=True)
+            print(path)
+            done.add(label)
+    missing = {"sarcoidosis", "lymphoma"} - done
+    if missing:
+        raise SystemExit(f"no correctly predicted example for {missing}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_retrain_registers_an_inactive_version_with_a_card(cohort: Path, trained
     assert card["input_size"] == [32, 32]
     assert 0.5 <= card["bayes_auc"] <= 1.0
     assert card["reproduce"].startswith("sarclym-node retrain --data ")
-    assert "--input-size 32" in card["reproduce"]
+    assert "--input-size 32x32" in card["reproduce"]
     md = (folder / "model_card.md").read_text()
     assert "not for clinical use" in md
     assert "synthetic" in md

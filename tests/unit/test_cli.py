@@ -101,3 +101,11 @@ def test_shuffle_without_send_is_bad_input(
     code = main(["synth", "--out", str(tmp_path / "o"), "--cases", "1", "--shuffle"])
     assert code == EXIT_BAD_INPUT
     assert "--shuffle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["12x8", "256x", "0", "axb", "256x128x2"])
+def test_retrain_input_size_is_checked(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["retrain", "--data", ".", "--labels", "x.csv", "--input-size", text])
+    assert info.value.code == 2
+    assert "--input-size" in capsys.readouterr().err
