@@ -5,7 +5,7 @@
 #
 #   ./dev.sh node     set up, then run the node on its embedded defaults
 #   ./dev.sh test     set up, then run the whole test suite (lint, types, tests, benchmarks)
-#   ./dev.sh setup    set up only
+#   ./dev.sh setup    set up only (with what the tests need: Chromium, a pinned OHIF build)
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
 #   ./dev.sh mypy     type-check only
 set -euo pipefail
@@ -50,6 +50,9 @@ python_setup() {
 
 setup() { apt_setup; python_setup; }
 
+# What only the tests need: Chromium and a pinned prebuilt OHIF viewer (tests/integration/test_ohif.py).
+test_setup() { tests/ohif/setup.sh; }
+
 run_mypy() {
   # mypy cannot follow the editable install's package-dir mapping (node/ -> sarclym.node), so
   # give it a tree with the installed names, made of links to the source folders.
@@ -80,9 +83,9 @@ run_node() {
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  setup) setup ;;
+  setup) setup; test_setup ;;
   node)  setup; run_node "$@" ;;
-  test)  setup; run_tests "$@" ;;
+  test)  setup; test_setup; run_tests "$@" ;;
   mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
   *) sed -n '2,11p' "$0" >&2; exit 2 ;;
