@@ -188,6 +188,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_model_commands(sub)
 
+    retry = _command(
+        sub,
+        "retry",
+        help="re-send results that a destination has not confirmed",
+        description="Re-arm every delivery not confirmed yet (pending and dead letter), or only "
+        "the dead letter with --dead, and send them now. Exit code 4 when some destination "
+        "still has not confirmed.",
+    )
+    retry.add_argument("--dead", action="store_true", help="only the dead letter")
+    retry.add_argument(
+        "--no-send", action="store_true", help="only re-arm; the running node sends them"
+    )
+    retry.set_defaults(func=_cmd_retry)
+
     cfg = _command(
         sub,
         "config",
@@ -303,6 +317,12 @@ def _add_model_commands(sub: Any) -> None:
     model.add_argument("--force", action="store_true", help="activate below the AUC gate")
     model.add_argument("--json", action="store_true", help="list: print JSON")
     model.set_defaults(func=_cmd_model)
+
+
+def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._delivery_cli import run_retry
+
+    return run_retry(args, config)
 
 
 def _cmd_infer(args: argparse.Namespace, config: Config) -> int:

@@ -17,23 +17,41 @@ import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sarclym.node.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
     "AllowedPeer",
+    "CStoreTarget",
     "Config",
+    "DestinationsConfig",
     "DeviceChoice",
+    "FolderTarget",
+    "JitterMode",
     "ListenerConfig",
     "LogFormat",
     "LoggingConfig",
     "ModelConfig",
+    "OrthancTarget",
+    "RetryPolicy",
     "StorageConfig",
+    "StowRsTarget",
+    "TargetConfig",
+    "TlsConfig",
     "load_config",
 ]
 
@@ -68,6 +86,34 @@ class AllowedPeer(_Frozen):
     )
 
 
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")  # PS3.5 9.1: UI VR
+
+
+def _check_uid(value: str) -> str:
+    if len(value) > 64 or not _UID.match(value):
+        raise ValueError(f"not a DICOM UID (PS3.5 9.1: digits and dots, <= 64), got {value!r}")
+    return value
+
+
+class TlsConfig(_Frozen):
+    """DICOM TLS for the listener (PS3.15 B.9, BCP 195: TLS 1.2 or newer)."""
+
+    cert_file: Path = Field(description="PEM certificate of the node (chain allowed).")
+    key_file: Path = Field(description="PEM private key of that certificate, unencrypted.")
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates that client certificates are checked with."
+    )
+    require_client_cert: bool = Field(
+        default=False, description="Refuse a TLS client without a certificate signed by ca_file."
+    )
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> TlsConfig:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs clients)")
+        return self
+
+
 class ListenerConfig(_Frozen):
     """DICOM listener (C-ECHO, C-STORE SCP)."""
 
@@ -83,6 +129,13 @@ class ListenerConfig(_Frozen):
     allowed_peers: tuple[AllowedPeer, ...] = Field(
         default=(AllowedPeer(ae_title="STORESCU", host="127.0.0.1"),),
         description="Calling AEs (optionally with host) accepted when allow_any_peer is off.",
+    )
+    tls: TlsConfig | None = Field(default=None, description="DICOM TLS; None: plain TCP.")
+    max_pdu: Annotated[int, Field(ge=0)] = Field(
+        default=262144, description="Largest P-DATA PDU the node accepts, in bytes; 0: no limit."
+    )
+    extra_sop_classes: tuple[Annotated[str, AfterValidator(_check_uid)], ...] = Field(
+        default=(), description="Private storage SOP classes to accept beside the standard ones."
     )
 
 
@@ -139,6 +192,157 @@ class ModelConfig(_Frozen):
     )
 
 
+class JitterMode(str, Enum):
+    """How a retry delay is randomised."""
+
+    FULL = "full"  # uniform in [0, capped exponential delay]: retries of many results spread out
+    NONE = "none"  # exactly the capped exponential delay (predictable, for tests and debugging)
+
+
+class RetryPolicy(_Frozen):
+    """Retries of a delivery that a destination did not confirm: capped exponential backoff.
+
+    The delay before attempt ``n + 1`` is ``min(max_delay_s, base_delay_s * 2**(n - 1))``, drawn
+    uniformly from ``[0, that]`` with full jitter. After ``max_attempts`` attempts, or at once on
+    a permanent failure, the delivery goes to the dead letter (``sarclym-node retry --dead``).
+    """
+
+    max_attempts: Annotated[int, Field(ge=1)] = Field(
+        default=15, description="Attempts per result and destination before the dead letter."
+    )
+    base_delay_s: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="Delay after the first failed attempt (before jitter)."
+    )
+    max_delay_s: Annotated[float, Field(gt=0)] = Field(
+        default=900.0, description="Upper bound of any delay (before jitter)."
+    )
+    jitter: JitterMode = Field(default=JitterMode.FULL)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetryPolicy:
+        if self.max_delay_s < self.base_delay_s:
+            raise ValueError(
+                f"max_delay_s ({self.max_delay_s}) is below base_delay_s ({self.base_delay_s})"
+            )
+        return self
+
+
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_target_name(value: str) -> str:
+    if not _TARGET_NAME.match(value):
+        raise ValueError(
+            "a destination name is 1 to 64 letters, digits, '_', '.' or '-', starting with a "
+            f"letter or digit, got {value!r}"
+        )
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise ValueError(f"not an environment variable name: {value!r}")
+    return value
+
+
+TargetName = Annotated[str, AfterValidator(_check_target_name)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+EnvName = Annotated[str | None, AfterValidator(_check_env_name)]
+
+
+class CStoreTarget(_Frozen):
+    """A Storage SCP (PACS, Orthanc's DICOM port) that results are sent to by C-STORE."""
+
+    kind: Literal["cstore"]
+    name: TargetName = Field(description="Unique name; the delivery ledger keys on it.")
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    called_aet: AETitle
+    calling_aet: AETitle = Field(default="SARCLYM")
+    timeout: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="Seconds for the association, each response and the network."
+    )
+
+
+class StowRsTarget(_Frozen):
+    """A DICOMweb server that results are sent to by STOW-RS (PS3.18 10.5)."""
+
+    kind: Literal["stowrs"]
+    name: TargetName
+    url: HttpUrl = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    token: SecretStr | None = Field(default=None, description="Bearer token.")
+    token_env: EnvName = Field(
+        default=None, description="Environment variable that holds the bearer token."
+    )
+    verify_tls: bool = Field(default=True, description="Check the server's TLS certificate.")
+    timeout: Annotated[float, Field(gt=0)] = Field(default=30.0)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> StowRsTarget:
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("give token or token_env, not both")
+        return self
+
+
+class OrthancTarget(_Frozen):
+    """An Orthanc server that results are uploaded to through its REST API (POST /instances)."""
+
+    kind: Literal["orthanc"]
+    name: TargetName
+    url: HttpUrl = Field(description="Orthanc's HTTP root, e.g. http://127.0.0.1:8042")
+    username: str | None = Field(default=None)
+    password: SecretStr | None = Field(default=None)
+    password_env: EnvName = Field(
+        default=None, description="Environment variable that holds the password."
+    )
+    verify_tls: bool = Field(default=True)
+    timeout: Annotated[float, Field(gt=0)] = Field(default=30.0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> OrthancTarget:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give password or password_env, not both")
+        return self
+
+
+class FolderTarget(_Frozen):
+    """A folder that results are copied to as ``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``."""
+
+    kind: Literal["folder"]
+    name: TargetName
+    path: Path | None = Field(default=None, description="Folder; None: <storage.data_dir>/results.")
+
+
+TargetConfig = Annotated[
+    CStoreTarget | StowRsTarget | OrthancTarget | FolderTarget, Field(discriminator="kind")
+]
+
+
+class DestinationsConfig(_Frozen):
+    """Where results go (several at once) and how undelivered results are retried."""
+
+    targets: tuple[TargetConfig, ...] = Field(
+        default=(FolderTarget(kind="folder", name="results-folder"),),
+        description="Every result goes to each of these.",
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = [t.name for t in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"destination names must be unique: {', '.join(twice)}")
+        return value
+
+
 class Config(_Frozen):
     """The whole configuration of a node."""
 
@@ -146,6 +350,7 @@ class Config(_Frozen):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
 
 
 def _format_errors(exc: ValidationError, env_keys: Mapping[tuple[str, ...], str]) -> list[str]:
@@ -195,7 +400,38 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     model = config.model
     if registry is not None and not registry.is_absolute():
         model = model.model_copy(update={"registry_dir": (base / registry).resolve()})
-    return config.model_copy(update={"storage": storage, "model": model})
+    listener = config.listener
+    if listener.tls is not None:
+        tls = listener.tls
+        paths = {"cert_file": tls.cert_file, "key_file": tls.key_file, "ca_file": tls.ca_file}
+        resolved = {k: base / v for k, v in paths.items() if v is not None and not v.is_absolute()}
+        listener = listener.model_copy(update={"tls": tls.model_copy(update=resolved)})
+    return config.model_copy(update={"storage": storage, "model": model, "listener": listener})
+
+
+def _resolve_destinations(
+    config: Config, base: Path, environ: Mapping[str, str], source: str
+) -> Config:
+    """Resolve folder paths against ``base`` and read secrets named by ``*_env`` keys."""
+    targets: list[Any] = []
+    problems = []
+    for index, target in enumerate(config.destinations.targets):
+        key = f"destinations.targets.{index}"
+        if isinstance(target, FolderTarget) and target.path and not target.path.is_absolute():
+            target = target.model_copy(update={"path": (base / target.path).resolve()})
+        for secret, env_key in (("token", "token_env"), ("password", "password_env")):
+            name = getattr(target, env_key, None)
+            if name is None:
+                continue
+            if name not in environ:
+                problems.append(f"{key}.{env_key}: environment variable {name} is not set")
+                continue
+            target = target.model_copy(update={secret: SecretStr(environ[name])})
+        targets.append(target)
+    if problems:
+        raise ConfigError(problems, source)
+    destinations = config.destinations.model_copy(update={"targets": tuple(targets)})
+    return config.model_copy(update={"destinations": destinations})
 
 
 def load_config(
@@ -250,4 +486,4 @@ def load_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, env_keys), source) from exc
-    return _resolve_paths(config, base)
+    return _resolve_destinations(_resolve_paths(config, base), base, environ, source)

@@ -7,6 +7,9 @@ occur, with ``raise X(...) from exc``::
     ├── ConfigError          the configuration file or an environment override is wrong
     ├── InputError           a path or file given by the user cannot be used
     ├── ModelError           the model registry, a version or the training data cannot be used
+    ├── SpoolError           (node.spool) an instance cannot be written to the spool
+    │   └── SpoolFull        below the free-space watermark: C-STORE answers 0xA700
+    ├── StateError           (node.state) the state database refuses an operation
     └── DeliveryError        a destination did not confirm an object
         └── AssociationRejected   the peer refused or aborted the association
 

@@ -1,0 +1,751 @@
+"""The DICOM listener: C-ECHO and C-STORE SCP in front of the spool and state.db.
+
+Every storage SOP class pynetdicom knows (PET, Enhanced PET, CT, SC, SR, ...) plus a few private
+ones scanners route with whole studies, in uncompressed and the common compressed transfer
+syntaxes. The peer's first proposed transfer syntax wins, and the encoded data set is written as
+received: a compressed instance is stored as it was sent, never transcoded.
+
+Peers are checked when they ask to associate (PS3.8 7.1.1.3): the called AE must be ours and the
+calling AE (optionally with its host) must be allowed, else A-ASSOCIATE-RJ rejected-permanent
+from the service user, reason 7 (called AE not recognized) or 3 (calling AE not recognized).
+
+A C-STORE is answered Success only once the instance is durable in the spool and recorded in
+state.db (PS3.4 B.2.3); the instance that completes a series triggers ``on_series_complete``
+before its response is sent. Failures map to the statuses in :class:`StoreStatus`.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import socket
+import socketserver
+import sqlite3
+import ssl
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from itertools import count
+from typing import Any, cast
+
+import structlog
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import ThreadedAssociationServer
+
+from sarclym.node.config import Config, ListenerConfig, TlsConfig
+from sarclym.node.errors import ConfigError
+from sarclym.node.spool import Spool, SpoolError, SpoolFull, check_uid
+from sarclym.node.state import ReceivedInstance, StateDB, StateError
+
+__all__ = [
+    "PRIVATE_STORAGE_CLASSES",
+    "TRANSFER_SYNTAXES",
+    "Listener",
+    "RejectReason",
+    "StoreStatus",
+    "check_peer",
+    "expected_count",
+    "in_peer_order",
+    "storage_contexts",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Transfer syntaxes accepted for storage. When a peer offers several in one presentation context
+#: the node takes the peer's first choice (see :func:`in_peer_order`).
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+)
+
+#: Private storage SOP classes that PET/CT scanners send along with a study.
+PRIVATE_STORAGE_CLASSES: dict[str, str] = {
+    "1.3.12.2.1107.5.9.1": "Siemens CSA Non-Image Storage",
+}
+
+_VERIFICATION = "1.2.840.10008.1.1"
+_SINGLE_INSTANCE_PET = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
+        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
+    }
+)
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesType",
+    "NumberOfSlices",
+    "NumberOfTimeSlices",
+    "NumberOfRRIntervals",
+    "NumberOfTimeSlots",
+    "ImageIndex",
+]
+_UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_TAGS]
+_LAST_HEADER_TAG = int(max(_HEADER_TAG_NUMBERS))
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_HANDSHAKE_TIMEOUT_S = 10.0
+_POLL_INTERVAL_S = 0.1  # how soon stop() is noticed by the accept loop
+_ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses of the node (PS3.4 B.2.3, PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700  # below the free-space watermark, disk full, I/O or DB error
+    SOP_CLASS_MISMATCH = 0xA900  # the data set's SOP Class UID is not the request's
+    CANNOT_DECODE = 0xC210  # the data set cannot be parsed
+    MISSING_ATTRIBUTE = 0xC212  # a UID the node files by is missing or not a valid UID
+    INSTANCE_MISMATCH = 0xC213  # the data set's SOP Instance UID is not the request's
+
+
+class RejectReason(IntEnum):
+    """A-ASSOCIATE-RJ diagnostics for source "DICOM UL service-user" (PS3.8 9.3.4)."""
+
+    CALLING_AE_NOT_RECOGNIZED = 3
+    CALLED_AE_NOT_RECOGNIZED = 7
+
+
+def storage_contexts(extra_sop_classes: tuple[str, ...] = ()) -> list[PresentationContext]:
+    """Presentation contexts for Verification and every storage SOP class.
+
+    Parameters
+    ----------
+    extra_sop_classes
+        Further (private) storage SOP class UIDs (``listener.extra_sop_classes``).
+
+    Returns
+    -------
+    list of PresentationContext
+        Verification with the uncompressed syntaxes; each storage class with
+        :data:`TRANSFER_SYNTAXES`.
+    """
+    uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    uids += [u for u in (*PRIVATE_STORAGE_CLASSES, *extra_sop_classes) if u not in uids]
+    contexts = [build_context(_VERIFICATION)]
+    contexts += [build_context(uid, list(TRANSFER_SYNTAXES)) for uid in dict.fromkeys(uids)]
+    return contexts
+
+
+def in_peer_order(
+    requested: list[PresentationContext], supported: dict[str, list[str]]
+) -> list[PresentationContext]:
+    """The contexts to negotiate one association with, transfer syntaxes in the peer's order.
+
+    pynetdicom accepts, for each proposed context, the first of the *acceptor's* transfer
+    syntaxes that the peer proposed. Ordering them as the peer did makes the node accept the
+    peer's first choice, normally the encoding the instance is stored in, so nothing is
+    transcoded (PS3.8 9.3.2.2 leaves the choice to the acceptor).
+
+    Parameters
+    ----------
+    requested
+        The presentation contexts of the A-ASSOCIATE-RQ.
+    supported
+        Transfer syntaxes the node accepts, by abstract syntax (SOP class) UID.
+
+    Returns
+    -------
+    list of PresentationContext
+        One context per proposed SOP class the node supports.
+    """
+    order: dict[str, list[str]] = {}
+    for cx in requested:
+        uid = str(cx.abstract_syntax)
+        if uid in supported:
+            proposed = order.setdefault(uid, [])
+            proposed += [str(ts) for ts in cx.transfer_syntax if str(ts) not in proposed]
+    contexts = []
+    for uid, proposed in order.items():
+        allowed = supported[uid]
+        syntaxes = [ts for ts in proposed if ts in allowed]
+        contexts.append(build_context(uid, syntaxes + [ts for ts in allowed if ts not in syntaxes]))
+    return contexts
+
+
+def _same_host(allowed: str, address: str) -> bool:
+    try:
+        a, b = ipaddress.ip_address(allowed), ipaddress.ip_address(address)
+    except ValueError:
+        return allowed == address
+    a = getattr(a, "ipv4_mapped", None) or a
+    b = getattr(b, "ipv4_mapped", None) or b
+    return a == b
+
+
+def check_peer(
+    config: ListenerConfig, *, calling_ae: str, called_ae: str, address: str
+) -> RejectReason | None:
+    """Whether an association request may proceed.
+
+    Parameters
+    ----------
+    config
+        The listener's configuration (AE title, allow-list).
+    calling_ae, called_ae
+        AE titles from the A-ASSOCIATE-RQ (trailing spaces are ignored).
+    address
+        IP address the request came from.
+
+    Returns
+    -------
+    RejectReason or None
+        None to accept; otherwise the diagnostic to reject with. The called AE is checked
+        first; a calling AE allowed only from another host counts as not recognized.
+    """
+    if config.require_called_ae and called_ae.strip() != config.ae_title:
+        return RejectReason.CALLED_AE_NOT_RECOGNIZED
+    if config.allow_any_peer:
+        return None
+    calling = calling_ae.strip()
+    for peer in config.allowed_peers:
+        if peer.ae_title == calling and (peer.host is None or _same_host(peer.host, address)):
+            return None
+    return RejectReason.CALLING_AE_NOT_RECOGNIZED
+
+
+def expected_count(ds: Dataset) -> int | None:
+    """Number of instances a PET series will have, from one of its instances; None if unknown.
+
+    (0054,0081) *Number of Slices*, times (0054,0101) *Number of Time Slices* for DYNAMIC
+    series, times (0054,0061) *Number of R-R Intervals* and (0054,0071) *Number of Time Slots*
+    for GATED series (the ranges of (0054,1330) *Image Index*, PS3.3 C.8.9.4.1.9). Needs Image
+    Index in the instance too: without it completion cannot be counted. Enhanced PET keeps a
+    whole series in one instance: 1.
+    """
+    if str(ds.get("SOPClassUID", "")) in _SINGLE_INSTANCE_PET:
+        return 1
+    slices = ds.get("NumberOfSlices")
+    if not slices or ds.get("ImageIndex") is None:
+        return None
+    series_type = ds.get("SeriesType")
+    if isinstance(series_type, MultiValue):
+        series_type = series_type[0] if series_type else None
+    factors: tuple[str, ...] = ()
+    if series_type == "GATED":
+        factors = ("NumberOfRRIntervals", "NumberOfTimeSlots")
+    elif series_type in (None, "", "DYNAMIC"):
+        factors = ("NumberOfTimeSlices",)
+    total = int(slices)
+    for keyword in factors:
+        value = ds.get(keyword)
+        if value:
+            total *= int(value)
+    return total
+
+
+class _Refusal(Exception):
+    """A C-STORE the node answers with a failure status."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class _Header:
+    """The attributes of a received data set the node files and counts by."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str | None
+    image_index: int | None
+    expected: int | None
+
+
+def _raw_uid(ds: Dataset, keyword: str) -> str | None:
+    """A UID as sent, without pydicom's value conversion (which warns on invalid UIDs)."""
+    tag = Tag(keyword)
+    if tag not in ds:
+        return None
+    value = ds.get_item(tag).value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    text = "" if value is None else str(value).rstrip("\0 ").strip()
+    return text or None
+
+
+def _parse(data: bytes, transfer_syntax: str) -> Dataset:
+    """The attributes in ``_HEADER_TAGS`` of an encoded data set (no file meta).
+
+    pydicom reads leniently; two checks make sure the bytes really are a data set: no element
+    length may run past the end, and no wanted value may be shorter than its length.
+
+    Raises
+    ------
+    ValueError
+        The data set is malformed (pydicom's own errors propagate as they are).
+    """
+    syntax = UID(transfer_syntax)
+    if syntax.is_deflated:
+        data = zlib.decompress(data, -zlib.MAX_WBITS)  # PS3.5 A.5: raw deflate, no header
+    fp = io.BytesIO(data)
+    # Elements come in tag order: nothing after (0054,1330) Image Index is needed.
+    ds = read_dataset(
+        fp,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, vr, length: tag.real > _LAST_HEADER_TAG,  # int compare: fast
+        specific_tags=_HEADER_TAG_NUMBERS,
+    )
+    if fp.tell() > len(data):
+        raise ValueError("an element length runs past the end of the data set")
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.length != _UNDEFINED_LENGTH
+            and len(elem.value or b"") < elem.length
+        ):
+            raise ValueError(f"element {tag} is truncated")
+    return ds
+
+
+def _read_header(
+    data: bytes, transfer_syntax: str, request_sop_class: str, request_sop_instance: str
+) -> _Header:
+    """Parse the identifying attributes of a received data set; raise :class:`_Refusal`.
+
+    Parameters
+    ----------
+    data
+        The data set as encoded by the peer, without file meta information.
+    transfer_syntax
+        The presentation context's transfer syntax.
+    request_sop_class, request_sop_instance
+        Affected SOP Class and Instance UIDs of the C-STORE request.
+    """
+    try:
+        ds = _parse(data, transfer_syntax)
+        uids = {keyword: _raw_uid(ds, keyword) for keyword in _UID_KEYWORDS}
+        modality = ds.get("Modality")
+        # Enhanced PET: the one instance is the whole series, index 1 of 1.
+        single = uids["SOPClassUID"] in _SINGLE_INSTANCE_PET
+        index = 1 if single else ds.get("ImageIndex")
+        image_index = None if index is None else int(index)
+        expected = expected_count(ds)
+    except Exception as exc:  # any parser error means the same to the peer: undecodable
+        # The exception text may quote element values (PHI): the log gets its type only.
+        raise _Refusal(
+            StoreStatus.CANNOT_DECODE, f"data set cannot be decoded ({type(exc).__name__})"
+        ) from exc
+    if not any(uids.values()):
+        # Every instance has these in groups 0008/0020: bytes without any are not a data set.
+        raise _Refusal(StoreStatus.CANNOT_DECODE, "data set cannot be decoded (no UIDs found)")
+    for keyword, value in uids.items():
+        if not value:
+            raise _Refusal(StoreStatus.MISSING_ATTRIBUTE, f"{keyword} missing")
+        try:
+            check_uid(value, keyword)
+        except ValueError:
+            raise _Refusal(StoreStatus.MISSING_ATTRIBUTE, f"{keyword} not a valid UID") from None
+    if uids["SOPClassUID"] != request_sop_class:
+        raise _Refusal(StoreStatus.SOP_CLASS_MISMATCH, "SOPClassUID differs from the request")
+    if uids["SOPInstanceUID"] != request_sop_instance:
+        raise _Refusal(StoreStatus.INSTANCE_MISMATCH, "SOPInstanceUID differs from the request")
+    return _Header(
+        sop_class_uid=uids["SOPClassUID"] or "",
+        sop_instance_uid=uids["SOPInstanceUID"] or "",
+        study_uid=uids["StudyInstanceUID"] or "",
+        series_uid=uids["SeriesInstanceUID"] or "",
+        modality=str(modality) if modality else None,
+        image_index=image_index,
+        expected=expected,
+    )
+
+
+@dataclass
+class _AssocStats:
+    """Counters of one association, logged in one line when it closes."""
+
+    log: Any
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    bytes: int = 0
+    outcome: str = "closed"
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with TCP_NODELAY and a bounded TLS handshake.
+
+    pynetdicom wraps accepted sockets in TLS inside the accept loop with no time limit, so one
+    silent client would stop every other peer from connecting; here the handshake gets
+    ``_HANDSHAKE_TIMEOUT_S``.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        sock, address = self.socket.accept()
+        # ENV.md: Nagle's algorithm costs 40-50 ms per C-STORE response.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is None:
+            return sock, address
+        sock.settimeout(_HANDSHAKE_TIMEOUT_S)
+        try:
+            tls = self.ssl_context.wrap_socket(sock, server_side=True)
+        except OSError as exc:  # ssl.SSLError, timeout, reset: socketserver skips the request
+            sock.close()
+            log.warning("tls handshake failed", peer=address[0], reason=str(exc))
+            raise
+        tls.settimeout(None)
+        return tls, address
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load {tls.cert_file} with {tls.key_file}: {exc}"
+        raise ConfigError([f"listener.tls.cert_file: {problem}"], "listener") from exc
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                [f"listener.tls.ca_file: cannot load {tls.ca_file}: {exc}"], "listener"
+            ) from exc
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+class Listener:
+    """C-ECHO/C-STORE SCP that spools instances and tracks series completion.
+
+    Parameters
+    ----------
+    config
+        The node's configuration: ``listener`` (AE title, address, peers, TLS, PDU size) and
+        ``storage`` (data folder, free-space watermark).
+    state
+        The state database that instances and series are recorded in.
+    on_series_complete
+        Called with the Series Instance UID when an instance completes its series (all Image
+        Index values 1..N received), once per series, from the association's thread, before
+        that instance's C-STORE response. Keep it short (enqueue a job). An exception in it is
+        logged; the instance still succeeds, and the series stays COMPLETE in state.db.
+
+    Examples
+    --------
+    >>> listener = Listener(config, StateDB.in_data_dir(config.storage.data_dir))
+    >>> listener.start()  # returns at once; associations are served in threads
+    >>> listener.stop()
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: StateDB,
+        on_series_complete: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config.listener
+        self.state = state
+        self.spool = Spool(config.storage.data_dir, min_free_mb=config.storage.min_free_mb)
+        self.on_series_complete = on_series_complete
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stats: weakref.WeakKeyDictionary[Association, _AssocStats] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._stats_lock = threading.Lock()
+        self._ids = count(1)
+        self._syntaxes: dict[str, list[str]] = {}
+
+    @property
+    def port(self) -> int:
+        """The TCP port the listener is bound to.
+
+        Raises
+        ------
+        RuntimeError
+            The listener is not started.
+        """
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def is_running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._server is not None
+
+    def start(self) -> None:
+        """Bind the port and serve associations in background threads; return at once.
+
+        Raises
+        ------
+        ConfigError
+            The TLS files cannot be loaded, or the address cannot be bound.
+        RuntimeError
+            The listener is already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("the listener is already started")
+        cfg = self.config
+        ssl_context = _tls_context(cfg.tls) if cfg.tls is not None else None
+        self.spool.remove_stale_temp()
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_pdu_size = cfg.max_pdu
+        ae.require_called_aet = False  # checked with the calling AE in _on_requested
+        contexts = storage_contexts(cfg.extra_sop_classes)
+        self._syntaxes = {
+            str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax] for cx in contexts
+        }
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_ended, ["released"]),
+            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+        ]
+        try:
+            server = cast(
+                _Server,
+                ae.make_server(
+                    (cfg.host, cfg.port),
+                    # Each association gets its own contexts in _on_requested; pynetdicom
+                    # deep-copies these per association, so keep them small.
+                    contexts=[build_context(_VERIFICATION)],
+                    ssl_context=ssl_context,
+                    evt_handlers=handlers,
+                    server_class=_Server,
+                ),
+            )
+        except OSError as exc:
+            raise ConfigError(
+                [f"listener.port: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror})"],
+                "listener",
+            ) from exc
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL_S},
+            name=f"listener:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info(
+            "listener started",
+            ae_title=cfg.ae_title,
+            host=cfg.host,
+            port=self.port,
+            tls=cfg.tls is not None,
+            allow_any_peer=cfg.allow_any_peer,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, abort open associations and wait for their threads (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # socketserver's shutdown, then close: pynetdicom's own shutdown() expects the server
+        # to be registered with the AE by start_server().
+        socketserver.BaseServer.shutdown(server)
+        server.server_close()
+        assocs = server.active_associations
+        for assoc in assocs:
+            assoc.abort()
+        deadline = time.monotonic() + timeout
+        for thread in [*assocs, self._thread]:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("listener stopped", ae_title=self.config.ae_title)
+
+    def __enter__(self) -> Listener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- association events ----------------------------------------------------------------
+
+    def _on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        rq = cast(A_ASSOCIATE, assoc.requestor.primitive)
+        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+        address = assoc.requestor.address
+        reason = check_peer(self.config, calling_ae=calling, called_ae=called, address=address)
+        if reason is None:
+            requested = rq.presentation_context_definition_list
+            assoc.acceptor.supported_contexts = in_peer_order(requested, self._syntaxes)
+            return
+        log.warning(
+            "association rejected",
+            calling_ae=calling,
+            called_ae=called,
+            peer=address,
+            reason=reason.name.lower(),
+        )
+        # As pynetdicom's own ACSE does: rejected-permanent (1) by the service user (1).
+        assoc.acse.send_reject(0x01, 0x01, int(reason))
+        assoc.kill()
+
+    def _on_established(self, event: Event) -> None:
+        assoc = event.assoc
+        context = {
+            "assoc_id": next(self._ids),
+            "calling_ae": assoc.requestor.ae_title.strip(),
+            "peer": assoc.requestor.address,
+        }
+        # This runs in the association's own thread, which serves its DIMSE messages: the
+        # context reaches pynetdicom's log lines too (configure_logging merges contextvars).
+        structlog.contextvars.bind_contextvars(**context)
+        bound = log.bind(**context)
+        with self._stats_lock:
+            self._stats[assoc] = _AssocStats(log=bound)
+
+    def _stats_for(self, assoc: Association) -> _AssocStats:
+        with self._stats_lock:
+            stats = self._stats.get(assoc)
+            if stats is None:  # not expected: EVT_ESTABLISHED precedes every DIMSE message
+                stats = self._stats[assoc] = _AssocStats(log=log.bind(peer="unknown"))
+            return stats
+
+    def _on_ended(self, event: Event, outcome: str) -> None:
+        self._stats_for(event.assoc).outcome = outcome
+
+    def _on_conn_close(self, event: Event) -> None:
+        with self._stats_lock:
+            stats = self._stats.pop(event.assoc, None)
+        if stats is None:
+            return  # rejected, or never associated: logged already or nothing to say
+        stats.log.info(
+            "association closed",
+            outcome=stats.outcome,
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            failed=stats.failed,
+            mbytes=round(stats.bytes / 1e6, 3),
+            seconds=round(time.monotonic() - stats.started, 3),
+        )
+
+    def _on_echo(self, event: Event) -> int:
+        return int(StoreStatus.SUCCESS)
+
+    # -- C-STORE ----------------------------------------------------------------------------
+
+    def _on_store(self, event: Event) -> int | Dataset:
+        stats = self._stats_for(event.assoc)
+        try:
+            status = self._store(event, stats)
+        except _Refusal as refusal:
+            stats.failed += 1
+            stats.log.warning(
+                "c-store refused",
+                status=f"0x{refusal.status:04X}",
+                reason=refusal.reason,
+                sop_instance_uid=str(cast(C_STORE, event.request).AffectedSOPInstanceUID),
+            )
+            rsp = Dataset()
+            rsp.Status = int(refusal.status)
+            rsp.ErrorComment = refusal.reason[:_ERROR_COMMENT_MAX]
+            return rsp
+        return int(status)
+
+    def _store(self, event: Event, stats: _AssocStats) -> StoreStatus:
+        request = cast(C_STORE, event.request)
+        header = _read_header(
+            event.encoded_dataset(include_meta=False),
+            event.context.transfer_syntax,
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+        )
+        raw = event.encoded_dataset()  # Part 10: preamble, file meta, the data set as sent
+        if self.state.has_instance(header.sop_instance_uid):
+            # A resend: stored once already; only its arrival time is recorded.
+            self._record(header, event, stats, path="", size=len(raw))
+            stats.duplicates += 1
+            return StoreStatus.SUCCESS
+        try:
+            path = self.spool.write(
+                header.study_uid, header.series_uid, header.sop_instance_uid, [raw]
+            )
+        except SpoolFull as exc:
+            raise _Refusal(StoreStatus.OUT_OF_RESOURCES, f"out of disk space: {exc}") from exc
+        except SpoolError as exc:
+            raise _Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store: {exc}") from exc
+        relative = str(path.relative_to(self.spool.data_dir))
+        self._record(header, event, stats, path=relative, size=len(raw))
+        stats.stored += 1
+        stats.bytes += len(raw)
+        return StoreStatus.SUCCESS
+
+    def _record(
+        self, header: _Header, event: Event, stats: _AssocStats, *, path: str, size: int
+    ) -> None:
+        instance = ReceivedInstance(
+            sop_instance_uid=header.sop_instance_uid,
+            series_uid=header.series_uid,
+            study_uid=header.study_uid,
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax=str(UID(event.context.transfer_syntax)),
+            path=path,
+            size=size,
+            modality=header.modality,
+            image_index=header.image_index,
+            expected_count=header.expected,
+            calling_ae=event.assoc.requestor.ae_title.strip(),
+        )
+        try:
+            outcome = self.state.record_instance(instance)
+        except (sqlite3.Error, StateError) as exc:
+            raise _Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not writable") from exc
+        if not outcome.series_complete_now:
+            return
+        stats.log.info(
+            "series complete",
+            series_instance_uid=outcome.series_uid,
+            study_instance_uid=header.study_uid,
+            modality=header.modality,
+            instances=outcome.received,
+            expected=outcome.expected,
+        )
+        if self.on_series_complete is not None:
+            try:
+                self.on_series_complete(outcome.series_uid)
+            except Exception:  # the instance is durable; the series stays COMPLETE in state.db
+                stats.log.exception(
+                    "on_series_complete failed", series_instance_uid=outcome.series_uid
+                )

@@ -1,0 +1,637 @@
+"""The state database (``<data_dir>/state.db``): what arrived, and which series are complete.
+
+One SQLite file in WAL mode, shared by the modules of the node; each module owns its tables and
+creates them through :meth:`StateDB.ensure_schema` with its own version counter, so that later
+migrations can run per module. This module owns ``instances`` and ``series``.
+
+Durability: ``synchronous=FULL``, so a committed row survives a power cut; the listener answers a
+C-STORE with Success only after :meth:`StateDB.record_instance` returned.
+
+Series completion (spec/PET.md): a series carrying (0054,0081) *Number of Slices* (times
+(0054,0101) *Number of Time Slices* when present) and (0054,1330) *Image Index* is complete
+the moment its Image Index values cover 1..N; the instance that completes it gets
+``series_complete_now=True``, exactly once, whatever the order, duplicates or number of
+associations. Other series are found by :meth:`StateDB.quiet_series` and completed by the
+caller's quiet-time rule through :meth:`StateDB.mark_series`.
+
+Times are POSIX seconds (``time.time()``); paths are relative to ``storage.data_dir``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sarclym.node.errors import SarclymError
+
+__all__ = [
+    "STATE_DB_NAME",
+    "InstanceOutcome",
+    "InstanceRecord",
+    "ReceivedInstance",
+    "SeriesRecord",
+    "SeriesStatus",
+    "StateDB",
+    "StateError",
+    "StudySummary",
+]
+
+#: File name of the database inside ``storage.data_dir``.
+STATE_DB_NAME = "state.db"
+
+_COMPONENT = "receive"
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE series (
+            series_uid      TEXT PRIMARY KEY,
+            study_uid       TEXT NOT NULL,
+            modality        TEXT,
+            sop_class_uid   TEXT,
+            expected_count  INTEGER,           -- NumberOfSlices x NumberOfTimeSlices, or NULL
+            indexed_count   INTEGER NOT NULL DEFAULT 0,  -- distinct ImageIndex in 1..expected
+            instance_count  INTEGER NOT NULL DEFAULT 0,  -- distinct SOP instances
+            byte_count      INTEGER NOT NULL DEFAULT 0,
+            first_received  REAL NOT NULL,
+            last_received   REAL NOT NULL,     -- any arrival, duplicates included
+            status          TEXT NOT NULL,
+            status_reason   TEXT,
+            status_changed  REAL NOT NULL,
+            completed_at    REAL
+        )""",
+        "CREATE INDEX series_by_status ON series (status, last_received)",
+        "CREATE INDEX series_by_study ON series (study_uid)",
+        """CREATE TABLE instances (
+            sop_instance_uid TEXT PRIMARY KEY,
+            series_uid       TEXT NOT NULL REFERENCES series (series_uid),
+            study_uid        TEXT NOT NULL,
+            sop_class_uid    TEXT NOT NULL,
+            transfer_syntax  TEXT NOT NULL,
+            modality         TEXT,
+            image_index      INTEGER,
+            path             TEXT NOT NULL,     -- relative to storage.data_dir
+            size             INTEGER NOT NULL,
+            calling_ae       TEXT,
+            received_at      REAL NOT NULL,     -- first arrival
+            last_received    REAL NOT NULL,     -- latest arrival (a resend)
+            copies           INTEGER NOT NULL DEFAULT 1
+        )""",
+        "CREATE INDEX instances_by_series ON instances (series_uid, image_index)",
+    ),
+)
+
+
+_INSERT_SERIES = """
+    INSERT INTO series (series_uid, study_uid, modality, sop_class_uid, first_received,
+                        last_received, status, status_changed)
+    VALUES (:series_uid, :study_uid, :modality, :sop_class_uid, :now, :now, :receiving, :now)
+    ON CONFLICT (series_uid) DO NOTHING"""
+_INSERT_INSTANCE = """
+    INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
+                           transfer_syntax, modality, image_index, path, size, calling_ae,
+                           received_at, last_received)
+    VALUES (:sop_instance_uid, :series_uid, :study_uid, :sop_class_uid, :transfer_syntax,
+            :modality, :image_index, :path, :size, :calling_ae, :now, :now)"""
+_UPDATE_SERIES = """
+    UPDATE series SET expected_count = :expected, indexed_count = :indexed,
+        instance_count = instance_count + 1, byte_count = byte_count + :size,
+        last_received = MAX(last_received, :now), modality = COALESCE(modality, :modality),
+        sop_class_uid = COALESCE(sop_class_uid, :sop_class_uid)
+    WHERE series_uid = :series_uid"""
+
+
+class StateError(SarclymError):
+    """state.db cannot be used: unreadable, or written by a newer version of the node."""
+
+
+class SeriesStatus(str, Enum):
+    """Where a series stands. The listener sets RECEIVING and COMPLETE; later stages the rest."""
+
+    RECEIVING = "receiving"  # instances arriving, not known to be complete
+    COMPLETE = "complete"  # all expected instances (or quiet time): ready for selection
+    QUEUED = "queued"  # a job was queued for it
+    PROCESSING = "processing"
+    DONE = "done"  # results made
+    SKIPPED = "skipped"  # not analysed, with a reason (CT, NAC, MIP, other tracer...)
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the listener knows about an instance it has made durable in the spool."""
+
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str  # relative to storage.data_dir
+    size: int
+    modality: str | None = None
+    image_index: int | None = None  # (0054,1330) Image Index
+    expected_count: int | None = None  # (0054,0081) x (0054,0101), None when absent
+    calling_ae: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """The effect of :meth:`StateDB.record_instance`."""
+
+    new: bool  # False: this SOP Instance UID was already recorded (nothing changed but times)
+    series_complete_now: bool  # True for exactly one instance per series: the completing one
+    series_uid: str  # the series the instance belongs to (the first one recorded, for resends)
+    received: int  # distinct instances of the series so far
+    expected: int | None
+    series_status: SeriesStatus
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """One row of ``series``."""
+
+    series_uid: str
+    study_uid: str
+    modality: str | None
+    sop_class_uid: str | None
+    expected_count: int | None
+    indexed_count: int
+    instance_count: int
+    byte_count: int
+    first_received: float
+    last_received: float
+    status: SeriesStatus
+    status_reason: str | None
+    status_changed: float
+    completed_at: float | None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One row of ``instances``."""
+
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str | None
+    image_index: int | None
+    path: str
+    size: int
+    calling_ae: str | None
+    received_at: float
+    last_received: float
+    copies: int
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study as the ``status`` command shows it."""
+
+    study_uid: str
+    series_count: int
+    instance_count: int
+    byte_count: int
+    modalities: tuple[str, ...]
+    first_received: float
+    last_received: float
+    series_by_status: dict[str, int]
+
+
+def _series(row: sqlite3.Row) -> SeriesRecord:
+    values = dict(row)
+    values["status"] = SeriesStatus(values["status"])
+    return SeriesRecord(**values)
+
+
+def _instance(row: sqlite3.Row) -> InstanceRecord:
+    return InstanceRecord(**dict(row))
+
+
+class StateDB:
+    """The node's SQLite state database.
+
+    Parameters
+    ----------
+    path
+        Database file; created with its tables when missing.
+    busy_timeout_s
+        How long a write waits for another process holding the write lock.
+
+    Notes
+    -----
+    One connection shared by all threads of the process behind a re-entrant lock (pynetdicom
+    runs every association in its own thread); other processes open their own ``StateDB`` and
+    SQLite's file locking serialises writers. Use :meth:`transaction` for anything that writes.
+
+    Raises
+    ------
+    StateError
+        The file is not a database, or its schema is newer than this node knows.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._conn.row_factory = sqlite3.Row
+            # WAL: readers never block the writer; FULL: a commit is on disk when it returns.
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
+        try:
+            self.ensure_schema(_COMPONENT, _MIGRATIONS)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path) -> StateDB:
+        """Open ``<data_dir>/state.db``, creating the folder when missing."""
+        folder = Path(data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(folder / STATE_DB_NAME)
+
+    def close(self) -> None:
+        """Close the connection; the object is unusable afterwards."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- for every module -------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run statements atomically: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).
+
+        Nested calls in the same thread join the outer transaction. The connection must not be
+        used after the block, nor from another thread during it.
+
+        Yields
+        ------
+        sqlite3.Connection
+            Rows come back as :class:`sqlite3.Row`.
+        """
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one read-only statement and return all rows."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def ensure_schema(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
+        """Bring the tables of ``component`` to ``len(migrations)``; return the old version.
+
+        Parameters
+        ----------
+        component
+            Name of the owning module (``"receive"``, ``"jobs"``, ``"deliveries"``...).
+        migrations
+            ``migrations[i]`` holds the SQL statements that take version ``i`` to ``i + 1``.
+            Steps already applied are skipped; each step runs in its own transaction.
+
+        Raises
+        ------
+        StateError
+            The database holds a newer version than ``migrations`` knows (a downgrade).
+        """
+        with self.transaction() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions "
+                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            row = conn.execute(
+                "SELECT version FROM schema_versions WHERE component = ?", (component,)
+            ).fetchone()
+        old = 0 if row is None else int(row[0])
+        if old > len(migrations):
+            raise StateError(
+                f"{self.path}: schema of {component!r} is version {old}, this node knows "
+                f"{len(migrations)}; run a newer sarclym-node or restore a matching backup"
+            )
+        for version in range(old, len(migrations)):
+            with self.transaction() as conn:
+                for statement in migrations[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (component, version + 1),
+                )
+        return old
+
+    def schema_version(self, component: str) -> int:
+        """Version of ``component``'s tables; 0 when it never created any."""
+        rows = self.query("SELECT version FROM schema_versions WHERE component = ?", (component,))
+        return int(rows[0][0]) if rows else 0
+
+    # -- instances ----------------------------------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this (0008,0018) *SOP Instance UID* is recorded."""
+        rows = self.query(
+            "SELECT 1 FROM instances WHERE sop_instance_uid = ? LIMIT 1", (sop_instance_uid,)
+        )
+        return bool(rows)
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """The recorded instance, or None."""
+        rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return _instance(rows[0]) if rows else None
+
+    def series_instances(self, series_uid: str) -> list[InstanceRecord]:
+        """Instances of a series, by Image Index (those without one last), then arrival."""
+        rows = self.query(
+            "SELECT * FROM instances WHERE series_uid = ? "
+            "ORDER BY image_index IS NULL, image_index, received_at",
+            (series_uid,),
+        )
+        return [_instance(r) for r in rows]
+
+    def record_instance(
+        self, inst: ReceivedInstance, *, now: float | None = None
+    ) -> InstanceOutcome:
+        """Record a durable instance and update its series; say if it completed the series.
+
+        Parameters
+        ----------
+        inst
+            The instance, already durable in the spool.
+        now
+            Arrival time; the current time by default.
+
+        Returns
+        -------
+        InstanceOutcome
+            ``new`` is False for a SOP Instance UID seen before (its arrival time and copy count
+            are updated, nothing else). ``series_complete_now`` is True only for the instance
+            that made the Image Index values of a RECEIVING series cover 1..expected.
+        """
+        now = time.time() if now is None else now
+        values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
+        with self.transaction() as conn:
+            known = conn.execute(
+                "SELECT series_uid FROM instances WHERE sop_instance_uid = ?",
+                (inst.sop_instance_uid,),
+            ).fetchone()
+            if known is not None:
+                return self._record_resend(conn, inst.sop_instance_uid, known[0], now)
+            conn.execute(_INSERT_SERIES, values)
+            series = conn.execute(
+                "SELECT * FROM series WHERE series_uid = ?", (inst.series_uid,)
+            ).fetchone()
+            expected, indexed = self._count_index(conn, series, inst)
+            conn.execute(_INSERT_INSTANCE, values)
+            conn.execute(_UPDATE_SERIES, {**values, "expected": expected, "indexed": indexed})
+            status = SeriesStatus(series["status"])
+            complete_now = (
+                status is SeriesStatus.RECEIVING and expected is not None and indexed >= expected
+            )
+            if complete_now:
+                status = SeriesStatus.COMPLETE
+                reason = f"ImageIndex 1..{expected} received"
+                self._set_status(conn, inst.series_uid, status, reason, now)
+        return InstanceOutcome(
+            new=True,
+            series_complete_now=complete_now,
+            series_uid=inst.series_uid,
+            received=series["instance_count"] + 1,
+            expected=expected,
+            series_status=status,
+        )
+
+    @staticmethod
+    def _count_index(
+        conn: sqlite3.Connection, series: sqlite3.Row, inst: ReceivedInstance
+    ) -> tuple[int | None, int]:
+        """Expected count and distinct Image Index values in 1..expected, with ``inst``."""
+        expected = series["expected_count"]
+        if expected is None and inst.expected_count is not None:
+            # The first instance with the count: count the indices that came before it too.
+            expected = inst.expected_count
+            before = conn.execute(
+                "SELECT image_index FROM instances "
+                "WHERE series_uid = ? AND image_index BETWEEN 1 AND ?",
+                (inst.series_uid, expected),
+            ).fetchall()
+            indices = {row[0] for row in before}
+            if inst.image_index is not None and 1 <= inst.image_index <= expected:
+                indices.add(inst.image_index)
+            return expected, len(indices)
+        counts = (
+            expected is not None
+            and inst.image_index is not None
+            and 1 <= inst.image_index <= expected
+            and conn.execute(
+                "SELECT 1 FROM instances WHERE series_uid = ? AND image_index = ? LIMIT 1",
+                (inst.series_uid, inst.image_index),
+            ).fetchone()
+            is None
+        )
+        return expected, series["indexed_count"] + int(counts)
+
+    @staticmethod
+    def _record_resend(
+        conn: sqlite3.Connection, sop_instance_uid: str, series_uid: str, now: float
+    ) -> InstanceOutcome:
+        conn.execute(
+            "UPDATE instances SET copies = copies + 1, last_received = MAX(last_received, ?) "
+            "WHERE sop_instance_uid = ?",
+            (now, sop_instance_uid),
+        )
+        conn.execute(
+            "UPDATE series SET last_received = MAX(last_received, ?) WHERE series_uid = ?",
+            (now, series_uid),
+        )
+        row = conn.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return InstanceOutcome(
+            new=False,
+            series_complete_now=False,
+            series_uid=series_uid,
+            received=row["instance_count"],
+            expected=row["expected_count"],
+            series_status=SeriesStatus(row["status"]),
+        )
+
+    # -- series -------------------------------------------------------------------------------
+
+    def series(self, series_uid: str) -> SeriesRecord | None:
+        """The series, or None when nothing of it was received."""
+        rows = self.query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
+        return _series(rows[0]) if rows else None
+
+    def series_with_status(
+        self, status: SeriesStatus | str, *, limit: int | None = None
+    ) -> list[SeriesRecord]:
+        """Series in ``status``, oldest status change first."""
+        rows = self.query(
+            "SELECT * FROM series WHERE status = ? ORDER BY status_changed LIMIT ?",
+            (SeriesStatus(status).value, -1 if limit is None else limit),
+        )
+        return [_series(r) for r in rows]
+
+    def complete_series(self, *, limit: int | None = None) -> list[SeriesRecord]:
+        """Series that are COMPLETE and not yet taken further, oldest completion first."""
+        return self.series_with_status(SeriesStatus.COMPLETE, limit=limit)
+
+    def quiet_series(
+        self, older_than_s: float, *, now: float | None = None, include_expected: bool = False
+    ) -> list[SeriesRecord]:
+        """RECEIVING series with no arrival for at least ``older_than_s`` seconds.
+
+        Parameters
+        ----------
+        older_than_s
+            Quiet period (the orchestrator's fallback, 30 s by default).
+        now
+            Reference time; the current time by default.
+        include_expected
+            Also list series that have an expected count but still miss instances (stalled
+            sends); by default only series without the PET count attributes.
+
+        Returns
+        -------
+        list of SeriesRecord
+            Quietest first.
+        """
+        now = time.time() if now is None else now
+        sql = "SELECT * FROM series WHERE status = ? AND last_received <= ?"
+        if not include_expected:
+            sql += " AND expected_count IS NULL"
+        rows = self.query(
+            sql + " ORDER BY last_received", (SeriesStatus.RECEIVING.value, now - older_than_s)
+        )
+        return [_series(r) for r in rows]
+
+    def mark_series(
+        self,
+        series_uid: str,
+        status: SeriesStatus | str,
+        reason: str | None = None,
+        *,
+        expected_status: SeriesStatus | str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Set a series' status (and the reason people will read).
+
+        Parameters
+        ----------
+        series_uid
+            (0020,000E) *Series Instance UID*.
+        status
+            New status (a :class:`SeriesStatus` or its value).
+        reason
+            Why, in words: ``"quiet for 30 s"``, ``"skipped: CorrectedImage lacks ATTN (NAC)"``.
+        expected_status
+            Only change a series that is in this status (compare-and-set): two callers racing
+            to complete the same quiet series cannot both succeed.
+        now
+            Time of the change; the current time by default.
+
+        Returns
+        -------
+        bool
+            True when the series existed (in ``expected_status``, if given) and was changed.
+
+        Raises
+        ------
+        ValueError
+            ``status`` or ``expected_status`` is not a :class:`SeriesStatus` value.
+        """
+        new = SeriesStatus(status)
+        want = None if expected_status is None else SeriesStatus(expected_status)
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT status FROM series WHERE series_uid = ?", (series_uid,)
+            ).fetchone()
+            if row is None or (want is not None and row["status"] != want.value):
+                return False
+            self._set_status(conn, series_uid, new, reason, now)
+        return True
+
+    @staticmethod
+    def _set_status(
+        conn: sqlite3.Connection,
+        series_uid: str,
+        status: SeriesStatus,
+        reason: str | None,
+        now: float,
+    ) -> None:
+        conn.execute(
+            "UPDATE series SET status = ?, status_reason = ?, status_changed = ?, "
+            "completed_at = CASE WHEN ? AND completed_at IS NULL THEN ? ELSE completed_at END "
+            "WHERE series_uid = ?",
+            (status.value, reason, now, status is SeriesStatus.COMPLETE, now, series_uid),
+        )
+
+    # -- studies ------------------------------------------------------------------------------
+
+    def recent_studies(self, limit: int = 20) -> list[StudySummary]:
+        """The studies with the latest arrivals, newest first (for ``sarclym-node status``)."""
+        rows = self.query(
+            "SELECT study_uid, COUNT(*) AS series_count, SUM(instance_count) AS instance_count, "
+            "SUM(byte_count) AS byte_count, GROUP_CONCAT(DISTINCT modality) AS modalities, "
+            "MIN(first_received) AS first_received, MAX(last_received) AS last_received "
+            "FROM series GROUP BY study_uid ORDER BY MAX(last_received) DESC LIMIT ?",
+            (limit,),
+        )
+        if not rows:
+            return []
+        studies = [r["study_uid"] for r in rows]
+        by_status: dict[str, dict[str, int]] = {uid: {} for uid in studies}
+        marks = ",".join("?" * len(studies))
+        for row in self.query(
+            f"SELECT study_uid, status, COUNT(*) FROM series WHERE study_uid IN ({marks}) "
+            "GROUP BY study_uid, status",
+            studies,
+        ):
+            by_status[row[0]][row[1]] = row[2]
+        return [
+            StudySummary(
+                study_uid=r["study_uid"],
+                series_count=r["series_count"],
+                instance_count=r["instance_count"],
+                byte_count=r["byte_count"],
+                modalities=tuple(sorted(filter(None, (r["modalities"] or "").split(",")))),
+                first_received=r["first_received"],
+                last_received=r["last_received"],
+                series_by_status=by_status[r["study_uid"]],
+            )
+            for r in rows
+        ]
