@@ -73,11 +73,10 @@ run_tests() {
 }
 
 run_node() {
-  # The node's listener and worker arrive with issue 5 (`sarclym-node serve`). Until then this
-  # command writes a small synthetic demo cohort, as a scanner would produce it.
-  local out="$ROOT/var/demo"
-  log "no listener yet: writing a demo synthetic cohort to $out"
-  "$VENV/bin/sarclym-node" synth --out "$out" --cases 6 --seed 1 --contact-sheet "$out/contact_sheet.png"
+  # The node on its embedded defaults: AE SARCLYM on port 11112 (peers: STORESCU from
+  # 127.0.0.1), spool, state.db, SQLite queue and results under ./var, results also to a local
+  # Orthanc on :8042 when one answers. Stop with Ctrl-C.
+  "$VENV/bin/sarclym-node" serve "$@"
 }
 
 cmd=${1:-}

@@ -188,6 +188,47 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_model_commands(sub)
 
+    serve = _command(
+        sub,
+        "serve",
+        help="run the node: DICOM listener, queue, workers, delivery, health endpoint",
+        description="Receive PET/CT studies by C-STORE, process every complete attenuation-"
+        "corrected whole-body FDG PET series as soon as its last slice arrives, and deliver the "
+        "Secondary Capture and Structured Report to the configured destinations. Runs on the "
+        "embedded defaults without --config (AE SARCLYM, port 11112, data in ./var). SIGINT or "
+        "SIGTERM stops it after the running jobs.",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker threads (default service.workers; 0: "
+        "none, separate `worker` processes do the work)",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    worker = _command(
+        sub,
+        "worker",
+        help="run queue workers only (scale-out beside `serve`, with service.queue_url on Redis)",
+        description="Process queued series without a listener: for several processes or hosts "
+        "sharing the work of one `serve` (Redis queue, spool on shared storage).",
+    )
+    worker.add_argument(
+        "--workers", type=int, metavar="N", help="threads (default service.workers)"
+    )
+    worker.set_defaults(func=_cmd_worker)
+
+    status = _command(
+        sub,
+        "status",
+        help="recent series: received, complete, skipped (why), processed, delivered, failed",
+        description="Read the node's state database and print the most recent series with their "
+        "status and, for results, where each destination stands.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
+
     retry = _command(
         sub,
         "retry",
@@ -317,6 +358,24 @@ def _add_model_commands(sub: Any) -> None:
     model.add_argument("--force", action="store_true", help="activate below the AUC gate")
     model.add_argument("--json", action="store_true", help="list: print JSON")
     model.set_defaults(func=_cmd_model)
+
+
+def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._serve_cli import run_serve
+
+    return run_serve(args, config)
+
+
+def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._serve_cli import run_serve
+
+    return run_serve(args, config, worker_only=True)
+
+
+def _cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._serve_cli import run_status
+
+    return run_status(args, config)
 
 
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "OrthancTarget",
     "RetryPolicy",
+    "ServiceConfig",
     "StorageConfig",
     "StowRsTarget",
     "TargetConfig",
@@ -343,6 +344,38 @@ class DestinationsConfig(_Frozen):
         return value
 
 
+class ServiceConfig(_Frozen):
+    """How ``serve`` runs: workers, completion fallback, recovery, health endpoint."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1, description="Worker threads running the model in the serve process."
+    )
+    queue_url: str | None = Field(
+        default=None,
+        description="None: the queue is a SQLite file in data_dir; redis://host:port/db: Redis, "
+        "shared by `serve` and separate `worker` processes.",
+    )
+    quiet_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="A series without NumberOfSlices/ImageIndex is complete after this long "
+        "without a new instance.",
+    )
+    lease_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=600.0,
+        description="A series queued or processing for this long without a result is queued again "
+        "(its worker died).",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address of the health endpoint.")
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=11180, description="Port of GET /health and GET /status (0: no HTTP endpoint)."
+    )
+    local_orthanc_url: str | None = Field(
+        default="http://127.0.0.1:8042",
+        description="With the default destinations only: also deliver to this Orthanc (REST) "
+        "when it answers at start-up. None: never.",
+    )
+
+
 class Config(_Frozen):
     """The whole configuration of a node."""
 
@@ -351,6 +384,7 @@ class Config(_Frozen):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
 
 def _format_errors(exc: ValidationError, env_keys: Mapping[tuple[str, ...], str]) -> list[str]:

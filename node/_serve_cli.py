@@ -1,0 +1,73 @@
+"""``sarclym-node serve``, ``worker`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import signal
+import sys
+from types import FrameType
+
+from sarclym.node.config import Config
+
+
+def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = False) -> int:
+    """Run the node (or only its workers) until SIGINT/SIGTERM; return the exit code."""
+    from sarclym.node.service import Node
+
+    node = Node(config, worker_only=worker_only)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        node.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.start(worker_threads=args.workers)
+        print(
+            "RESEARCH USE ONLY - NOT FOR DIAGNOSIS. "
+            + (
+                "sarclym-node worker running"
+                if worker_only
+                else f"sarclym-node listening as {config.listener.ae_title} on port "
+                f"{node.listener.port}"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        node.wait()
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
+    """Print the recent series of the node's state database."""
+    from sarclym.node.delivery import DeliveryLedger
+    from sarclym.node.service import series_status
+    from sarclym.node.state import StateDB
+
+    db = config.storage.data_dir / "state.db"
+    if not db.exists():
+        print(f"no state database at {db}: the node has not received anything yet")
+        return 0
+    with StateDB(db) as state, DeliveryLedger(db) as ledger:
+        rows = series_status(state, ledger, limit=50)
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["last_received"]).strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{when}  {r['modality'] or '?':<3} {r['status']:<10} {r['instances']:>4} inst  "
+            f"series {r['series_instance_uid']}"
+        )
+        if r["reason"]:
+            print(f"      {r['reason']}")
+        for d in r["deliveries"]:
+            extra = "" if d["state"] == "delivered" else f" (attempt {d['attempts']})"
+            error = f": {d['last_error']}" if d["last_error"] and d["state"] != "delivered" else ""
+            print(f"      -> {d['destination']}: {d['state']}{extra}{error}")
+    return 0

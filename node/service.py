@@ -1,0 +1,437 @@
+"""The running node: listener -> state.db -> queue -> worker -> outbox -> delivery.
+
+Every hand-over is durable (DESIGN.md): the listener answers a C-STORE only once the instance
+is in the spool and in state.db; the listener's completion callback marks the series QUEUED and
+puts a job on the queue (huey: SQLite file by default, Redis when configured); a worker writes
+the Secondary Capture and the Structured Report to the outbox (fsynced) before it records them in
+the delivery ledger, and marks the series DONE last. A crash anywhere leaves a state from which
+:meth:`Node.recover` (at start-up) and the sweeper (every second) resume: series stuck in
+COMPLETE, or QUEUED/PROCESSING for longer than ``service.lease_seconds``, are queued again.
+Result UIDs and dates are deterministic (source series, model version, completion time), so a
+re-run rewrites identical files and re-delivery never duplicates.
+
+Series are judged one by one as they complete: each AC whole-body FDG PET series gets results;
+CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+from pydicom import dcmread
+
+from sarclym.node.config import Config, DestinationsConfig
+from sarclym.node.delivery import Deliverer, DeliveryLedger
+from sarclym.node.destinations import Destination, OrthancRestDestination, build_destinations
+from sarclym.node.listener import Listener
+from sarclym.node.models import open_registry
+from sarclym.node.spool import fsync_dir, write_durable
+from sarclym.node.state import SeriesStatus, StateDB
+
+if TYPE_CHECKING:
+    from huey import Huey
+    from pydicom.dataset import Dataset
+
+    from sarclym.model.predict import Predictor
+
+__all__ = ["Node", "Processor", "make_queue", "series_status"]
+
+log = structlog.get_logger(__name__)
+
+#: The huey task name of "process one complete series".
+TASK_NAME = "sarclym.process_series"
+
+
+def make_queue(config: Config) -> Huey:
+    """The job queue: SqliteHuey in ``<data_dir>/queue.db``, or RedisHuey at ``queue_url``."""
+    from huey import RedisHuey, SqliteHuey
+
+    url = config.service.queue_url
+    if url:
+        return RedisHuey("sarclym", url=url)
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("sarclym", filename=str(config.storage.data_dir / "queue.db"))
+
+
+class Processor:
+    """Turns one complete series into result files in the outbox and ledger entries.
+
+    The model is loaded once, on first use (hash verified), and shared by the worker threads of
+    the process; predictions are serialised (Grad-CAM hooks are not re-entrant).
+
+    Parameters
+    ----------
+    config
+        The node configuration.
+    state
+        The state database.
+    ledger
+        Delivery ledger the results are recorded in.
+    destinations
+        Names of the destinations every result goes to.
+    notify
+        Called after a result was recorded (wakes the deliverer in this process).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: StateDB,
+        ledger: DeliveryLedger,
+        destinations: Sequence[str],
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.ledger = ledger
+        self.destinations = list(destinations)
+        self.notify = notify
+        self.outbox = config.storage.data_dir / "outbox"
+        self._predictor: Predictor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def predictor(self) -> Predictor:
+        """The loaded model (loaded on first use)."""
+        from sarclym.model.predict import Predictor, resolve_device
+
+        with self._lock:
+            if self._predictor is None:
+                registry = open_registry(self.config)
+                loaded = registry.load(self.config.model.version)
+                device = resolve_device(self.config.model.device.value)
+                self._predictor = Predictor(loaded, device=device)
+                log.info(
+                    "model loaded",
+                    version=loaded.version,
+                    weights_sha256=loaded.sha256,
+                    device=device,
+                )
+            return self._predictor
+
+    def process(self, series_uid: str) -> SeriesStatus:
+        """Process one series that is QUEUED; return its final status.
+
+        A series in any other state (already taken by another worker, done, skipped) is left
+        alone and its current status returned.
+        """
+        if not self.state.mark_series(
+            series_uid, SeriesStatus.PROCESSING, expected_status=SeriesStatus.QUEUED
+        ):
+            record = self.state.series(series_uid)
+            return record.status if record is not None else SeriesStatus.FAILED
+        t0 = time.perf_counter()
+        try:
+            status, reason = self._run(series_uid)
+        except Exception as exc:
+            log.exception("series processing failed", series_instance_uid=series_uid)
+            status, reason = SeriesStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        self.state.mark_series(series_uid, status, reason, expected_status=SeriesStatus.PROCESSING)
+        log.info(
+            "series processed",
+            series_instance_uid=series_uid,
+            status=status.value,
+            reason=reason,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        return status
+
+    def _run(self, series_uid: str) -> tuple[SeriesStatus, str]:
+        from sarclym.model.pipeline import prepare_study
+
+        record = self.state.series(series_uid)
+        if record is None:
+            return SeriesStatus.FAILED, "series not in state.db"
+        data_dir = self.config.storage.data_dir
+        paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
+        headers = [dcmread(p, stop_before_pixels=True) for p in paths]
+        predictor = self.predictor
+        prepared = prepare_study(
+            record.study_uid,
+            {series_uid: headers},
+            {series_uid: paths},
+            size=predictor.input_size,
+            suv_window=predictor.suv_window,
+        )
+        if prepared.mips is None:
+            reasons = "; ".join(s.reason for s in prepared.selection.skipped)
+            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason
+        with self._lock:
+            prediction = predictor.predict(prepared)
+        created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
+        files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
+        result_id = f"{series_uid}/{prediction.model.version}"
+        self.ledger.enqueue(result_id, files, self.destinations)
+        self.notify()
+        return (
+            SeriesStatus.DONE,
+            f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
+            f"model {prediction.model.version}",
+        )
+
+    def _write_results(
+        self, prediction: Any, datasets: Sequence[Dataset], created: dt.datetime
+    ) -> list[Path]:
+        from pydicom.filebase import DicomBytesIO
+
+        from sarclym.node.results import build_sc, build_sr
+
+        sc = build_sc(prediction, datasets, created=created)
+        sr = build_sr(prediction, datasets, sc, created=created)
+        folder = self.outbox / str(sc.StudyInstanceUID) / prediction.series_instance_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for kind, ds in (("SC", sc), ("SR", sr)):
+            buffer = DicomBytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            path = folder / f"{kind}_{ds.SOPInstanceUID}.dcm"
+            write_durable(path, [buffer.getvalue()])
+            files.append(path)
+        fsync_dir(folder.parent)
+        return files
+
+
+def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
+    """The most recent series, newest first, with status, reason and deliveries of results."""
+    rows = state.query(
+        "SELECT series_uid, study_uid, modality, status, status_reason, instance_count, "
+        "last_received FROM series ORDER BY last_received DESC LIMIT ?",
+        (limit,),
+    )
+    deliveries: dict[str, list[dict[str, Any]]] = {}
+    for rec in ledger.records():
+        deliveries.setdefault(rec.result_id.split("/", 1)[0], []).append(
+            {
+                "destination": rec.destination,
+                "state": rec.state.value,
+                "attempts": rec.attempts,
+                "last_error": rec.last_error,
+            }
+        )
+    return [
+        {
+            "series_instance_uid": row["series_uid"],
+            "study_instance_uid": row["study_uid"],
+            "modality": row["modality"],
+            "status": row["status"],
+            "reason": row["status_reason"],
+            "instances": row["instance_count"],
+            "last_received": row["last_received"],
+            "deliveries": deliveries.get(row["series_uid"], []),
+        }
+        for row in rows
+    ]
+
+
+def _default_destinations(config: Config) -> list[Destination]:
+    """The configured destinations, plus the local Orthanc when the defaults are in use."""
+    destinations = build_destinations(config)
+    url = config.service.local_orthanc_url
+    if url and config.destinations.targets == DestinationsConfig().targets:
+        try:
+            answered = httpx.get(f"{url.rstrip('/')}/system", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            answered = False
+        if answered:
+            destinations.append(OrthancRestDestination("local-orthanc", url))
+            log.info("local Orthanc answers: results go there too", url=url)
+        else:
+            log.info("no local Orthanc answers: results go to the folder only", url=url)
+    return destinations
+
+
+class Node:
+    """Listener, queue consumer, sweeper, deliverer and health endpoint of one ``serve``.
+
+    Parameters
+    ----------
+    config
+        The node configuration.
+    """
+
+    def __init__(self, config: Config, *, worker_only: bool = False) -> None:
+        self.config = config
+        self.worker_only = worker_only
+        data_dir = config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = StateDB.in_data_dir(data_dir)
+        self.ledger = DeliveryLedger(data_dir / "state.db", policy=config.destinations.retry)
+        self.deliverer = Deliverer(self.ledger, _default_destinations(config))
+        self.processor = Processor(
+            config,
+            self.state,
+            self.ledger,
+            [d.name for d in self.deliverer.destinations],
+            notify=self.deliverer.notify,
+        )
+        self.huey = make_queue(config)
+        self._task = self.huey.task(name=TASK_NAME)(self.processor.process)
+        self.listener = Listener(config, self.state, on_series_complete=self._on_complete)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._http: ThreadingHTTPServer | None = None
+        self._consumer: Any = None
+
+    # -- queue -------------------------------------------------------------------------------
+
+    def enqueue(
+        self, series_uid: str, *, from_status: SeriesStatus = SeriesStatus.COMPLETE
+    ) -> bool:
+        """Mark a series QUEUED (compare-and-set) and put its job on the queue."""
+        if not self.state.mark_series(series_uid, SeriesStatus.QUEUED, expected_status=from_status):
+            return False
+        self._task(series_uid)
+        return True
+
+    def _on_complete(self, series_uid: str) -> None:
+        # Runs in the association's thread before the C-STORE response of the last slice.
+        self.enqueue(series_uid)
+
+    def recover(self) -> int:
+        """Queue again what the previous run left: COMPLETE, QUEUED and PROCESSING series.
+
+        At start-up no job of this node is running, so a PROCESSING series lost its worker and
+        a QUEUED one may have lost its queue entry (Redis restarted, queue file removed). A job
+        queued twice is harmless: the second finds the series no longer QUEUED and returns.
+        """
+        count = 0
+        for status in (SeriesStatus.COMPLETE, SeriesStatus.QUEUED, SeriesStatus.PROCESSING):
+            for record in self.state.series_with_status(status):
+                count += self.enqueue(record.series_uid, from_status=status)
+        return count
+
+    def sweep(self) -> None:
+        """Quiet-time completion fallback, and leases of jobs whose worker died."""
+        for record in self.state.quiet_series(self.config.service.quiet_seconds):
+            if self.state.mark_series(
+                record.series_uid,
+                SeriesStatus.COMPLETE,
+                f"quiet for {self.config.service.quiet_seconds:g} s",
+                expected_status=SeriesStatus.RECEIVING,
+            ):
+                self.enqueue(record.series_uid)
+        for record in self.state.complete_series():
+            self.enqueue(record.series_uid)
+        now = time.time()
+        for status in (SeriesStatus.QUEUED, SeriesStatus.PROCESSING):
+            for record in self.state.series_with_status(status):
+                if now - record.status_changed >= self.config.service.lease_seconds:
+                    log.warning(
+                        "lease expired: queued again", series_instance_uid=record.series_uid
+                    )
+                    self.enqueue(record.series_uid, from_status=status)
+
+    def _sweeper(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self, *, worker_threads: int | None = None) -> None:
+        """Start everything (non-blocking): recovery, workers, deliverer, listener, HTTP."""
+        if not self.worker_only:
+            recovered = self.recover()
+            if recovered:
+                log.info("recovered series from the previous run", count=recovered)
+        workers = self.config.service.workers if worker_threads is None else worker_threads
+        if workers:
+            self._consumer = self.huey.create_consumer(
+                workers=workers, worker_type="thread", periodic=False, check_worker_health=False
+            )
+            self._consumer.scheduler.start()
+            for _, worker in self._consumer.worker_threads:
+                worker.start()
+        if self.worker_only:
+            log.info("worker started", workers=workers)
+            return
+        self.deliverer.start()
+        self.listener.start()
+        sweeper = threading.Thread(target=self._sweeper, name="sarclym-sweeper", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
+        if self.config.service.http_port:
+            self._start_http()
+        log.info(
+            "node started",
+            ae_title=self.config.listener.ae_title,
+            port=self.listener.port,
+            http_port=self.config.service.http_port or None,
+            destinations=[d.name for d in self.deliverer.destinations],
+            workers=workers,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, let running jobs finish, stop delivery; close the databases."""
+        self._stop.set()
+        if not self.worker_only:
+            self.listener.stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._consumer is not None:
+            self._consumer.stop(graceful=True)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if not self.worker_only:
+            self.deliverer.stop()
+        self.ledger.close()
+        self.state.close()
+        log.info("node stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (or a signal handler calling it)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return."""
+        self._stop.set()
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Recent series and their deliveries, for GET /status."""
+        return {"series": series_status(self.state, self.ledger)}
+
+    def _start_http(self) -> None:
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    body: dict[str, Any] = {
+                        "status": "ok" if node.listener.is_running else "listener down",
+                        "research_use_only": True,
+                    }
+                elif self.path == "/status":
+                    body = node.status()
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200 if body.get("status", "ok") == "ok" else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(
+            (self.config.service.http_host, self.config.service.http_port), Handler
+        )
+        thread = threading.Thread(target=self._http.serve_forever, name="sarclym-http", daemon=True)
+        thread.start()

@@ -1,0 +1,231 @@
+"""``sarclym-node serve`` end to end: DCMTK storescu as the scanner, a real Orthanc as the PACS.
+
+The node runs as a real process on its own ports with the shipped default model; a generated
+PET/CT study (CT, NAC PET, AC PET, derived MIP series) is sent by storescu; the SC and SR must
+appear in Orthanc in the same study, once, and nothing is produced for the other series. The
+node is also killed with SIGKILL right after the study arrived and restarted: still exactly one
+SC and one SR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from pydicom import dcmread
+
+from sarclym.node.cli import main
+from tests.conftest import OrthancServer, free_port, require_tool, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serve-study") / "c"
+    code = main(["synth", "--out", str(out), "--cases", "1", "--seed", "44", "--mip-series", "yes"])
+    assert code == 0
+    return out / "case0001"
+
+
+class NodeProcess:
+    """``sarclym-node serve`` in a subprocess, on free ports, data under ``data_dir``."""
+
+    def __init__(self, tmp: Path, orthanc: OrthancServer) -> None:
+        self.port = free_port()
+        self.http_port = free_port()
+        self.data_dir = tmp / "node"
+        self.config = tmp / "sarclym.yaml"
+        config = {
+            "listener": {
+                "port": self.port,
+                "host": "127.0.0.1",
+                "allowed_peers": [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
+            },
+            "storage": {"data_dir": str(self.data_dir), "min_free_mb": 1},
+            "logging": {"format": "json", "level": "INFO"},
+            # CT and the derived series carry no slice count: complete after the quiet time.
+            "service": {"http_port": self.http_port, "local_orthanc_url": None, "quiet_seconds": 2},
+            "destinations": {
+                "targets": [
+                    {"kind": "folder", "name": "results-folder"},
+                    {"kind": "orthanc", "name": "pacs", "url": orthanc.url},
+                ],
+                "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0},
+            },
+        }
+        self.config.write_text(yaml.safe_dump(config))
+        self.log = tmp / "node.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sarclym.node.cli", "--config", str(self.config), "serve"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, timeout=60)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.process = None
+
+    def status(self) -> list[dict[str, Any]]:
+        reply = httpx.get(f"http://127.0.0.1:{self.http_port}/status", timeout=10)
+        series: list[dict[str, Any]] = reply.json()["series"]
+        return series
+
+
+@pytest.fixture
+def node(tmp_path: Path, orthanc: OrthancServer) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path, orthanc)
+    try:
+        yield proc
+    finally:
+        if proc.process is not None:
+            proc.process.kill()
+            proc.process.wait(timeout=30)
+
+
+def _send(port: int, study: Path) -> None:
+    files = sorted(str(p) for p in study.rglob("*.dcm"))
+    proc = subprocess.run(
+        [
+            require_tool("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "SARCLYM",
+            "127.0.0.1",
+            str(port),
+            *files,
+        ],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _orthanc_results(orthanc: OrthancServer) -> list[dict[str, Any]]:
+    ids = httpx.get(f"{orthanc.url}/instances", timeout=10).json()
+    return [
+        httpx.get(f"{orthanc.url}/instances/{i}/simplified-tags", timeout=10).json() for i in ids
+    ]
+
+
+def _wait_for_results(orthanc: OrthancServer, node: NodeProcess, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(_orthanc_results(orthanc)) >= 2:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no SC+SR in Orthanc after {timeout} s; node log:\n{node.log.read_text()[-4000:]}")
+
+
+def _assert_one_result_in_source_study(orthanc: OrthancServer, study: Path) -> None:
+    source = dcmread(next((study / "PT_AC").glob("*.dcm")), stop_before_pixels=True)
+    tags = _orthanc_results(orthanc)
+    assert sorted(t["Modality"] for t in tags) in (["OT", "SR"], ["SC", "SR"])
+    assert {t["StudyInstanceUID"] for t in tags} == {source.StudyInstanceUID}
+    assert {t["SOPClassUID"] for t in tags if t["Modality"] != "SR"} == {SC_CLASS}
+
+
+def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: Path) -> None:
+    node.start()
+    _send(node.port, study)
+    _wait_for_results(orthanc, node)
+    _assert_one_result_in_source_study(orthanc, study)
+
+    # Nothing for the other series: each is SKIPPED with its reason.
+    source = dcmread(next((study / "PT_AC").glob("*.dcm")), stop_before_pixels=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        by_uid = {s["series_instance_uid"]: s for s in node.status()}
+        if {s["status"] for s in by_uid.values()} <= {"done", "skipped", "failed"}:
+            break
+        time.sleep(0.5)
+    assert by_uid[source.SeriesInstanceUID]["status"] == "done"
+    others = [s for uid, s in by_uid.items() if uid != source.SeriesInstanceUID]
+    assert len(others) == 3
+    assert all(s["status"] == "skipped" for s in others), others
+    reasons = " | ".join(s["reason"] for s in others)
+    assert "Modality CT" in reasons
+    assert "NAC" in reasons
+    outbox = node.data_dir / "outbox"
+    assert len(list(outbox.rglob("*.dcm"))) == 2
+    folder = node.data_dir / "results"
+    assert len(list(folder.rglob("*.dcm"))) == 2
+
+    # Every destination confirmed.
+    deliveries = by_uid[source.SeriesInstanceUID]["deliveries"]
+    deadline = time.monotonic() + 30
+    while {d["state"] for d in deliveries} != {"delivered"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+        deliveries = {s["series_instance_uid"]: s for s in node.status()}[source.SeriesInstanceUID][
+            "deliveries"
+        ]
+    assert {d["destination"]: d["state"] for d in deliveries} == {
+        "results-folder": "delivered",
+        "pacs": "delivered",
+    }
+
+    # `status` reads the same state from the command line.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sarclym.node.cli",
+            "--config",
+            str(node.config),
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert {s["status"] for s in json.loads(out.stdout)} == {"done", "skipped"}
+    text = subprocess.run(
+        [sys.executable, "-m", "sarclym.node.cli", "--config", str(node.config), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "-> pacs: delivered" in text
+    assert "Modality CT, not PT" in text
+    assert node.stop() == 0
+
+
+def test_kill_9_after_the_study_arrived(
+    node: NodeProcess, orthanc: OrthancServer, study: Path
+) -> None:
+    node.start()
+    _send(node.port, study)
+    node.stop(signal.SIGKILL)  # mid-processing or mid-delivery, whichever it was in
+    node.start()
+    _wait_for_results(orthanc, node)
+    time.sleep(2.0)  # a duplicate would come now, from a re-run or a re-delivery
+    _assert_one_result_in_source_study(orthanc, study)
+    stats = httpx.get(f"{orthanc.url}/statistics", timeout=10).json()
+    assert stats["CountInstances"] == 2
+    assert node.stop() == 0
