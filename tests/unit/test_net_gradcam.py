@@ -8,7 +8,7 @@ import torch
 
 from sarclym.model.gradcam import cams_to_mip_grid, gradcam, to_mip_grid
 from sarclym.model.mip import Mips, _net_input, make_mips
-from sarclym.model.net import ARCHITECTURES, build_net, count_parameters
+from sarclym.model.net import ARCHITECTURES, GRID, build_net, count_parameters
 from sarclym.model.train import train_final
 
 SIZE = 64
@@ -59,7 +59,13 @@ def test_shapes_and_size(arch: str, size: tuple[int, int]) -> None:
 
 def test_parameter_counts() -> None:
     counts = {a: count_parameters(build_net(a, input_size=(128, 128))) for a in ARCHITECTURES}
-    assert counts == {"two_channel": 24897, "two_branch": 49393, "two_branch_resnet": 152433}
+    cells = GRID[0] * GRID[1]
+    assert counts == {
+        "two_channel": 24897,
+        "two_branch": 49393,
+        "two_branch_resnet": 152433,
+        "two_branch_grid": 49393 + 2 * 64 * (cells - 1),  # only the classifier grows
+    }
 
 
 def test_build_net_rejects() -> None:
