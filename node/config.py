@@ -347,8 +347,10 @@ class DestinationsConfig(_Frozen):
 class ServiceConfig(_Frozen):
     """How ``serve`` runs: workers, completion fallback, recovery, health endpoint."""
 
-    workers: Annotated[int, Field(ge=1, le=64)] = Field(
-        default=1, description="Worker threads running the model in the serve process."
+    workers: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=1,
+        description="Worker threads running the model in the serve process (0: none; separate "
+        "`worker` processes on a Redis queue do the work).",
     )
     queue_url: str | None = Field(
         default=None,

@@ -43,7 +43,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class NodeProcess:
     """``sarclym-node serve`` in a subprocess, on free ports, data under ``data_dir``."""
 
-    def __init__(self, tmp: Path, orthanc: OrthancServer) -> None:
+    def __init__(
+        self, tmp: Path, orthanc: OrthancServer, *, service: dict[str, Any] | None = None
+    ) -> None:
         self.port = free_port()
         self.http_port = free_port()
         self.data_dir = tmp / "node"
@@ -57,7 +59,12 @@ class NodeProcess:
             "storage": {"data_dir": str(self.data_dir), "min_free_mb": 1},
             "logging": {"format": "json", "level": "INFO"},
             # CT and the derived series carry no slice count: complete after the quiet time.
-            "service": {"http_port": self.http_port, "local_orthanc_url": None, "quiet_seconds": 2},
+            "service": {
+                "http_port": self.http_port,
+                "local_orthanc_url": None,
+                "quiet_seconds": 2,
+                **(service or {}),
+            },
             "destinations": {
                 "targets": [
                     {"kind": "folder", "name": "results-folder"},
@@ -229,3 +236,73 @@ def test_kill_9_after_the_study_arrived(
     stats = httpx.get(f"{orthanc.url}/statistics", timeout=10).json()
     assert stats["CountInstances"] == 2
     assert node.stop() == 0
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, no persistence."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [require_tool("redis-server"), *args, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_scale_out_two_workers_on_redis(
+    tmp_path: Path, orthanc: OrthancServer, redis_url: str
+) -> None:
+    """`serve` without workers plus two `worker` processes on Redis: 10 studies, each once."""
+    cohort = tmp_path / "cohort"
+    assert main(["synth", "--out", str(cohort), "--cases", "10", "--seed", "8"]) == 0
+    node = NodeProcess(tmp_path, orthanc, service={"queue_url": redis_url, "workers": 0})
+    workers: list[subprocess.Popen[bytes]] = []
+    worker_cmd = [sys.executable, "-m", "sarclym.node.cli", "--config", str(node.config), "worker"]
+    try:
+        node.start()
+        for k in range(2):
+            with (tmp_path / f"worker{k}.log").open("wb") as log:
+                workers.append(
+                    subprocess.Popen(
+                        [*worker_cmd, "--workers", "1"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        for case in sorted(cohort.glob("case*")):
+            _send(node.port, case / "PT_AC")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if len(_orthanc_results(orthanc)) >= 20:
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)  # a duplicate would come now
+        tags = _orthanc_results(orthanc)
+        assert len(tags) == 20, node.log.read_text()[-3000:]
+        assert sorted(t["Modality"] for t in tags).count("SR") == 10
+        done = [s for s in node.status() if s["status"] == "done"]
+        assert len(done) == 10
+        # Both workers took part (each logs the series it processed).
+        counts = [
+            (tmp_path / f"worker{k}.log").read_text().count('"series processed"') for k in range(2)
+        ]
+        assert sum(counts) == 10, counts
+        assert min(counts) >= 1, counts
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if node.process is not None:
+            node.stop()
