@@ -371,6 +371,11 @@ class ServiceConfig(_Frozen):
     http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=11180, description="Port of GET /health and GET /status (0: no HTTP endpoint)."
     )
+    stow_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that STOW-RS senders must present (POST /dicom-web/studies on "
+        "the HTTP endpoint). None: STOW-RS receive is off.",
+    )
     local_orthanc_url: str | None = Field(
         default="http://127.0.0.1:8042",
         description="With the default destinations only: also deliver to this Orthanc (REST) "

@@ -35,7 +35,7 @@ from typing import Any, cast
 import structlog
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
@@ -693,9 +693,57 @@ class Listener:
             str(request.AffectedSOPInstanceUID),
         )
         raw = event.encoded_dataset()  # Part 10: preamble, file meta, the data set as sent
+        calling = event.assoc.requestor.ae_title.strip()
+        return self._keep(header, raw, str(event.context.transfer_syntax), calling, stats)
+
+    def ingest_part10(self, data: bytes, *, source: str) -> tuple[StoreStatus, str]:
+        """Store one DICOM Part 10 file that came by another route (STOW-RS).
+
+        The same checks, spool, state and completion as a C-STORE; nothing raised for bad
+        input.
+
+        Parameters
+        ----------
+        data
+            The file: preamble, file meta information, data set.
+        source
+            Who sent it, recorded like a calling AE title (e.g. ``"STOW-RS"``).
+
+        Returns
+        -------
+        tuple of (StoreStatus, str)
+            The status a C-STORE would have answered, and the reason when not success.
+        """
+        stats = _AssocStats(log=log.bind(source=source))
+        try:
+            fp = io.BytesIO(data)
+            if read_preamble(fp, False) is None:
+                raise _Refusal(StoreStatus.CANNOT_DECODE, "not a DICOM Part 10 file")
+            meta = _read_file_meta_info(fp)
+            syntax = str(meta.get("TransferSyntaxUID", ""))
+            sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+            sop_instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
+            if not syntax:
+                raise _Refusal(StoreStatus.CANNOT_DECODE, "file meta lacks TransferSyntaxUID")
+        except _Refusal as refusal:
+            return refusal.status, refusal.reason
+        except Exception as exc:
+            return StoreStatus.CANNOT_DECODE, f"file meta cannot be read ({type(exc).__name__})"
+        try:
+            header = _read_header(data[fp.tell() :], syntax, sop_class, sop_instance)
+            return self._keep(header, data, syntax, source, stats), ""
+        except _Refusal as refusal:
+            stats.log.warning(
+                "instance refused", status=f"0x{refusal.status:04X}", reason=refusal.reason
+            )
+            return refusal.status, refusal.reason
+
+    def _keep(
+        self, header: _Header, raw: bytes, syntax: str, calling: str, stats: _AssocStats
+    ) -> StoreStatus:
         if self.state.has_instance(header.sop_instance_uid):
             # A resend: stored once already; only its arrival time is recorded.
-            self._record(header, event, stats, path="", size=len(raw))
+            self._record(header, syntax, calling, stats, path="", size=len(raw))
             stats.duplicates += 1
             return StoreStatus.SUCCESS
         try:
@@ -707,26 +755,33 @@ class Listener:
         except SpoolError as exc:
             raise _Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store: {exc}") from exc
         relative = str(path.relative_to(self.spool.data_dir))
-        self._record(header, event, stats, path=relative, size=len(raw))
+        self._record(header, syntax, calling, stats, path=relative, size=len(raw))
         stats.stored += 1
         stats.bytes += len(raw)
         return StoreStatus.SUCCESS
 
     def _record(
-        self, header: _Header, event: Event, stats: _AssocStats, *, path: str, size: int
+        self,
+        header: _Header,
+        syntax: str,
+        calling: str,
+        stats: _AssocStats,
+        *,
+        path: str,
+        size: int,
     ) -> None:
         instance = ReceivedInstance(
             sop_instance_uid=header.sop_instance_uid,
             series_uid=header.series_uid,
             study_uid=header.study_uid,
             sop_class_uid=header.sop_class_uid,
-            transfer_syntax=str(UID(event.context.transfer_syntax)),
+            transfer_syntax=str(UID(syntax)),
             path=path,
             size=size,
             modality=header.modality,
             image_index=header.image_index,
             expected_count=header.expected,
-            calling_ae=event.assoc.requestor.ae_title.strip(),
+            calling_ae=calling,
         )
         try:
             outcome = self.state.record_instance(instance)

@@ -17,11 +17,15 @@ CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from email.parser import BytesParser
+from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +202,33 @@ class Processor:
             files.append(path)
         fsync_dir(folder.parent)
         return files
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request body, with Content-Length or chunked transfer encoding (as requests sends)."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()  # the CRLF after each chunk
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def _sop_of(data: bytes) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) from a Part 10 file's meta, ("", "") if unreadable."""
+    try:
+        meta = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return (
+            str(meta.file_meta.get("MediaStorageSOPClassUID", "")),
+            str(meta.file_meta.get("MediaStorageSOPInstanceUID", "")),
+        )
+    except Exception:
+        return "", ""
 
 
 def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
@@ -405,10 +436,71 @@ class Node:
         """Recent series and their deliveries, for GET /status."""
         return {"series": series_status(self.state, self.ledger)}
 
+    def stow(self, authorization: str, content_type: str, body: bytes) -> tuple[int, Any]:
+        """Store the instances of a STOW-RS request; return (HTTP status, DICOM JSON reply).
+
+        PS3.18 10.5: 200 when every instance was stored, 202 when some failed, 409 when all
+        failed (each failure with its C-STORE-like status in FailureReason), 401 without the
+        configured bearer token, 403 when STOW-RS receive is off, 415 for another media type.
+        """
+        token = self.config.service.stow_token
+        if token is None:
+            return 403, {"error": "STOW-RS receive is off (service.stow_token not set)"}
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            return 401, {"error": "missing or wrong bearer token"}
+        if not content_type.lower().startswith("multipart/related"):
+            return 415, {"error": 'expected multipart/related; type="application/dicom"'}
+        message = BytesParser(policy=email_policy).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+        )
+        stored: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for part in message.iter_parts():
+            data = part.get_payload(decode=True)
+            if not isinstance(data, bytes):
+                continue
+            status, reason = self.listener.ingest_part10(data, source="STOW-RS")
+            meta = _sop_of(data)
+            item: dict[str, dict[str, Any]] = {
+                "00081150": {"vr": "UI", "Value": [meta[0]]},
+                "00081155": {"vr": "UI", "Value": [meta[1]]},
+            }
+            if status == 0:
+                stored.append(item)
+            else:
+                item["00081197"] = {"vr": "US", "Value": [int(status)]}
+                failed.append(item)
+                log.warning("stow-rs instance refused", status=f"0x{status:04X}", reason=reason)
+        reply: dict[str, Any] = {}
+        if stored:
+            reply["00081199"] = {"vr": "SQ", "Value": stored}
+        if failed:
+            reply["00081198"] = {"vr": "SQ", "Value": failed}
+        code = 200 if not failed else 202 if stored else 409
+        return code, reply
+
     def _start_http(self) -> None:
         node = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.path.rstrip("/") not in ("/dicom-web/studies", "/studies"):
+                    self.send_error(404)
+                    return
+                body = _read_body(self)
+                code, reply = node.stow(
+                    self.headers.get("Authorization", ""),
+                    self.headers.get("Content-Type", ""),
+                    body,
+                )
+                data = json.dumps(reply).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:
                 if self.path == "/health":
                     body: dict[str, Any] = {

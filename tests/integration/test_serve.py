@@ -306,3 +306,27 @@ def test_scale_out_two_workers_on_redis(
                 proc.wait(timeout=10)
         if node.process is not None:
             node.stop()
+
+
+def test_stow_rs_receive_with_bearer_token(
+    tmp_path: Path, orthanc: OrthancServer, study: Path
+) -> None:
+    """STOW-RS into the node's spool (bearer token), then the same processing as C-STORE."""
+    from dicomweb_client.api import DICOMwebClient
+    from requests import HTTPError
+
+    node = NodeProcess(tmp_path, orthanc, service={"stow_token": "s3cret-token"})
+    node.start()
+    url = f"http://127.0.0.1:{node.http_port}/dicom-web"
+    files = sorted((study / "PT_AC").glob("*.dcm"))
+    wrong = DICOMwebClient(url, headers={"Authorization": "Bearer nope"})
+    with pytest.raises(HTTPError, match="401"):
+        wrong.store_instances([dcmread(files[0])])
+    client = DICOMwebClient(url, headers={"Authorization": "Bearer s3cret-token"})
+    for start in range(0, len(files), 100):
+        reply = client.store_instances([dcmread(p) for p in files[start : start + 100]])
+        assert len(reply.get("FailedSOPSequence", [])) == 0
+        assert len(reply.ReferencedSOPSequence) == len(files[start : start + 100])
+    _wait_for_results(orthanc, node)
+    _assert_one_result_in_source_study(orthanc, study)
+    assert node.stop() == 0
