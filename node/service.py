@@ -207,7 +207,7 @@ class Processor:
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The request body, with Content-Length or chunked transfer encoding (as requests sends)."""
     if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:
