@@ -25,7 +25,7 @@ import yaml
 from pydicom import dcmread
 
 from sarclym.node.cli import main
-from tests.conftest import OrthancServer, free_port, require_tool, wait_for_port
+from tests.conftest import OrthancServer, free_port, require_tool, stop_orthanc, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +330,34 @@ def test_stow_rs_receive_with_bearer_token(
     _wait_for_results(orthanc, node)
     _assert_one_result_in_source_study(orthanc, study)
     assert node.stop() == 0
+
+
+def test_orthanc_down_when_results_are_ready_then_up(
+    tmp_path: Path, orthanc: OrthancServer, study: Path
+) -> None:
+    """The PACS is down when the result is made; once it is back, it gets it with no manual step."""
+    from tests.integration.test_destinations import restart_orthanc
+
+    node = NodeProcess(tmp_path, orthanc)
+    stop_orthanc(orthanc)
+    node.start()
+    restarted: OrthancServer | None = None
+    try:
+        _send(node.port, study / "PT_AC")
+        deadline = time.monotonic() + 120
+        pending: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            done = [s for s in node.status() if s["status"] == "done"]
+            pending = [d for s in done for d in s["deliveries"] if d["destination"] == "pacs"]
+            if pending and pending[0]["attempts"] >= 2:
+                break
+            time.sleep(0.3)
+        assert pending, node.log.read_text()[-3000:]
+        assert pending[0]["state"] == "pending"
+        restarted = restart_orthanc(orthanc)
+        _wait_for_results(restarted, node)
+        _assert_one_result_in_source_study(restarted, study)
+        assert node.stop() == 0
+    finally:
+        if restarted is not None:
+            stop_orthanc(restarted)
