@@ -111,8 +111,9 @@ def node(tmp_path: Path, orthanc: OrthancServer) -> Iterator[NodeProcess]:
             proc.process.wait(timeout=30)
 
 
-def _send(port: int, study: Path) -> None:
-    files = sorted(str(p) for p in study.rglob("*.dcm"))
+def _send(port: int, study: Path | list[Path]) -> None:
+    paths = study if isinstance(study, list) else list(study.rglob("*.dcm"))
+    files = sorted(str(p) for p in paths)
     proc = subprocess.run(
         [
             require_tool("storescu"),
@@ -361,3 +362,20 @@ def test_orthanc_down_when_results_are_ready_then_up(
     finally:
         if restarted is not None:
             stop_orthanc(restarted)
+
+
+def test_kill_9_mid_series_then_the_rest_arrives(
+    node: NodeProcess, orthanc: OrthancServer, study: Path
+) -> None:
+    files = sorted((study / "PT_AC").glob("*.dcm"))
+    half = len(files) // 2
+    node.start()
+    _send(node.port, files[:half])
+    node.stop(signal.SIGKILL)
+    node.start()
+    _send(node.port, files[half - 10 :])  # the rest, with a few resent slices
+    _wait_for_results(orthanc, node)
+    time.sleep(2.0)
+    _assert_one_result_in_source_study(orthanc, study)
+    assert httpx.get(f"{orthanc.url}/statistics", timeout=10).json()["CountInstances"] == 2
+    assert node.stop() == 0
