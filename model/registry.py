@@ -63,6 +63,9 @@ _HISTORY = "ACTIVE_HISTORY"
 #: Written into every model card.
 DISCLAIMER = "Research use only - not for clinical use, not for diagnosis."
 
+#: Registry files are not secret, and the node may run as a user other than the one training.
+_FILE_MODE = 0o644
+_DIR_MODE = 0o755
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _DATED = re.compile(r"^(\d{4}\.\d{2}\.\d{2})-(\d+)$")
 _REQUIRED = ("suv_window", "training_data")
@@ -117,6 +120,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600: the node may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -364,6 +368,7 @@ class Registry:
         card_json = json.dumps(full, indent=2, sort_keys=False, allow_nan=True) + "\n"
 
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700
         try:
             for fname, data in (
                 (WEIGHTS_FILE, weights),
@@ -374,6 +379,7 @@ class Registry:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
+                os.chmod(tmp / fname, _FILE_MODE)
             _fsync_dir(tmp)
             if final.exists():  # rename() would replace an empty directory
                 raise RegistryError(f"version {name} exists in {self.root}")

@@ -352,3 +352,27 @@ def test_retrain_missing_labels_file(
     code = main(["retrain", "--data", str(cohort), "--labels", str(missing)])
     assert code == EXIT_BAD_INPUT
     assert str(missing) in capsys.readouterr().err
+
+
+def test_infer_uses_the_shipped_default_model(
+    cohort: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No registry configured: <data_dir>/models is seeded with the packaged default, active."""
+    from sarclym.model.predict import DEFAULT_REGISTRY
+
+    monkeypatch.setenv("SARCLYM__STORAGE__DATA_DIR", str(tmp_path / "var"))
+    code, result, _ = _infer(capsys, str(cohort / "case0007"))
+    assert code == EXIT_OK
+    shipped = Registry(DEFAULT_REGISTRY)
+    active = shipped.active()
+    assert active is not None
+    card = json.loads((DEFAULT_REGISTRY / active / CARD_FILE).read_text())
+    assert card["synthetic_data"] is True
+    assert result["model_version"] == active
+    assert result["weights_sha256"] == card["weights_sha256"]
+    assert (tmp_path / "var" / "models" / active / WEIGHTS_FILE).exists()
+    assert main(["model", "list"]) == EXIT_OK
+    assert f"* {active}" in capsys.readouterr().out

@@ -43,3 +43,34 @@ def test_torch_range_left_open_for_gpu_users() -> None:
     deps = _pyproject()["project"]["dependencies"]
     torch = [d for d in deps if d.startswith("torch")]
     assert torch == ["torch>=2.2"]
+
+
+def test_wheel_ships_the_default_model(tmp_path: Path) -> None:
+    """A built wheel (not only the editable install) carries the registry with its weights."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("sarclym_node-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    active = (ROOT / "model" / "registry" / "ACTIVE").read_text().strip()
+    for name in ("ACTIVE", f"{active}/weights.safetensors", f"{active}/model_card.json"):
+        assert f"sarclym/model/registry/{name}" in names, name

@@ -150,3 +150,14 @@ def test_card_arch_mismatch(tmp_path: Path) -> None:
     path.write_text(json.dumps(card))
     with pytest.raises(RegistryError, match="cannot build the model"):
         reg.load("1.0.0")
+
+
+def test_registry_files_are_readable_by_the_node_user(tmp_path: Path) -> None:
+    """Whoever trains, the node (possibly another user) must read the weights and the card."""
+    reg = Registry(tmp_path / "models")
+    reg.register(_net(), _card(), version="1.0.0")
+    reg.activate("1.0.0", min_auc=0.0)
+    folder = tmp_path / "models" / "1.0.0"
+    assert folder.stat().st_mode & 0o777 == 0o755
+    for path in [*folder.iterdir(), tmp_path / "models" / "ACTIVE"]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
