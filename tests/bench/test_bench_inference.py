@@ -21,8 +21,8 @@ from sarclym.model.net import ARCHITECTURES, MipNet, build_net
 
 pytestmark = pytest.mark.bench
 
-CHOSEN_ARCH = "two_branch"
-CHOSEN_SIZE = (128, 128)
+CHOSEN_ARCH = "two_branch_grid"
+CHOSEN_SIZE = (256, 128)
 GOAL_MS = 100.0
 RUNS = 20
 
