@@ -1,9 +1,10 @@
 """Where the node keeps its model versions, and how the shipped default gets there.
 
 The registry the node uses is ``model.registry_dir`` from the configuration, or
-``<storage.data_dir>/models``. On first use an empty registry is seeded with the versions
-shipped inside the package (default weights trained on the synthetic cohort), so that
-``retrain``, ``model activate`` and ``model rollback`` all work on one writable folder.
+``<storage.data_dir>/models``. On first use that registry, when empty, is seeded with the
+versions shipped inside the package (default weights trained on the synthetic cohort), so that
+``retrain``, ``model activate`` and ``model rollback`` all work on one writable folder. A folder
+given with ``--registry`` is used as it is, never seeded.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def open_registry(config: Config, override: Path | None = None) -> Registry:
     from sarclym.model.registry import Registry
 
     root = registry_root(config, override)
-    if not (root.exists() and any(root.iterdir())) and DEFAULT_REGISTRY.is_dir():
+    # Only the node's own registry is seeded; a folder named with --registry is used as it is.
+    seed = override is None and DEFAULT_REGISTRY.is_dir()
+    if seed and not (root.exists() and any(root.iterdir())):
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = root.with_name(root.name + ".seeding")
         shutil.rmtree(tmp, ignore_errors=True)
