@@ -20,8 +20,9 @@ from sarclym.model.registry import LoadedModel, Registry
 
 __all__ = ["DEFAULT_REGISTRY", "Predictor", "resolve_device"]
 
-#: The registry shipped with the package: default weights trained on the synthetic cohort.
-DEFAULT_REGISTRY = Path(__file__).resolve().parent / "registry"
+#: The registry shipped with the package: default weights trained on the synthetic cohort. (Not
+#: ``model/registry/``: a folder beside ``registry.py`` with that name shadows the module for mypy.)
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "default_registry"
 
 
 def resolve_device(device: str) -> str:

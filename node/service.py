@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +55,19 @@ log = structlog.get_logger(__name__)
 
 #: The huey task name of "process one complete series".
 TASK_NAME = "sarclym.process_series"
+
+
+#: Fault injection for the crash tests: the process kills itself (SIGKILL, no clean-up at all)
+#: when it reaches the named point. Points: ``processing`` (series marked PROCESSING, nothing
+#: written), ``outbox`` (SC and SR fsynced in the outbox, not yet in the delivery ledger).
+CRASH_ENV = "SARCLYM_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Die here, as ``kill -9`` would, when ``$SARCLYM_TEST_CRASH_AT`` names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash point reached: killing this process", point=name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def make_queue(config: Config) -> Huey:
@@ -159,6 +174,7 @@ class Processor:
         paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
         headers = [dcmread(p, stop_before_pixels=True) for p in paths]
         predictor = self.predictor
+        crash_point("processing")
         prepared = prepare_study(
             record.study_uid,
             {series_uid: headers},
@@ -173,6 +189,7 @@ class Processor:
             prediction = predictor.predict(prepared)
         created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
         files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
+        crash_point("outbox")
         result_id = f"{series_uid}/{prediction.model.version}"
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()

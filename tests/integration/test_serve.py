@@ -77,12 +77,13 @@ class NodeProcess:
         self.log = tmp / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sarclym.node.cli", "--config", str(self.config), "serve"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         wait_for_port(self.port, timeout=60)
 
@@ -379,3 +380,57 @@ def test_kill_9_mid_series_then_the_rest_arrives(
     _assert_one_result_in_source_study(orthanc, study)
     assert httpx.get(f"{orthanc.url}/statistics", timeout=10).json()["CountInstances"] == 2
     assert node.stop() == 0
+
+
+@pytest.mark.parametrize("point", ["processing", "outbox"])
+def test_kill_9_mid_processing(
+    node: NodeProcess, orthanc: OrthancServer, study: Path, point: str
+) -> None:
+    """Killed while the model runs, or with the results in the outbox but not in the ledger."""
+    from sarclym.node.service import CRASH_ENV
+
+    node.start(env={CRASH_ENV: point})
+    _send(node.port, study / "PT_AC")
+    assert node.process is not None
+    assert node.process.wait(timeout=120) == -signal.SIGKILL
+    assert f'"point": "{point}"' in node.log.read_text()
+    node.process = None
+    node.start()
+    _wait_for_results(orthanc, node)
+    time.sleep(2.0)
+    _assert_one_result_in_source_study(orthanc, study)
+    assert httpx.get(f"{orthanc.url}/statistics", timeout=10).json()["CountInstances"] == 2
+    assert node.stop() == 0
+
+
+def test_kill_9_mid_delivery(tmp_path: Path, orthanc: OrthancServer, study: Path) -> None:
+    """Results made, the PACS not answering, the node killed; both back: delivered once."""
+    from tests.integration.test_destinations import restart_orthanc
+
+    node = NodeProcess(tmp_path, orthanc)
+    stop_orthanc(orthanc)
+    node.start()
+    restarted: OrthancServer | None = None
+    try:
+        _send(node.port, study / "PT_AC")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            attempts = [
+                d["attempts"]
+                for s in node.status()
+                for d in s["deliveries"]
+                if d["destination"] == "pacs"
+            ]
+            if attempts and attempts[0] >= 1:
+                break
+            time.sleep(0.2)
+        node.stop(signal.SIGKILL)
+        restarted = restart_orthanc(orthanc)
+        node.start()
+        _wait_for_results(restarted, node)
+        time.sleep(2.0)
+        _assert_one_result_in_source_study(restarted, study)
+        assert node.stop() == 0
+    finally:
+        if restarted is not None:
+            stop_orthanc(restarted)

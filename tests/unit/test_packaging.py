@@ -71,6 +71,6 @@ def test_wheel_ships_the_default_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("sarclym_node-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    active = (ROOT / "model" / "registry" / "ACTIVE").read_text().strip()
+    active = (ROOT / "model" / "default_registry" / "ACTIVE").read_text().strip()
     for name in ("ACTIVE", f"{active}/weights.safetensors", f"{active}/model_card.json"):
-        assert f"sarclym/model/registry/{name}" in names, name
+        assert f"sarclym/model/default_registry/{name}" in names, name
