@@ -147,6 +147,11 @@ class StorageConfig(_Frozen):
     min_free_mb: Annotated[int, Field(ge=0)] = Field(
         default=1024, description="Below this free space the listener answers 0xA700."
     )
+    retention_hours: Annotated[float, Field(ge=0)] | None = Field(
+        default=72.0,
+        description="Received instances of series that are done or skipped are deleted from the "
+        "spool this long after; failed series are kept. None: keep everything.",
+    )
 
 
 class LogFormat(str, Enum):

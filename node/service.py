@@ -16,6 +16,7 @@ CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -61,6 +62,9 @@ TASK_NAME = "sarclym.process_series"
 #: when it reaches the named point. Points: ``processing`` (series marked PROCESSING, nothing
 #: written), ``outbox`` (SC and SR fsynced in the outbox, not yet in the delivery ledger).
 CRASH_ENV = "SARCLYM_TEST_CRASH_AT"
+
+
+_PRUNED_TABLE = "CREATE TABLE IF NOT EXISTS pruned_series (series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)"
 
 
 def crash_point(name: str) -> None:
@@ -378,10 +382,57 @@ class Node:
                     )
                     self.enqueue(record.series_uid, from_status=status)
 
+    def prune(self, now: float | None = None) -> int:
+        """Retention: spool files of old DONE/SKIPPED series, outbox files once delivered.
+
+        Returns the number of files deleted.
+        """
+        deleted = 0
+        for result in self.ledger.prunable():
+            deleted += sum(1 for f in result.files if f.exists())
+            self.ledger.prune(result.result_id)
+        hours = self.config.storage.retention_hours
+        if hours is None:
+            return deleted
+        cutoff = (time.time() if now is None else now) - hours * 3600.0
+        self.state.ensure_schema("retention", [[_PRUNED_TABLE]])
+        rows = self.state.query(
+            "SELECT s.series_uid FROM series s LEFT JOIN pruned_series p USING (series_uid) "
+            "WHERE s.status IN ('done', 'skipped') AND s.status_changed <= ? "
+            "AND p.series_uid IS NULL",
+            (cutoff,),
+        )
+        data_dir = self.config.storage.data_dir
+        for row in rows:
+            folders = set()
+            for instance in self.state.series_instances(row["series_uid"]):
+                if instance.path:
+                    path = data_dir / instance.path
+                    if path.exists():
+                        path.unlink()
+                        deleted += 1
+                    folders.add(path.parent)
+            for folder in folders:
+                with contextlib.suppress(OSError):  # not empty: other series of the study
+                    folder.rmdir()
+                    folder.parent.rmdir()
+            with self.state.transaction() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO pruned_series (series_uid, pruned_at) VALUES (?, ?)",
+                    (row["series_uid"], time.time()),
+                )
+        if deleted:
+            log.info("retention: files deleted", files=deleted)
+        return deleted
+
     def _sweeper(self) -> None:
+        ticks = 0
         while not self._stop.wait(1.0):
+            ticks += 1
             try:
                 self.sweep()
+                if ticks % 60 == 1:
+                    self.prune()
             except Exception:
                 log.exception("sweep failed")
 

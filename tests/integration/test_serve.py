@@ -179,8 +179,6 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
     reasons = " | ".join(s["reason"] for s in others)
     assert "Modality CT" in reasons
     assert "NAC" in reasons
-    outbox = node.data_dir / "outbox"
-    assert len(list(outbox.rglob("*.dcm"))) == 2
     folder = node.data_dir / "results"
     assert len(list(folder.rglob("*.dcm"))) == 2
 
