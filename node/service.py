@@ -64,7 +64,9 @@ TASK_NAME = "sarclym.process_series"
 CRASH_ENV = "SARCLYM_TEST_CRASH_AT"
 
 
-_PRUNED_TABLE = "CREATE TABLE IF NOT EXISTS pruned_series (series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)"
+_PRUNED_TABLE = """
+    CREATE TABLE IF NOT EXISTS pruned_series (series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)
+"""
 
 
 def crash_point(name: str) -> None:
