@@ -104,7 +104,10 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def start_orthanc(
-    folder: Path, *, modalities: dict[str, list[object]] | None = None
+    folder: Path,
+    *,
+    modalities: dict[str, list[object]] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> OrthancServer:
     """Start Orthanc with its database under ``folder``; wait until its REST API answers."""
     import httpx
@@ -129,6 +132,7 @@ def start_orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": False,
         "StableAge": 1,
+        **(extra or {}),
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = (folder / "orthanc.log").open("wb")
