@@ -21,6 +21,7 @@ import datetime as dt
 import hmac
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -34,12 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydicom import dcmread
 
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.delivery import Deliverer, DeliveryLedger
 from sarclym.node.destinations import Destination, OrthancRestDestination, build_destinations
 from sarclym.node.listener import Listener
+from sarclym.node.metrics import StateCollector
 from sarclym.node.models import open_registry
 from sarclym.node.spool import fsync_dir, write_durable
 from sarclym.node.state import SeriesStatus, StateDB
@@ -333,6 +336,8 @@ class Node:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: ThreadingHTTPServer | None = None
+        self._metrics_registry = CollectorRegistry()
+        self._metrics_registry.register(StateCollector(self.state, self.ledger))
         self._consumer: Any = None
 
     # -- queue -------------------------------------------------------------------------------
@@ -506,6 +511,35 @@ class Node:
         """Recent series and their deliveries, for GET /status."""
         return {"series": series_status(self.state, self.ledger)}
 
+    def metrics(self) -> bytes:
+        """The Prometheus exposition of :class:`~sarclym.node.metrics.StateCollector`."""
+        return generate_latest(self._metrics_registry)
+
+    def readiness(self) -> dict[str, bool]:
+        """``/readyz``: spool writable above the watermark, queue reachable, model loadable."""
+        spool = self.config.storage.data_dir / "spool"
+        checks = {"listener": self.listener.is_running}
+        try:
+            spool.mkdir(parents=True, exist_ok=True)
+            usage = shutil.disk_usage(spool)
+            checks["spool_writable"] = os.access(spool, os.W_OK) and (
+                usage.free >= self.config.storage.min_free_mb * 1024 * 1024
+            )
+        except OSError:
+            checks["spool_writable"] = False
+        try:
+            self.huey.pending_count()
+            checks["queue"] = True
+        except Exception:
+            checks["queue"] = False
+        if self.config.service.workers and not self.worker_only:
+            try:
+                _ = self.processor.predictor  # loads once (hash verified), then cached
+                checks["model"] = True
+            except Exception:
+                checks["model"] = False
+        return checks
+
     def stow(self, authorization: str, content_type: str, body: bytes) -> tuple[int, Any]:
         """Store the instances of a STOW-RS request; return (HTTP status, DICOM JSON reply).
 
@@ -572,19 +606,31 @@ class Node:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path == "/health":
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, node.metrics(), CONTENT_TYPE_LATEST)
+                    return
+                if path in ("/health", "/healthz"):
+                    # Liveness: the process serves and its listener runs.
+                    ok = node.listener.is_running
                     body: dict[str, Any] = {
-                        "status": "ok" if node.listener.is_running else "listener down",
+                        "status": "ok" if ok else "listener down",
                         "research_use_only": True,
                     }
-                elif self.path == "/status":
-                    body = node.status()
+                elif path == "/readyz":
+                    checks = node.readiness()
+                    ok = all(checks.values())
+                    body = {"status": "ok" if ok else "not ready", "checks": checks}
+                elif path == "/status":
+                    ok, body = True, node.status()
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200 if body.get("status", "ok") == "ok" else 503)
-                self.send_header("Content-Type", "application/json")
+                self._reply(200 if ok else 503, json.dumps(body).encode(), "application/json")
+
+            def _reply(self, code: int, data: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -195,6 +195,26 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
         "pacs": "delivered",
     }
 
+    # Health, readiness and Prometheus metrics (read from state.db).
+    base = f"http://127.0.0.1:{node.http_port}"
+    assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
+    ready = httpx.get(f"{base}/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {
+        "listener": True,
+        "spool_writable": True,
+        "queue": True,
+        "model": True,
+    }
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    n_files = len(list(study.rglob("*.dcm")))
+    assert f"sarclym_instances_received_total {float(n_files)}" in metrics
+    assert 'sarclym_series{status="done"} 1.0' in metrics
+    assert 'sarclym_series{status="skipped"} 3.0' in metrics
+    assert 'sarclym_deliveries{destination="pacs",state="delivered"} 1.0' in metrics
+    assert 'sarclym_result_latency_seconds_count{destination="pacs"} 1.0' in metrics
+    assert "2.25." not in metrics  # no UID (let alone PHI) in any label
+
     # `status` reads the same state from the command line.
     out = subprocess.run(
         [

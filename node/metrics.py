@@ -1,0 +1,102 @@
+"""Prometheus metrics at ``GET /metrics``, read from state.db at each scrape.
+
+Every figure is computed from the durable state (instances, series, delivery ledger), not from
+in-process counters: the numbers survive restarts, and one ``serve`` reports the work of every
+``worker`` process sharing its data folder. No label carries a UID or anything about a patient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sarclym.node.delivery import DeliveryLedger
+    from sarclym.node.state import StateDB
+
+__all__ = ["LATENCY_BUCKETS_S", "StateCollector", "histogram_buckets"]
+
+#: Bucket bounds (seconds) of the latency histograms.
+LATENCY_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+def histogram_buckets(
+    values: Iterable[float], bounds: Sequence[float] = LATENCY_BUCKETS_S
+) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets (``le`` label, count) and the sum of ``values``."""
+    data = sorted(values)
+    buckets = [(repr(float(b)), float(sum(1 for v in data if v <= b))) for b in bounds]
+    buckets.append(("+Inf", float(len(data))))
+    return buckets, float(sum(data))
+
+
+class StateCollector(Collector):
+    """Collects the node's metrics from its state database and delivery ledger."""
+
+    def __init__(self, state: StateDB, ledger: DeliveryLedger) -> None:
+        self.state = state
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        instances = CounterMetricFamily(
+            "sarclym_instances_received", "Distinct instances received (C-STORE and STOW-RS)."
+        )
+        total = self.state.query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM instances")
+        instances.add_metric([], float(total[0]["n"]))
+        yield instances
+        received_bytes = CounterMetricFamily("sarclym_received_bytes", "Bytes of those instances.")
+        received_bytes.add_metric([], float(total[0]["b"]))
+        yield received_bytes
+
+        series = GaugeMetricFamily(
+            "sarclym_series",
+            "Series by status (receiving, complete, queued, processing, done, skipped, failed).",
+            labels=["status"],
+        )
+        for row in self.state.query("SELECT status, COUNT(*) AS n FROM series GROUP BY status"):
+            series.add_metric([row["status"]], float(row["n"]))
+        yield series
+
+        deliveries = GaugeMetricFamily(
+            "sarclym_deliveries",
+            "Result deliveries by destination and state (pending, delivered, dead).",
+            labels=["destination", "state"],
+        )
+        records = self.ledger.records()
+        counts: dict[tuple[str, str], int] = {}
+        for rec in records:
+            key = (rec.destination, rec.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (destination, state), n in sorted(counts.items()):
+            deliveries.add_metric([destination, state], float(n))
+        yield deliveries
+
+        # Last instance of the series received -> result confirmed by the destination.
+        last = {
+            row["series_uid"]: float(row["last_received"])
+            for row in self.state.query("SELECT series_uid, last_received FROM series")
+        }
+        latency = HistogramMetricFamily(
+            "sarclym_result_latency_seconds",
+            "Last instance of a series received -> its result confirmed by a destination.",
+            labels=["destination"],
+        )
+        by_destination: dict[str, list[float]] = {}
+        for rec in records:
+            source = rec.result_id.split("/", 1)[0]
+            if rec.delivered_at is not None and source in last:
+                by_destination.setdefault(rec.destination, []).append(
+                    max(0.0, rec.delivered_at - last[source])
+                )
+        for destination, values in sorted(by_destination.items()):
+            buckets, total_s = histogram_buckets(values)
+            latency.add_metric([destination], buckets, total_s)
+        yield latency
