@@ -189,7 +189,9 @@ class ModelConfig(_Frozen):
     """Which model the node runs and where."""
 
     registry_dir: Path | None = Field(
-        default=None, description="Model registry folder; None: the registry shipped with the node."
+        default=None,
+        description="Model registry folder; None: <storage.data_dir>/models, seeded on first use "
+        "with the registry shipped with the node.",
     )
     version: str | None = Field(default=None, description="Version to run; None: the active one.")
     device: DeviceChoice = Field(default=DeviceChoice.AUTO)
@@ -366,6 +368,17 @@ class ServiceConfig(_Frozen):
         default=30.0,
         description="A series without NumberOfSlices/ImageIndex is complete after this long "
         "without a new instance.",
+    )
+    stalled_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=300.0,
+        description="A series that announced its slice count but still misses slices is "
+        "judged anyway after this long without a new instance (a gap is then skipped with "
+        "its reason, never analysed).",
+    )
+    sr_kind: Literal["comprehensive3d", "comprehensive", "enhanced"] = Field(
+        default="comprehensive3d",
+        description="SR IOD of the results: Comprehensive 3D SR, or Comprehensive / Enhanced SR "
+        "for a PACS that rejects 3D SR.",
     )
     lease_seconds: Annotated[float, Field(gt=0)] = Field(
         default=600.0,

@@ -216,7 +216,7 @@ class Processor:
         from sarclym.node.results import build_sc, build_sr
 
         sc = build_sc(prediction, datasets, created=created)
-        sr = build_sr(prediction, datasets, sc, created=created)
+        sr = build_sr(prediction, datasets, sc, created=created, kind=self.config.service.sr_kind)
         folder = self.outbox / str(sc.StudyInstanceUID) / prediction.series_instance_uid
         folder.mkdir(parents=True, exist_ok=True)
         files = []
@@ -375,6 +375,16 @@ class Node:
                 record.series_uid,
                 SeriesStatus.COMPLETE,
                 f"quiet for {self.config.service.quiet_seconds:g} s",
+                expected_status=SeriesStatus.RECEIVING,
+            ):
+                self.enqueue(record.series_uid)
+        stalled = self.config.service.stalled_seconds
+        for record in self.state.quiet_series(stalled, include_expected=True):
+            if self.state.mark_series(
+                record.series_uid,
+                SeriesStatus.COMPLETE,
+                f"stalled: {record.instance_count} of {record.expected_count} instances, "
+                f"quiet for {stalled:g} s",
                 expected_status=SeriesStatus.RECEIVING,
             ):
                 self.enqueue(record.series_uid)

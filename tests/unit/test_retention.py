@@ -30,7 +30,9 @@ def _config(tmp_path: Path, retention: str = "72") -> Config:
     )
 
 
-def _receive(node: Node, series: str, n: int, *, when: float) -> list[Path]:
+def _receive(
+    node: Node, series: str, n: int, *, when: float, expected: int | None = None
+) -> list[Path]:
     spool = Spool(node.config.storage.data_dir, min_free_mb=0)
     paths = []
     for k in range(1, n + 1):
@@ -47,7 +49,7 @@ def _receive(node: Node, series: str, n: int, *, when: float) -> list[Path]:
                 size=32,
                 modality="PT",
                 image_index=k,
-                expected_count=n,
+                expected_count=n if expected is None else expected,
             ),
             now=when,
         )

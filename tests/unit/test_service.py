@@ -1,0 +1,52 @@
+"""The service's own decisions: stalled series, the SR kind of the results."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from sarclym.node.config import load_config
+from sarclym.node.service import Node
+from sarclym.node.state import SeriesStatus
+from tests.results_fixtures import make_prediction
+from tests.unit.test_retention import STUDY, _config, _receive
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+
+def test_a_stalled_series_is_judged_after_stalled_seconds(tmp_path: Path) -> None:
+    node = Node(_config(tmp_path))
+    long_ago = time.time() - 2 * node.config.service.stalled_seconds
+    # 3 of 5 announced slices, long ago; and a series still arriving (3 of 5, now).
+    _receive(node, f"{STUDY}.1", 3, when=long_ago, expected=5)
+    _receive(node, f"{STUDY}.2", 3, when=time.time(), expected=5)
+    node.sweep()
+    stalled = node.state.series(f"{STUDY}.1")
+    assert stalled is not None
+    assert stalled.status is SeriesStatus.QUEUED
+    fresh = node.state.series(f"{STUDY}.2")
+    assert fresh is not None
+    assert fresh.status is SeriesStatus.RECEIVING
+
+
+@pytest.mark.parametrize(
+    ("kind", "sop_class"), [("comprehensive", COMPREHENSIVE_SR), ("enhanced", ENHANCED_SR)]
+)
+def test_sr_kind_from_the_configuration(tmp_path: Path, kind: str, sop_class: str) -> None:
+    config = load_config(
+        environ={
+            "SARCLYM__STORAGE__DATA_DIR": str(tmp_path / "var"),
+            "SARCLYM__SERVICE__SR_KIND": kind,
+            "SARCLYM__SERVICE__LOCAL_ORTHANC_URL": "null",
+        }
+    )
+    node = Node(config)
+    prediction, datasets = make_prediction("lymphoma")
+    files = node.processor._write_results(prediction, datasets, datetime(2026, 11, 27, 9, 0))
+    sr = dcmread(files[1])
+    assert sr.SOPClassUID == sop_class
