@@ -229,6 +229,30 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
 
+    demo = _command(
+        sub,
+        "demo",
+        help="the whole loop for a newcomer: synthetic studies -> node -> results table",
+        description="Generate a few synthetic PET/CT studies, start the node (embedded defaults "
+        "unless --config) with its data under --data-dir, send the studies as a scanner would "
+        "(C-STORE as STORESCU), wait for each result to be confirmed by every destination and "
+        "print study, true label, prediction, P(lymphoma) and latency.",
+    )
+    demo.add_argument("--cases", type=_positive_int, default=4, help="studies (default 4)")
+    demo.add_argument("--seed", type=int, default=2027, help="cohort seed (default 2027)")
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="empty or new folder for the studies and the node's data (default: "
+        "./var/demo-<date>-<time>)",
+    )
+    demo.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for each result (300)"
+    )
+    demo.set_defaults(func=_cmd_demo)
+
     retry = _command(
         sub,
         "retry",
@@ -377,6 +401,16 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node._serve_cli import run_status
 
     return run_status(args, config)
+
+
+def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    import datetime as dt
+
+    from sarclym.node._demo_cli import run_demo
+
+    if args.data_dir is None:
+        args.data_dir = Path("var") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    return run_demo(args, config)
 
 
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
