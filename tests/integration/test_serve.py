@@ -452,3 +452,37 @@ def test_kill_9_mid_delivery(tmp_path: Path, orthanc: OrthancServer, study: Path
     finally:
         if restarted is not None:
             stop_orthanc(restarted)
+
+
+def test_shuffled_over_two_associations_with_duplicates_one_result(
+    node: NodeProcess, orthanc: OrthancServer, study: Path
+) -> None:
+    """Slices in random order, split over two concurrent senders, 30 sent twice: one result."""
+    import random
+
+    files = sorted((study / "PT_AC").glob("*.dcm"))
+    order = files[:]
+    random.Random(7).shuffle(order)
+    first, second = order[::2] + order[1:31:2], order[1::2] + order[:30:2]
+    node.start()
+    command = [require_tool("storescu"), "-aet", "STORESCU", "-aec", "SARCLYM", "127.0.0.1"]
+    senders = [
+        subprocess.Popen(
+            [*command, str(node.port), *map(str, part)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for part in (first, second)
+    ]
+    for sender in senders:
+        _, err = sender.communicate(timeout=600)
+        assert sender.returncode == 0, err[-2000:]
+    _wait_for_results(orthanc, node)
+    time.sleep(2.0)
+    _assert_one_result_in_source_study(orthanc, study)
+    assert httpx.get(f"{orthanc.url}/statistics", timeout=10).json()["CountInstances"] == 2
+    done = [s for s in node.status() if s["status"] == "done"]
+    assert len(done) == 1
+    assert done[0]["instances"] == len(files)
+    assert node.stop() == 0
