@@ -12,7 +12,18 @@ import yaml
 from sarclym.node import __version__
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
-SUBCOMMANDS = ["synth", "config", "infer", "retrain", "model", "retry", "serve", "worker", "status", "demo"]
+SUBCOMMANDS = [
+    "synth",
+    "config",
+    "infer",
+    "retrain",
+    "model",
+    "retry",
+    "serve",
+    "worker",
+    "status",
+    "demo",
+]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
