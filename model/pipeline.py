@@ -27,6 +27,7 @@ __all__ = [
     "StudyFiles",
     "UnreadableFile",
     "prepare_study",
+    "read_deferred",
     "scan_paths",
 ]
 
@@ -51,16 +52,16 @@ class StudyFiles:
     series: dict[str, list[Path]] = field(default_factory=dict)
 
     def headers(self) -> dict[str, list[Dataset]]:
-        """SeriesInstanceUID -> header datasets (no pixel data), for ``select_series``."""
-        return {
-            uid: [dcmread(p, stop_before_pixels=True) for p in paths]
-            for uid, paths in self.series.items()
-        }
+        """SeriesInstanceUID -> datasets with deferred pixel data (see :func:`read_deferred`)."""
+        return {uid: [read_deferred(p) for p in paths] for uid, paths in self.series.items()}
 
     def prepare(self, *, size: tuple[int, int], suv_window: tuple[float, float]) -> PreparedStudy:
-        """Read the headers, select the series and make its MIPs (:func:`prepare_study`)."""
+        """Read the headers, select the series and make its MIPs (:func:`prepare_study`).
+
+        Each file is parsed once: pixel data is read from disk only for the chosen series.
+        """
         return prepare_study(
-            self.study_instance_uid, self.headers(), self.series, size=size, suv_window=suv_window
+            self.study_instance_uid, self.headers(), None, size=size, suv_window=suv_window
         )
 
 
@@ -70,6 +71,19 @@ class ScanResult:
 
     studies: dict[str, StudyFiles]
     unreadable: list[UnreadableFile]
+
+
+#: Values larger than this are read from disk only when used.
+_DEFER_BYTES = 4096
+
+
+def read_deferred(path: Path) -> Dataset:
+    """A dataset whose large values (pixel data) stay on disk until first accessed.
+
+    Selection reads only the headers; the chosen series' pixel data is then read through the
+    same datasets, so no file is parsed twice (pydicom's ``defer_size``).
+    """
+    return dcmread(path, defer_size=_DEFER_BYTES)
 
 
 _SCAN_TAGS = [Tag("StudyInstanceUID"), Tag("SeriesInstanceUID")]

@@ -174,20 +174,20 @@ class Processor:
         return status
 
     def _run(self, series_uid: str) -> tuple[SeriesStatus, str]:
-        from sarclym.model.pipeline import prepare_study
+        from sarclym.model.pipeline import prepare_study, read_deferred
 
         record = self.state.series(series_uid)
         if record is None:
             return SeriesStatus.FAILED, "series not in state.db"
         data_dir = self.config.storage.data_dir
         paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
-        headers = [dcmread(p, stop_before_pixels=True) for p in paths]
+        datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
         predictor = self.predictor
         crash_point("processing")
         prepared = prepare_study(
             record.study_uid,
-            {series_uid: headers},
-            {series_uid: paths},
+            {series_uid: datasets},
+            None,
             size=predictor.input_size,
             suv_window=predictor.suv_window,
         )
