@@ -390,6 +390,16 @@ def _read_header(
     )
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """Outcome of :meth:`Listener.ingest_part10`."""
+
+    status: StoreStatus
+    reason: str  # empty on success
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
 @dataclass
 class _AssocStats:
     """Counters of one association, logged in one line when it closes."""
@@ -696,7 +706,7 @@ class Listener:
         calling = event.assoc.requestor.ae_title.strip()
         return self._keep(header, raw, str(event.context.transfer_syntax), calling, stats)
 
-    def ingest_part10(self, data: bytes, *, source: str) -> tuple[StoreStatus, str]:
+    def ingest_part10(self, data: bytes, *, source: str) -> Ingested:
         """Store one DICOM Part 10 file that came by another route (STOW-RS).
 
         The same checks, spool, state and completion as a C-STORE; nothing raised for bad
@@ -711,10 +721,12 @@ class Listener:
 
         Returns
         -------
-        tuple of (StoreStatus, str)
-            The status a C-STORE would have answered, and the reason when not success.
+        Ingested
+            The status a C-STORE would have answered, the reason when not success, and the
+            SOP Class and Instance UIDs of the file meta (empty when unreadable).
         """
         stats = _AssocStats(log=log.bind(source=source))
+        sop_class = sop_instance = ""
         try:
             fp = io.BytesIO(data)
             if read_preamble(fp, False) is None:
@@ -726,17 +738,16 @@ class Listener:
             if not syntax:
                 raise _Refusal(StoreStatus.CANNOT_DECODE, "file meta lacks TransferSyntaxUID")
         except _Refusal as refusal:
-            return refusal.status, refusal.reason
+            return Ingested(refusal.status, refusal.reason, sop_class, sop_instance)
         except Exception as exc:
-            return StoreStatus.CANNOT_DECODE, f"file meta cannot be read ({type(exc).__name__})"
+            reason = f"file meta cannot be read ({type(exc).__name__})"
+            return Ingested(StoreStatus.CANNOT_DECODE, reason, sop_class, sop_instance)
         try:
             header = _read_header(data[fp.tell() :], syntax, sop_class, sop_instance)
-            return self._keep(header, data, syntax, source, stats), ""
+            status = self._keep(header, data, syntax, source, stats)
         except _Refusal as refusal:
-            stats.log.warning(
-                "instance refused", status=f"0x{refusal.status:04X}", reason=refusal.reason
-            )
-            return refusal.status, refusal.reason
+            return Ingested(refusal.status, refusal.reason, sop_class, sop_instance)
+        return Ingested(status, "", sop_class, sop_instance)
 
     def _keep(
         self, header: _Header, raw: bytes, syntax: str, calling: str, stats: _AssocStats

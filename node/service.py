@@ -29,14 +29,12 @@ from collections.abc import Callable, Sequence
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydicom import dcmread
 
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.delivery import Deliverer, DeliveryLedger
@@ -245,18 +243,6 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
 
 
-def _sop_of(data: bytes) -> tuple[str, str]:
-    """(SOP Class UID, SOP Instance UID) from a Part 10 file's meta, ("", "") if unreadable."""
-    try:
-        meta = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        return (
-            str(meta.file_meta.get("MediaStorageSOPClassUID", "")),
-            str(meta.file_meta.get("MediaStorageSOPInstanceUID", "")),
-        )
-    except Exception:
-        return "", ""
-
-
 def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
     """The most recent series, newest first, with status, reason and deliveries of results."""
     rows = state.query(
@@ -370,24 +356,16 @@ class Node:
 
     def sweep(self) -> None:
         """Quiet-time completion fallback, and leases of jobs whose worker died."""
-        for record in self.state.quiet_series(self.config.service.quiet_seconds):
-            if self.state.mark_series(
-                record.series_uid,
-                SeriesStatus.COMPLETE,
-                f"quiet for {self.config.service.quiet_seconds:g} s",
-                expected_status=SeriesStatus.RECEIVING,
-            ):
-                self.enqueue(record.series_uid)
+        quiet = self.config.service.quiet_seconds
+        for record in self.state.quiet_series(quiet):
+            self._complete(record.series_uid, f"quiet for {quiet:g} s")
         stalled = self.config.service.stalled_seconds
         for record in self.state.quiet_series(stalled, include_expected=True):
-            if self.state.mark_series(
+            self._complete(
                 record.series_uid,
-                SeriesStatus.COMPLETE,
                 f"stalled: {record.instance_count} of {record.expected_count} instances, "
                 f"quiet for {stalled:g} s",
-                expected_status=SeriesStatus.RECEIVING,
-            ):
-                self.enqueue(record.series_uid)
+            )
         for record in self.state.complete_series():
             self.enqueue(record.series_uid)
         now = time.time()
@@ -398,6 +376,13 @@ class Node:
                         "lease expired: queued again", series_instance_uid=record.series_uid
                     )
                     self.enqueue(record.series_uid, from_status=status)
+
+    def _complete(self, series_uid: str, reason: str) -> None:
+        """A RECEIVING series that went quiet is COMPLETE (compare-and-set), then queued."""
+        if self.state.mark_series(
+            series_uid, SeriesStatus.COMPLETE, reason, expected_status=SeriesStatus.RECEIVING
+        ):
+            self.enqueue(series_uid)
 
     def prune(self, now: float | None = None) -> int:
         """Retention: spool files of old DONE/SKIPPED series, outbox files once delivered.
@@ -574,18 +559,21 @@ class Node:
             data = part.get_payload(decode=True)
             if not isinstance(data, bytes):
                 continue
-            status, reason = self.listener.ingest_part10(data, source="STOW-RS")
-            meta = _sop_of(data)
+            outcome = self.listener.ingest_part10(data, source="STOW-RS")
             item: dict[str, dict[str, Any]] = {
-                "00081150": {"vr": "UI", "Value": [meta[0]]},
-                "00081155": {"vr": "UI", "Value": [meta[1]]},
+                "00081150": {"vr": "UI", "Value": [outcome.sop_class_uid]},
+                "00081155": {"vr": "UI", "Value": [outcome.sop_instance_uid]},
             }
-            if status == 0:
+            if outcome.status == 0:
                 stored.append(item)
             else:
-                item["00081197"] = {"vr": "US", "Value": [int(status)]}
+                item["00081197"] = {"vr": "US", "Value": [int(outcome.status)]}
                 failed.append(item)
-                log.warning("stow-rs instance refused", status=f"0x{status:04X}", reason=reason)
+                log.warning(
+                    "stow-rs instance refused",
+                    status=f"0x{outcome.status:04X}",
+                    reason=outcome.reason,
+                )
         reply: dict[str, Any] = {}
         if stored:
             reply["00081199"] = {"vr": "SQ", "Value": stored}

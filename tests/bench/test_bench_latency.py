@@ -10,9 +10,7 @@ which timer-based peers only start. Nothing is asserted on time.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,8 +18,9 @@ import httpx
 import pytest
 
 from sarclym.node.cli import main
-from tests.conftest import OrthancServer, require_tool
+from tests.conftest import OrthancServer
 from tests.integration.test_serve import NodeProcess
+from tests.integration.test_serve import _send as send
 
 pytestmark = pytest.mark.bench
 
@@ -30,24 +29,9 @@ PEER_TIMER_S = 60.0
 
 
 def _send(port: int, folder: Path) -> float:
-    files = sorted(str(p) for p in folder.glob("*.dcm"))
+    """Seconds storescu takes to send ``folder`` (until its last C-STORE response)."""
     t0 = time.perf_counter()
-    subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "SARCLYM",
-            "127.0.0.1",
-            str(port),
-            *files,
-        ],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    send(port, folder)
     return time.perf_counter() - t0
 
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,26 +112,35 @@ def node(tmp_path: Path, orthanc: OrthancServer) -> Iterator[NodeProcess]:
             proc.process.wait(timeout=30)
 
 
+def storescu(port: int, files: Sequence[Path]) -> list[str]:
+    """The DCMTK storescu command line of a scanner (STORESCU) sending ``files`` to the node."""
+    command = [require_tool("storescu"), "-aet", "STORESCU", "-aec", "SARCLYM", "127.0.0.1"]
+    return [*command, str(port), *map(str, files)]
+
+
 def _send(port: int, study: Path | list[Path]) -> None:
     paths = study if isinstance(study, list) else list(study.rglob("*.dcm"))
-    files = sorted(str(p) for p in paths)
     proc = subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "SARCLYM",
-            "127.0.0.1",
-            str(port),
-            *files,
-        ],
+        storescu(port, sorted(paths)),
         env={**os.environ, "TCP_NODELAY": "1"},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _wait_for_pacs_attempts(
+    node: NodeProcess, minimum: int, timeout: float = 120
+) -> list[dict[str, Any]]:
+    """The deliveries to "pacs" once the first has been tried ``minimum`` times (PACS down)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pacs = [d for s in node.status() for d in s["deliveries"] if d["destination"] == "pacs"]
+        if pacs and pacs[0]["attempts"] >= minimum:
+            return pacs
+        time.sleep(0.2)
+    pytest.fail(f"no delivery tried {minimum}x within {timeout} s:\n{node.log.read_text()[-3000:]}")
 
 
 def _orthanc_results(orthanc: OrthancServer) -> list[dict[str, Any]]:
@@ -364,15 +373,7 @@ def test_orthanc_down_when_results_are_ready_then_up(
     restarted: OrthancServer | None = None
     try:
         _send(node.port, study / "PT_AC")
-        deadline = time.monotonic() + 120
-        pending: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            done = [s for s in node.status() if s["status"] == "done"]
-            pending = [d for s in done for d in s["deliveries"] if d["destination"] == "pacs"]
-            if pending and pending[0]["attempts"] >= 2:
-                break
-            time.sleep(0.3)
-        assert pending, node.log.read_text()[-3000:]
+        pending = _wait_for_pacs_attempts(node, 2)
         assert pending[0]["state"] == "pending"
         restarted = restart_orthanc(orthanc)
         _wait_for_results(restarted, node)
@@ -431,17 +432,7 @@ def test_kill_9_mid_delivery(tmp_path: Path, orthanc: OrthancServer, study: Path
     restarted: OrthancServer | None = None
     try:
         _send(node.port, study / "PT_AC")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            attempts = [
-                d["attempts"]
-                for s in node.status()
-                for d in s["deliveries"]
-                if d["destination"] == "pacs"
-            ]
-            if attempts and attempts[0] >= 1:
-                break
-            time.sleep(0.2)
+        _wait_for_pacs_attempts(node, 1)
         node.stop(signal.SIGKILL)
         restarted = restart_orthanc(orthanc)
         node.start()
@@ -465,10 +456,9 @@ def test_shuffled_over_two_associations_with_duplicates_one_result(
     random.Random(7).shuffle(order)
     first, second = order[::2] + order[1:31:2], order[1::2] + order[:30:2]
     node.start()
-    command = [require_tool("storescu"), "-aet", "STORESCU", "-aec", "SARCLYM", "127.0.0.1"]
     senders = [
         subprocess.Popen(
-            [*command, str(node.port), *map(str, part)],
+            storescu(node.port, part),
             env={**os.environ, "TCP_NODELAY": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
