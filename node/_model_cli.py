@@ -84,21 +84,11 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
 def _write_results(out: Path, prediction: Any, prepared: Any) -> list[Path]:
     import datetime as dt
 
-    from pydicom import dcmwrite
-
-    from sarclym.node.results import build_sc, build_sr
+    from sarclym.node.service import write_results
 
     created = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
-    sc = build_sc(prediction, prepared.datasets, created=created)
-    sr = build_sr(prediction, prepared.datasets, sc, created=created)
     folder = out / prediction.study_instance_uid
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, ds in (("SC", sc), ("SR", sr)):
-        path = folder / f"{name}_{ds.SOPInstanceUID}.dcm"
-        dcmwrite(path, ds, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return write_results(prediction, prepared.datasets, folder, created=created)
 
 
 def _print_infer(results: list[dict[str, Any]], *, as_json: bool) -> None:

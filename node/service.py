@@ -50,8 +50,9 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from sarclym.model.predict import Predictor
+    from sarclym.node.results import SrKind
 
-__all__ = ["Node", "Processor", "make_queue", "series_status"]
+__all__ = ["Node", "Processor", "make_queue", "series_status", "write_results"]
 
 log = structlog.get_logger(__name__)
 
@@ -209,23 +210,41 @@ class Processor:
     def _write_results(
         self, prediction: Any, datasets: Sequence[Dataset], created: dt.datetime
     ) -> list[Path]:
-        from pydicom.filebase import DicomBytesIO
+        folder = self.outbox / prediction.study_instance_uid / prediction.series_instance_uid
+        return write_results(
+            prediction, datasets, folder, created=created, kind=self.config.service.sr_kind
+        )
 
-        from sarclym.node.results import build_sc, build_sr
 
-        sc = build_sc(prediction, datasets, created=created)
-        sr = build_sr(prediction, datasets, sc, created=created, kind=self.config.service.sr_kind)
-        folder = self.outbox / str(sc.StudyInstanceUID) / prediction.series_instance_uid
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for kind, ds in (("SC", sc), ("SR", sr)):
-            buffer = DicomBytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            path = folder / f"{kind}_{ds.SOPInstanceUID}.dcm"
-            write_durable(path, [buffer.getvalue()])
-            files.append(path)
-        fsync_dir(folder.parent)
-        return files
+def write_results(
+    prediction: Any,
+    datasets: Sequence[Dataset],
+    folder: Path,
+    *,
+    created: dt.datetime,
+    kind: SrKind = "comprehensive3d",
+) -> list[Path]:
+    """Build the SC and the SR of a prediction and write them durably into ``folder``.
+
+    Files ``SC_<SOPInstanceUID>.dcm`` then ``SR_<SOPInstanceUID>.dcm`` (the order to send them
+    in: the SR references the SC), each fsynced and renamed into place, the folder synced.
+    """
+    from pydicom.filebase import DicomBytesIO
+
+    from sarclym.node.results import build_sc, build_sr
+
+    sc = build_sc(prediction, datasets, created=created)
+    sr = build_sr(prediction, datasets, sc, created=created, kind=kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, ds in (("SC", sc), ("SR", sr)):
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        path = folder / f"{name}_{ds.SOPInstanceUID}.dcm"
+        write_durable(path, [buffer.getvalue()])
+        files.append(path)
+    fsync_dir(folder.parent)
+    return files
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
