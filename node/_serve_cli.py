@@ -71,3 +71,28 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
             error = f": {d['last_error']}" if d["last_error"] and d["state"] != "delivered" else ""
             print(f"      -> {d['destination']}: {d['state']}{extra}{error}")
     return 0
+
+
+def run_audit(args: argparse.Namespace, config: Config) -> int:
+    """Print the audit log, newest first (``--json``: one JSON object per line)."""
+    from dataclasses import asdict
+
+    from sarclym.node.audit import audit_events
+    from sarclym.node.state import StateDB
+
+    db = config.storage.data_dir / "state.db"
+    if not db.exists():
+        print(f"no state database at {db}: the node has not received anything yet")
+        return 0
+    with StateDB(db) as state:
+        events = audit_events(state, study_uid=args.study, series_uid=args.series, limit=args.limit)
+    for event in events:
+        if args.json:
+            sys.stdout.write(json.dumps(asdict(event), sort_keys=True) + "\n")
+            continue
+        when = dt.datetime.fromtimestamp(event.at).strftime("%Y-%m-%d %H:%M:%S")
+        facts = ", ".join(f"{k}={v}" for k, v in sorted(event.detail.items()))
+        print(f"{when}  {event.event:<10} {event.actor:<28} series {event.series_uid}")
+        if facts:
+            print(f"      {facts}")
+    return 0

@@ -229,6 +229,21 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
 
+    audit = _command(
+        sub,
+        "audit",
+        help="who or what touched each series: received from, processed by, sent where",
+        description="Print the audit log of the node's state database, newest first: the AE "
+        "that sent each series, the worker and model version that processed it, the "
+        "destinations that confirmed its results, operator retries. No patient data.",
+    )
+    which = audit.add_mutually_exclusive_group()
+    which.add_argument("--study", metavar="UID", help="only this Study Instance UID")
+    which.add_argument("--series", metavar="UID", help="only this Series Instance UID")
+    audit.add_argument("--limit", type=_positive_int, default=200, help="events (default 200)")
+    audit.add_argument("--json", action="store_true", help="print JSON lines")
+    audit.set_defaults(func=_cmd_audit)
+
     demo = _command(
         sub,
         "demo",
@@ -401,6 +416,12 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node._serve_cli import run_status
 
     return run_status(args, config)
+
+
+def _cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._serve_cli import run_audit
+
+    return run_audit(args, config)
 
 
 def _cmd_demo(args: argparse.Namespace, config: Config) -> int:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import structlog
 
+from sarclym.node.audit import AUDIT_SCHEMA, record_event
 from sarclym.node.config import JitterMode, RetryPolicy
 from sarclym.node.destinations import DeliveryOutcome, Destination, FailureKind, FileFailure
 
@@ -168,6 +169,22 @@ def _name(destination: str | Destination) -> str:
     return destination if isinstance(destination, str) else destination.name
 
 
+def _audit(
+    conn: sqlite3.Connection,
+    result_id: str,
+    event: str,
+    detail: dict[str, object],
+    t: float,
+    *,
+    actor: str | None = None,
+) -> None:
+    """Audit a delivery event against the source series (``result_id`` is ``series/version``)."""
+    series_uid, _, version = result_id.partition("/")
+    record_event(
+        conn, series_uid, event, actor=actor, detail={**detail, "model_version": version}, now=t
+    )
+
+
 def _summarise(failures: Sequence[FileFailure]) -> str:
     reasons = list(dict.fromkeys(f"{f.kind.value}: {f.reason}" for f in failures))
     text = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
@@ -221,6 +238,8 @@ class DeliveryLedger:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)  # each statement is idempotent and atomic
+            for statement in AUDIT_SCHEMA:
+                self._conn.execute(statement)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -494,6 +513,11 @@ class DeliveryLedger:
                     item.destination,
                 ),
             )
+            if state is not DeliveryState.PENDING:
+                facts = {"destination": item.destination, "attempts": attempt}
+                if error:
+                    facts["error"] = error
+                _audit(conn, item.result_id, state.value, facts, t)
         log_method = log.info if state is DeliveryState.DELIVERED else log.warning
         log_method(
             f"delivery {state.value}",
@@ -514,6 +538,7 @@ class DeliveryLedger:
             "updated_at = ? WHERE result_id = ? AND destination = ?",
             (error, t, item.result_id, item.destination),
         )
+        _audit(conn, item.result_id, "dead", {"destination": item.destination, "error": error}, t)
 
     # -- operator actions ------------------------------------------------------------------
 
@@ -524,8 +549,9 @@ class DeliveryLedger:
         result_id: str | None = None,
         destination: str | None = None,
         now: float | None = None,
+        actor: str = "cli",
     ) -> int:
-        """Re-arm undelivered rows: due now, attempt count back to zero.
+        """Re-arm undelivered rows: due now, attempt count back to zero (audited).
 
         Parameters
         ----------
@@ -535,6 +561,8 @@ class DeliveryLedger:
             Only this result or destination.
         now
             Unix seconds; the clock by default.
+        actor
+            Who asked, for the audit log: ``"cli"``, ``"dashboard:<user>"``.
 
         Returns
         -------
@@ -542,21 +570,26 @@ class DeliveryLedger:
             Number of rows re-armed.
         """
         t = self._now(now)
-        sql = (
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-            "updated_at = ? WHERE state IN ("
-            + ("'dead'" if dead_only else "'pending', 'dead'")
-            + ")"
-        )
-        params: list[object] = [t, t]
+        where = "WHERE state IN (" + ("'dead'" if dead_only else "'pending', 'dead'") + ")"
+        params: list[object] = []
         for column, value in (("result_id", result_id), ("destination", destination)):
             if value is not None:
-                sql += f" AND {column} = ?"
+                where += f" AND {column} = ?"
                 params.append(value)
         with self._tx() as conn:
-            count = conn.execute(sql, params).rowcount
-        log.info("deliveries re-armed", count=count, dead_only=dead_only)
-        return count
+            rows = conn.execute(
+                f"SELECT result_id, destination, state FROM deliveries {where}", params
+            ).fetchall()
+            conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                f"updated_at = ? {where}",
+                [t, t, *params],
+            )
+            for row in rows:
+                facts = {"destination": row["destination"], "was": row["state"]}
+                _audit(conn, row["result_id"], "retry", facts, t, actor=actor)
+        log.info("deliveries re-armed", count=len(rows), dead_only=dead_only)
+        return len(rows)
 
     def summary(self, result_id: str) -> list[DeliveryRecord]:
         """Every destination of one result and where it stands, by destination name."""

@@ -36,6 +36,7 @@ import httpx
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sarclym.node.audit import record_event
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.delivery import Deliverer, DeliveryLedger
 from sarclym.node.destinations import Destination, OrthancRestDestination, build_destinations
@@ -157,12 +158,16 @@ class Processor:
             record = self.state.series(series_uid)
             return record.status if record is not None else SeriesStatus.FAILED
         t0 = time.perf_counter()
+        detail: dict[str, Any] = {}
         try:
-            status, reason = self._run(series_uid)
+            status, reason, detail = self._run(series_uid)
         except Exception as exc:
             log.exception("series processing failed", series_instance_uid=series_uid)
             status, reason = SeriesStatus.FAILED, f"{type(exc).__name__}: {exc}"
-        self.state.mark_series(series_uid, status, reason, expected_status=SeriesStatus.PROCESSING)
+        detail["seconds"] = round(time.perf_counter() - t0, 3)
+        self.state.mark_series(
+            series_uid, status, reason, expected_status=SeriesStatus.PROCESSING, detail=detail
+        )
         log.info(
             "series processed",
             series_instance_uid=series_uid,
@@ -172,12 +177,12 @@ class Processor:
         )
         return status
 
-    def _run(self, series_uid: str) -> tuple[SeriesStatus, str]:
+    def _run(self, series_uid: str) -> tuple[SeriesStatus, str, dict[str, Any]]:
         from sarclym.model.pipeline import prepare_study, read_deferred
 
         record = self.state.series(series_uid)
         if record is None:
-            return SeriesStatus.FAILED, "series not in state.db"
+            return SeriesStatus.FAILED, "series not in state.db", {}
         data_dir = self.config.storage.data_dir
         paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
         datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
@@ -192,7 +197,7 @@ class Processor:
         )
         if prepared.mips is None:
             reasons = "; ".join(s.reason for s in prepared.selection.skipped)
-            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason
+            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, {}
         with self._lock:
             prediction = predictor.predict(prepared)
         created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
@@ -205,6 +210,13 @@ class Processor:
             SeriesStatus.DONE,
             f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
             f"model {prediction.model.version}",
+            {
+                "label": prediction.label,
+                "probability_lymphoma": round(float(prediction.probability_lymphoma), 4),
+                "model_version": prediction.model.version,
+                "weights_sha256": prediction.model.weights_sha256,
+                "results": [p.name for p in files],
+            },
         )
 
     def _write_results(
@@ -426,13 +438,15 @@ class Node:
         data_dir = self.config.storage.data_dir
         for row in rows:
             folders = set()
+            files = 0
             for instance in self.state.series_instances(row["series_uid"]):
                 if instance.path:
                     path = data_dir / instance.path
                     if path.exists():
                         path.unlink()
-                        deleted += 1
+                        files += 1
                     folders.add(path.parent)
+            deleted += files
             for folder in folders:
                 with contextlib.suppress(OSError):  # not empty: other series of the study
                     folder.rmdir()
@@ -442,6 +456,8 @@ class Node:
                     "INSERT OR IGNORE INTO pruned_series (series_uid, pruned_at) VALUES (?, ?)",
                     (row["series_uid"], time.time()),
                 )
+                detail = {"files": files, "retention_hours": hours}
+                record_event(conn, row["series_uid"], "pruned", detail=detail)
         if deleted:
             log.info("retention: files deleted", files=deleted)
         return deleted

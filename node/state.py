@@ -22,13 +22,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from sarclym.node.audit import AUDIT_MIGRATIONS, record_event
 from sarclym.node.errors import SarclymError
 
 __all__ = [
@@ -253,6 +254,7 @@ class StateDB:
             raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
         try:
             self.ensure_schema(_COMPONENT, _MIGRATIONS)
+            self.ensure_schema("audit", AUDIT_MIGRATIONS)
         except BaseException:
             self._conn.close()
             raise
@@ -411,7 +413,15 @@ class StateDB:
             ).fetchone()
             if known is not None:
                 return self._record_resend(conn, inst.sop_instance_uid, known[0], now)
-            conn.execute(_INSERT_SERIES, values)
+            if conn.execute(_INSERT_SERIES, values).rowcount:
+                record_event(
+                    conn,
+                    inst.series_uid,
+                    "received",
+                    actor=inst.calling_ae or None,
+                    detail={"modality": inst.modality, "sop_class_uid": inst.sop_class_uid},
+                    now=now,
+                )
             series = conn.execute(
                 "SELECT * FROM series WHERE series_uid = ?", (inst.series_uid,)
             ).fetchone()
@@ -546,8 +556,10 @@ class StateDB:
         *,
         expected_status: SeriesStatus | str | None = None,
         now: float | None = None,
+        actor: str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Set a series' status (and the reason people will read).
+        """Set a series' status (and the reason people will read); audit the change.
 
         Parameters
         ----------
@@ -562,6 +574,10 @@ class StateDB:
             to complete the same quiet series cannot both succeed.
         now
             Time of the change; the current time by default.
+        actor
+            Who changed it, for the audit log; this process by default.
+        detail
+            Further facts for the audit log (model version, probability...). No PHI.
 
         Returns
         -------
@@ -582,7 +598,7 @@ class StateDB:
             ).fetchone()
             if row is None or (want is not None and row["status"] != want.value):
                 return False
-            self._set_status(conn, series_uid, new, reason, now)
+            self._set_status(conn, series_uid, new, reason, now, actor=actor, detail=detail)
         return True
 
     @staticmethod
@@ -592,6 +608,9 @@ class StateDB:
         status: SeriesStatus,
         reason: str | None,
         now: float,
+        *,
+        actor: str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> None:
         conn.execute(
             "UPDATE series SET status = ?, status_reason = ?, status_changed = ?, "
@@ -599,6 +618,19 @@ class StateDB:
             "WHERE series_uid = ?",
             (status.value, reason, now, status is SeriesStatus.COMPLETE, now, series_uid),
         )
+        if status is SeriesStatus.RECEIVING:
+            return
+        facts: dict[str, Any] = {"reason": reason} if reason else {}
+        if status is SeriesStatus.COMPLETE:
+            # Who sent it: the calling AE titles (or STOW-RS) and how many instances each.
+            senders = conn.execute(
+                "SELECT COALESCE(calling_ae, '') AS ae, COUNT(*) AS n FROM instances "
+                "WHERE series_uid = ? GROUP BY calling_ae ORDER BY calling_ae",
+                (series_uid,),
+            ).fetchall()
+            facts["senders"] = {row["ae"]: row["n"] for row in senders}
+        facts.update(detail or {})
+        record_event(conn, series_uid, status.value, actor=actor, detail=facts, now=now)
 
     # -- studies ------------------------------------------------------------------------------
 

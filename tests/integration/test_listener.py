@@ -3,7 +3,9 @@ for the exact statuses, on 127.0.0.1 and free ports."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import os
 import random
@@ -36,6 +38,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 from structlog.testing import capture_logs
 
+from sarclym.node.audit import audit_events
 from sarclym.node.config import Config, load_config
 from sarclym.node.errors import ConfigError
 from sarclym.node.listener import (
@@ -861,6 +864,10 @@ def test_no_phi_in_logs_and_one_line_per_association(
     assert text.count('"association closed"') == 2
     assert text.count('"association rejected"') == 1
     assert str(good[0].SOPInstanceUID) in text  # UIDs are what the log names instead
+    # The audit log says who sent what, and nothing about the patient either.
+    trail = audit_events(node.state)
+    assert [(e.event, e.actor) for e in trail] == [("received", "STORESCU")] * 2
+    assert_no_phi(json.dumps([dataclasses.asdict(e) for e in trail]))
 
 
 def test_stale_temp_files_removed_at_start(start_node: Callable[..., Node]) -> None:

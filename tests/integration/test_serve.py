@@ -143,6 +143,15 @@ def _wait_for_pacs_attempts(
     pytest.fail(f"no delivery tried {minimum}x within {timeout} s:\n{node.log.read_text()[-3000:]}")
 
 
+def _audit(node: NodeProcess, series_uid: str | None = None) -> list[dict[str, Any]]:
+    """The node's audit log (``sarclym-node audit --json``), oldest event first."""
+    command = [sys.executable, "-m", "sarclym.node.cli", "--config", str(node.config), "audit"]
+    command += ["--json", "--limit", "10000"] + (["--series", series_uid] if series_uid else [])
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in reversed(out.stdout.splitlines())]
+
+
 def _orthanc_results(orthanc: OrthancServer) -> list[dict[str, Any]]:
     ids = httpx.get(f"{orthanc.url}/instances", timeout=10).json()
     return [
@@ -249,6 +258,28 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
     ).stdout
     assert "-> pacs: delivered" in text
     assert "Modality CT, not PT" in text
+
+    # The audit log: who sent the series, which process and model made the result, who
+    # confirmed it; the same facts as the state, and no patient data.
+    trail = _audit(node, source.SeriesInstanceUID)
+    assert [e["event"] for e in trail][:5] == [
+        "received",
+        "complete",
+        "queued",
+        "processing",
+        "done",
+    ]
+    assert trail[0]["actor"] == "STORESCU"
+    assert trail[1]["detail"]["senders"] == {"STORESCU": len(list((study / "PT_AC").glob("*.dcm")))}
+    done = trail[4]["detail"]
+    assert done["model_version"] == "1.0.0"
+    assert len(done["weights_sha256"]) == 64
+    assert 0.0 <= done["probability_lymphoma"] <= 1.0
+    assert sorted(e["detail"]["destination"] for e in trail if e["event"] == "delivered") == [
+        "pacs",
+        "results-folder",
+    ]
+    assert not any(str(source.PatientName) in json.dumps(e) for e in trail)
     assert node.stop() == 0
 
 
@@ -324,6 +355,12 @@ def test_scale_out_two_workers_on_redis(
         ]
         assert sum(counts) == 10, counts
         assert min(counts) >= 1, counts
+        # The audit log names the worker process of each series: both, never the listener.
+        processing = [e for e in _audit(node) if e["event"] == "processing"]
+        assert len(processing) == 10
+        actors = {e["actor"] for e in processing}
+        assert len(actors) == 2
+        assert f":{node.process.pid}" not in " ".join(actors)  # type: ignore[union-attr]
     finally:
         for proc in workers:
             proc.send_signal(signal.SIGTERM)
