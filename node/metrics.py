@@ -19,10 +19,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sarclym.node.delivery import DeliveryLedger
+    from sarclym.node.delivery import DeliveryLedger, DeliveryRecord
     from sarclym.node.state import StateDB
 
-__all__ = ["LATENCY_BUCKETS_S", "StateCollector", "histogram_buckets"]
+__all__ = ["LATENCY_BUCKETS_S", "STAGES", "StateCollector", "histogram_buckets"]
+
+#: The stages of ``sarclym_stage_seconds``, in the order a series goes through them.
+STAGES = ("receive", "complete", "queue", "process", "deliver")
 
 #: Bucket bounds (seconds) of the latency histograms.
 LATENCY_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -100,3 +103,44 @@ class StateCollector(Collector):
             buckets, total_s = histogram_buckets(values)
             latency.add_metric([destination], buckets, total_s)
         yield latency
+
+        yield self._stages(records)
+
+    def _stages(self, records: Sequence[DeliveryRecord]) -> Metric:
+        """Per-stage latency histograms, from the series table and the audit log."""
+        stages = HistogramMetricFamily(
+            "sarclym_stage_seconds",
+            "Time spent in each stage of a series: receive (first -> last instance), "
+            "complete (last instance -> complete), queue (complete -> a worker took it), "
+            "process (taken -> results written or skipped), deliver (results written -> "
+            "confirmed by a destination).",
+            labels=["stage"],
+        )
+        values: dict[str, list[float]] = {s: [] for s in STAGES}
+        # The latest event of each kind per series (a re-queued series counts its last run).
+        at: dict[str, dict[str, float]] = {}
+        for row in self.state.query(
+            "SELECT series_uid, event, MAX(at) AS at FROM audit WHERE event IN "
+            "('complete', 'processing', 'done', 'skipped', 'failed') GROUP BY series_uid, event"
+        ):
+            at.setdefault(row["series_uid"], {})[row["event"]] = float(row["at"])
+        for row in self.state.query(
+            "SELECT series_uid, first_received, last_received, completed_at FROM series "
+            "WHERE completed_at IS NOT NULL"
+        ):
+            events = at.get(row["series_uid"], {})
+            values["receive"].append(row["last_received"] - row["first_received"])
+            values["complete"].append(row["completed_at"] - row["last_received"])
+            if "processing" in events and "complete" in events:
+                values["queue"].append(events["processing"] - events["complete"])
+            ended = [events[e] for e in ("done", "skipped", "failed") if e in events]
+            if "processing" in events and ended:
+                values["process"].append(max(ended) - events["processing"])
+        for rec in records:
+            done = at.get(rec.result_id.split("/", 1)[0], {}).get("done")
+            if rec.delivered_at is not None and done is not None:
+                values["deliver"].append(rec.delivered_at - done)
+        for stage in STAGES:
+            buckets, total_s = histogram_buckets(max(0.0, v) for v in values[stage])
+            stages.add_metric([stage], buckets, total_s)
+        return stages
