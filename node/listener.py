@@ -22,6 +22,7 @@ import socket
 import socketserver
 import sqlite3
 import ssl
+import struct
 import threading
 import time
 import weakref
@@ -39,7 +40,14 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
-from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    build_context,
+    evt,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -61,6 +69,7 @@ __all__ = [
     "check_peer",
     "expected_count",
     "in_peer_order",
+    "part10_prefix",
     "storage_contexts",
 ]
 
@@ -116,8 +125,10 @@ _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 _HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_TAGS]
 _LAST_HEADER_TAG = int(max(_HEADER_TAG_NUMBERS))
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 _HANDSHAKE_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed by the accept loop
+_DUL_POLL_S = 0.0002  # pynetdicom's DUL reactor nap (its default: 1 ms); see _on_established
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
 
 
@@ -337,6 +348,75 @@ def _parse(data: bytes, transfer_syntax: str) -> Dataset:
     return ds
 
 
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element of group 0002 (PS3.5 7.1.2)."""
+    tag = struct.pack("<HH", 0x0002, group_element)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    data = value.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def part10_prefix(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information (PS3.10 7.1) of a received data set.
+
+    What pydicom's ``write_file_meta_info`` writes, built directly: the listener writes one
+    per instance, and the generic writer costs about as much as the rest of the bookkeeping.
+    """
+    elements = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _element(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x0016, b"AE", _padded(source_ae[:16], b" ")),
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements))
+    return _PREAMBLE + group_length + elements
+
+
+@dataclass(frozen=True)
+class _Part10Meta:
+    """What the file meta of a Part 10 file says, and where its data set starts."""
+
+    syntax: str = ""
+    sop_class: str = ""
+    sop_instance: str = ""
+    source_ae: str = ""
+    offset: int = 0
+
+
+def _read_part10_meta(data: bytes) -> _Part10Meta:
+    """Parse the preamble and file meta of a Part 10 file; :class:`_Refusal` if unreadable."""
+    fp = io.BytesIO(data)
+    try:
+        if read_preamble(fp, False) is None:
+            raise _Refusal(StoreStatus.CANNOT_DECODE, "not a DICOM Part 10 file")
+        meta = _read_file_meta_info(fp)
+    except _Refusal:
+        raise
+    except Exception as exc:
+        reason = f"file meta cannot be read ({type(exc).__name__})"
+        raise _Refusal(StoreStatus.CANNOT_DECODE, reason) from exc
+    found = _Part10Meta(
+        syntax=str(meta.get("TransferSyntaxUID", "")),
+        sop_class=str(meta.get("MediaStorageSOPClassUID", "")),
+        sop_instance=str(meta.get("MediaStorageSOPInstanceUID", "")),
+        source_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+        offset=fp.tell(),
+    )
+    return found
+
+
 def _read_header(
     data: bytes, transfer_syntax: str, request_sop_class: str, request_sop_instance: str
 ) -> _Header:
@@ -533,6 +613,7 @@ class Listener:
         cfg = self.config
         ssl_context = _tls_context(cfg.tls) if cfg.tls is not None else None
         self.spool.remove_stale_temp()
+        self.reindex_spool()
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_pdu_size = cfg.max_pdu
         ae.require_called_aet = False  # checked with the calling AE in _on_requested
@@ -634,6 +715,11 @@ class Listener:
 
     def _on_established(self, event: Event) -> None:
         assoc = event.assoc
+        # pynetdicom's DUL thread polls its socket and queues, sleeping 1 ms whenever a pass
+        # found nothing to do: up to 1 ms before it sees the next C-STORE and again before it
+        # sends our response, per instance. A shorter nap for the life of the association
+        # (what a scanner's send lasts) costs a few percent of a core while it is idle.
+        assoc.dul._run_loop_delay = _DUL_POLL_S
         context = {
             "assoc_id": next(self._ids),
             "calling_ae": assoc.requestor.ae_title.strip(),
@@ -696,15 +782,17 @@ class Listener:
 
     def _store(self, event: Event, stats: _AssocStats) -> StoreStatus:
         request = cast(C_STORE, event.request)
-        header = _read_header(
-            event.encoded_dataset(include_meta=False),
-            event.context.transfer_syntax,
+        data = cast(io.BytesIO, request.DataSet).getvalue()  # the data set as sent
+        sop_class, sop_instance = (
             str(request.AffectedSOPClassUID),
             str(request.AffectedSOPInstanceUID),
         )
-        raw = event.encoded_dataset()  # Part 10: preamble, file meta, the data set as sent
+        syntax = str(event.context.transfer_syntax)
+        header = _read_header(data, syntax, sop_class, sop_instance)
         calling = event.assoc.requestor.ae_title.strip()
-        return self._keep(header, raw, str(event.context.transfer_syntax), calling, stats)
+        # Part 10: preamble and file meta made here, then the data set as sent.
+        prefix = part10_prefix(sop_class, sop_instance, syntax, calling)
+        return self._keep(header, [prefix, data], syntax, calling, stats)
 
     def ingest_part10(self, data: bytes, *, source: str) -> Ingested:
         """Store one DICOM Part 10 file that came by another route (STOW-RS).
@@ -726,49 +814,78 @@ class Listener:
             SOP Class and Instance UIDs of the file meta (empty when unreadable).
         """
         stats = _AssocStats(log=log.bind(source=source))
-        sop_class = sop_instance = ""
+        meta = _Part10Meta()
         try:
-            fp = io.BytesIO(data)
-            if read_preamble(fp, False) is None:
-                raise _Refusal(StoreStatus.CANNOT_DECODE, "not a DICOM Part 10 file")
-            meta = _read_file_meta_info(fp)
-            syntax = str(meta.get("TransferSyntaxUID", ""))
-            sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
-            sop_instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
-            if not syntax:
+            meta = _read_part10_meta(data)
+            if not meta.syntax:
                 raise _Refusal(StoreStatus.CANNOT_DECODE, "file meta lacks TransferSyntaxUID")
+            header = _read_header(
+                data[meta.offset :], meta.syntax, meta.sop_class, meta.sop_instance
+            )
+            status = self._keep(header, [data], meta.syntax, source, stats)
         except _Refusal as refusal:
-            return Ingested(refusal.status, refusal.reason, sop_class, sop_instance)
-        except Exception as exc:
-            reason = f"file meta cannot be read ({type(exc).__name__})"
-            return Ingested(StoreStatus.CANNOT_DECODE, reason, sop_class, sop_instance)
-        try:
-            header = _read_header(data[fp.tell() :], syntax, sop_class, sop_instance)
-            status = self._keep(header, data, syntax, source, stats)
-        except _Refusal as refusal:
-            return Ingested(refusal.status, refusal.reason, sop_class, sop_instance)
-        return Ingested(status, "", sop_class, sop_instance)
+            return Ingested(refusal.status, refusal.reason, meta.sop_class, meta.sop_instance)
+        return Ingested(status, "", meta.sop_class, meta.sop_instance)
+
+    def reindex_spool(self) -> int:
+        """Record the spool files that state.db does not list; return how many.
+
+        The spool is the record of what was acknowledged: a file is fsynced under its final name
+        before the C-STORE response, while its state.db row is committed without waiting for
+        the disk (``synchronous=NORMAL`` for instance rows, see
+        :meth:`StateDB.record_instance`). After a power cut the last rows may be missing;
+        this finds their files again and records them (sender: the file meta's Source AE
+        Title), completing series as a C-STORE would. Unreadable files are left and logged.
+        """
+        known = self.state.instance_paths()
+        stats = _AssocStats(log=log.bind(source="spool"))
+        found = 0
+        for path in sorted(self.spool.root.rglob("*.dcm")):
+            relative = str(path.relative_to(self.spool.data_dir))
+            if relative in known:
+                continue
+            try:
+                data = path.read_bytes()
+                meta = _read_part10_meta(data)
+                header = _read_header(
+                    data[meta.offset :], meta.syntax, meta.sop_class, meta.sop_instance
+                )
+                source = meta.source_ae or "spool"
+                self._record(header, meta.syntax, source, stats, path=relative, size=len(data))
+            except (OSError, _Refusal) as exc:
+                log.warning("spool file not re-indexed", path=relative, error=str(exc))
+                continue
+            found += 1
+        if found:
+            log.warning("spool files missing from state.db re-indexed", files=found)
+        return found
 
     def _keep(
-        self, header: _Header, raw: bytes, syntax: str, calling: str, stats: _AssocStats
+        self,
+        header: _Header,
+        chunks: list[bytes],
+        syntax: str,
+        calling: str,
+        stats: _AssocStats,
     ) -> StoreStatus:
+        size = sum(len(chunk) for chunk in chunks)
         if self.state.has_instance(header.sop_instance_uid):
             # A resend: stored once already; only its arrival time is recorded.
-            self._record(header, syntax, calling, stats, path="", size=len(raw))
+            self._record(header, syntax, calling, stats, path="", size=size)
             stats.duplicates += 1
             return StoreStatus.SUCCESS
         try:
             path = self.spool.write(
-                header.study_uid, header.series_uid, header.sop_instance_uid, [raw]
+                header.study_uid, header.series_uid, header.sop_instance_uid, chunks
             )
         except SpoolFull as exc:
             raise _Refusal(StoreStatus.OUT_OF_RESOURCES, f"out of disk space: {exc}") from exc
         except SpoolError as exc:
             raise _Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store: {exc}") from exc
         relative = str(path.relative_to(self.spool.data_dir))
-        self._record(header, syntax, calling, stats, path=relative, size=len(raw))
+        self._record(header, syntax, calling, stats, path=relative, size=size)
         stats.stored += 1
-        stats.bytes += len(raw)
+        stats.bytes += size
         return StoreStatus.SUCCESS
 
     def _record(

@@ -5,7 +5,12 @@ creates them through :meth:`StateDB.ensure_schema` with its own version counter,
 migrations can run per module. This module owns ``instances`` and ``series``.
 
 Durability: ``synchronous=FULL``, so a committed row survives a power cut; the listener answers a
-C-STORE with Success only after :meth:`StateDB.record_instance` returned.
+C-STORE with Success only after :meth:`StateDB.record_instance` returned. Instance rows are the
+exception: they are committed with ``synchronous=NORMAL`` (in WAL mode: consistent, but the
+last commits may roll back after a power cut, never after a process crash), because the spool
+file itself is fsynced before the response and :meth:`Listener.reindex_spool` records at start
+any spool file that state.db lost. That saves the third of the three fsyncs per instance. The
+next FULL commit (any status change) makes every earlier row durable too.
 
 Series completion (spec/PET.md): a series carrying (0054,0081) *Number of Slices* (times
 (0054,0101) *Number of Time Slices* when present) and (0054,1330) *Image Index* is complete
@@ -311,6 +316,18 @@ class StateDB:
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def _synchronous(self, level: str) -> Iterator[None]:
+        """Another ``PRAGMA synchronous`` for the transactions of the block (outside any)."""
+        if self._depth:  # inside a transaction: the outer one decides
+            yield
+            return
+        self._conn.execute(f"PRAGMA synchronous={level}")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one read-only statement and return all rows."""
         with self._lock:
@@ -376,6 +393,10 @@ class StateDB:
         rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return _instance(rows[0]) if rows else None
 
+    def instance_paths(self) -> set[str]:
+        """The spool paths of every recorded instance (relative to ``storage.data_dir``)."""
+        return {row[0] for row in self.query("SELECT path FROM instances WHERE path != ''")}
+
     def series_instances(self, series_uid: str) -> list[InstanceRecord]:
         """Instances of a series, by Image Index (those without one last), then arrival."""
         rows = self.query(
@@ -406,7 +427,7 @@ class StateDB:
         """
         now = time.time() if now is None else now
         values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
-        with self.transaction() as conn:
+        with self._lock, self._synchronous("NORMAL"), self.transaction() as conn:
             known = conn.execute(
                 "SELECT series_uid FROM instances WHERE sop_instance_uid = ?",
                 (inst.sop_instance_uid,),

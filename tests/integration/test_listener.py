@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import ssl
 import subprocess
 import threading
@@ -32,7 +33,13 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    evt,
+)
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
@@ -47,6 +54,7 @@ from sarclym.node.listener import (
     StoreStatus,
     check_peer,
     expected_count,
+    part10_prefix,
 )
 from sarclym.node.log import configure_logging
 from sarclym.node.send import guard_responses, set_nodelay
@@ -281,6 +289,23 @@ def test_whole_study_stored_and_ac_series_completes_at_its_last_slice(
     stored = dcmread(node.data_dir / instance.path)
     assert stored.PixelData == sent.PixelData
     assert stored.SeriesInstanceUID == ac
+    # The file meta the listener writes itself: what pynetdicom would, plus the sender.
+    meta = stored.file_meta
+    assert meta.MediaStorageSOPClassUID == sent.SOPClassUID
+    assert meta.MediaStorageSOPInstanceUID == sent.SOPInstanceUID
+    assert meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert meta.ImplementationClassUID == PYNETDICOM_IMPLEMENTATION_UID
+    assert meta.ImplementationVersionName == PYNETDICOM_IMPLEMENTATION_VERSION
+    assert meta.SourceApplicationEntityTitle == "STORESCU"
+    assert (
+        meta.FileMetaInformationGroupLength
+        == len(
+            part10_prefix(sent.SOPClassUID, sent.SOPInstanceUID, meta.TransferSyntaxUID, "STORESCU")
+        )
+        - 132
+        - 12
+    )  # preamble + DICM, and the group length element itself
     (summary,) = node.state.recent_studies()
     assert summary.instance_count == len(order)
     assert summary.modalities == ("CT", "PT")
@@ -879,3 +904,39 @@ def test_stale_temp_files_removed_at_start(start_node: Callable[..., Node]) -> N
     os.utime(stale, (0, 0))
     node.listener.start()
     assert not stale.exists()
+
+
+def test_spool_files_lost_by_state_db_are_reindexed_at_start(
+    start_node: Callable[..., Node], study: dict[str, list[Path]]
+) -> None:
+    """Instance rows are committed without waiting for the disk: after a power cut state.db may
+    lack the last ones, but their files were fsynced before each Success. A start records them
+    again (sender from the file meta), and the series they complete is completed once."""
+    files = study["PT_AC"]
+    uid = series_uid(files[0])
+    node, other = start_node(), start_node(allowed_peers=[{"ae_title": "PETCT2"}])
+    # The node acknowledged every file, but its state.db kept the rows of all but the last 5;
+    # their spool files are what `other` wrote for the same instances.
+    assert storescu(node.port, files[:-5]).returncode == 0
+    assert storescu(other.port, files[-5:], aet="PETCT2").returncode == 0
+    node.listener.stop()
+    for path in other.spool_files():
+        target = node.data_dir / path.relative_to(other.data_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    assert node.completions(uid) == []
+
+    assert node.listener.reindex_spool() == 5
+    assert node.instance_count() == len(files)
+    assert node.completions(uid) == [len(files)]  # completed by the last file found
+    senders = node.state.query(
+        "SELECT calling_ae, COUNT(*) AS n FROM instances GROUP BY calling_ae ORDER BY calling_ae"
+    )
+    assert [(r["calling_ae"], r["n"]) for r in senders] == [
+        ("PETCT2", 5),  # the Source AE Title the listener wrote into each file's meta
+        ("STORESCU", len(files) - 5),
+    ]
+    assert node.listener.reindex_spool() == 0  # nothing left to find
+    node.listener.start()  # start re-indexes too
+    assert node.instance_count() == len(files)
+    assert node.completions(uid) == [len(files)]
