@@ -44,7 +44,7 @@ python_setup() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "installing Python packages ($TORCH_PIN first)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$TORCH_PIN"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,codecs]"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,codecs,deploy-checks]"
   echo "$want" > "$stamp"
 }
 

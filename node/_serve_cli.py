@@ -16,6 +16,14 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
     """Run the node (or only its workers) until SIGINT/SIGTERM; return the exit code."""
     from sarclym.node.service import Node
 
+    threads = args.workers
+    if worker_only and (threads if threads is not None else config.service.workers) < 1:
+        if threads is not None:
+            print("sarclym-node worker: --workers must be at least 1", file=sys.stderr)
+            return 2
+        # service.workers is 0 in a scale-out config (the serve process runs no model): a
+        # worker process without threads would do nothing, so it runs one.
+        threads = 1
     node = Node(config, worker_only=worker_only)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -23,7 +31,7 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        node.start(worker_threads=args.workers)
+        node.start(worker_threads=threads)
         print(
             "RESEARCH USE ONLY - NOT FOR DIAGNOSIS. "
             + (

@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "serve",
     "worker",
     "status",
+    "audit",
     "demo",
 ]
 
@@ -120,3 +121,9 @@ def test_retrain_input_size_is_checked(text: str, capsys: pytest.CaptureFixture[
         main(["retrain", "--data", ".", "--labels", "x.csv", "--input-size", text])
     assert info.value.code == 2
     assert "--input-size" in capsys.readouterr().err
+
+
+def test_worker_refuses_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    """A `worker` process without threads would do nothing at all: say so, exit 2."""
+    assert main(["worker", "--workers", "0"]) == EXIT_BAD_INPUT
+    assert "--workers must be at least 1" in capsys.readouterr().err
