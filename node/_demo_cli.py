@@ -65,6 +65,8 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
     try:
         port = node.listener.port
         print(f"node listening as {config.listener.ae_title} on port {port}; sending studies ...")
+        if node.dashboard is not None:
+            print(f"dashboard while the demo runs: {_dashboard_url(config)}")
         for study in cohort.studies:
             # The AC PET series last, as its own end: the latency runs from its last C-STORE
             # response (the other series would otherwise hide the processing time).
@@ -101,4 +103,18 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
     print(f"results: {[t.name for t in results]} (folder: {storage.data_dir / 'results'})")
     env = f"SARCLYM__STORAGE__DATA_DIR={storage.data_dir}"
     print(f"series and deliveries: {env} sarclym-node status")
+    if config.service.http_port:
+        from sarclym.node._dashboard_auth import admin_token_path
+
+        login = "a token of dashboard.users"
+        if not config.dashboard.users:
+            login = f"the token in {admin_token_path(config)}"
+        print(f"dashboard: {env} sarclym-node serve, then {_dashboard_url(config)} ({login})")
     return 0
+
+
+def _dashboard_url(config: Config) -> str:
+    host = config.service.http_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{config.service.http_port}/"

@@ -215,7 +215,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "sharing the work of one `serve` (Redis queue, spool on shared storage).",
     )
     worker.add_argument(
-        "--workers", type=int, metavar="N", help="threads (default service.workers)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="threads (default service.workers, at least 1)",
     )
     worker.set_defaults(func=_cmd_worker)
 
@@ -281,6 +284,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-send", action="store_true", help="only re-arm; the running node sends them"
     )
     retry.set_defaults(func=_cmd_retry)
+
+    token = _command(
+        sub,
+        "dashboard-token",
+        help="make a dashboard login token and print the configuration line with its hash",
+        description="Make a random token for the web dashboard, print it once, and print the "
+        "line to add under dashboard.users (it holds only the token's SHA-256). viewer: read "
+        "only; admin: may also retry deliveries.",
+    )
+    token.add_argument("--name", required=True, help="user name (shown in the audit log)")
+    token.add_argument("--role", required=True, choices=["viewer", "admin"])
+    token.set_defaults(func=_cmd_dashboard_token)
 
     cfg = _command(
         sub,
@@ -456,6 +471,12 @@ def _cmd_model(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node._model_cli import run_model
 
     return run_model(args, config)
+
+
+def _cmd_dashboard_token(args: argparse.Namespace, config: Config) -> int:
+    from sarclym.node._dashboard_auth import run_dashboard_token
+
+    return run_dashboard_token(args)
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:

@@ -38,6 +38,8 @@ __all__ = [
     "AllowedPeer",
     "CStoreTarget",
     "Config",
+    "DashboardConfig",
+    "DashboardUser",
     "DestinationsConfig",
     "DeviceChoice",
     "FolderTarget",
@@ -401,6 +403,77 @@ class ServiceConfig(_Frozen):
     )
 
 
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_user_name(value: str) -> str:
+    if not _USER_NAME.match(value):
+        raise ValueError(
+            "a dashboard user name is 1 to 64 letters, digits, '_', '.', '@' or '-', starting "
+            f"with a letter or digit, got {value!r}"
+        )
+    return value
+
+
+def _check_sha256(value: str) -> str:
+    lowered = value.strip().lower()
+    if not _SHA256_HEX.match(lowered):
+        raise ValueError(
+            "expected the SHA-256 of the token as 64 hex digits (`sarclym-node dashboard-token` "
+            "prints it), not the token itself"
+        )
+    return lowered
+
+
+class DashboardUser(_Frozen):
+    """A person or script allowed into the dashboard; only the SHA-256 of its token is stored."""
+
+    name: Annotated[str, AfterValidator(_check_user_name)] = Field(
+        description="Shown in the dashboard and in the audit log (dashboard:<name>)."
+    )
+    role: Literal["viewer", "admin"] = Field(
+        description="viewer: read only; admin: also re-arms deliveries."
+    )
+    token_sha256: Annotated[str, AfterValidator(_check_sha256)] = Field(
+        description="Hex SHA-256 of the user's token (`sarclym-node dashboard-token`)."
+    )
+
+
+class DashboardConfig(_Frozen):
+    """The web dashboard on the HTTP endpoint (service.http_host/http_port), behind a login."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve the dashboard pages. GET /status needs a token of a user either way.",
+    )
+    users: tuple[DashboardUser, ...] = Field(
+        default=(),
+        description="Who may log in. Empty: an admin token is created at first start in "
+        "<storage.data_dir>/dashboard-admin.token (mode 0600) and reused.",
+    )
+    session_hours: Annotated[float, Field(gt=0, le=720)] = Field(
+        default=8.0, description="A login session expires this long after the login."
+    )
+    secure_cookie: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (only sent over HTTPS): set it when a TLS "
+        "reverse proxy serves the dashboard.",
+    )
+
+    @field_validator("users")
+    @classmethod
+    def _unique_users(cls, value: tuple[DashboardUser, ...]) -> tuple[DashboardUser, ...]:
+        names = [u.name for u in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"dashboard user names must be unique: {', '.join(twice)}")
+        hashes = [u.token_sha256 for u in value]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two dashboard users share a token: give each user its own")
+        return value
+
+
 class Config(_Frozen):
     """The whole configuration of a node."""
 
@@ -410,6 +483,7 @@ class Config(_Frozen):
     model: ModelConfig = Field(default_factory=ModelConfig)
     destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
 
 def _format_errors(exc: ValidationError, env_keys: Mapping[tuple[str, ...], str]) -> list[str]:

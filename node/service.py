@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from sarclym.node.audit import record_event
 from sarclym.node.config import Config, DestinationsConfig
+from sarclym.node.dashboard import THUMBNAIL_DIR, Dashboard, write_thumbnail
 from sarclym.node.delivery import Deliverer, DeliveryLedger
 from sarclym.node.destinations import Destination, OrthancRestDestination, build_destinations
 from sarclym.node.listener import Listener
@@ -206,6 +207,7 @@ class Processor:
         result_id = f"{series_uid}/{prediction.model.version}"
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()
+        self._write_thumbnail(files[0], series_uid)
         return (
             SeriesStatus.DONE,
             f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
@@ -226,6 +228,21 @@ class Processor:
         return write_results(
             prediction, datasets, folder, created=created, kind=self.config.service.sr_kind
         )
+
+    def _write_thumbnail(self, sc_file: Path, series_uid: str) -> None:
+        """The dashboard's PNG of the SC (kept after the outbox is pruned), made once the
+        results are on their way so that it adds nothing to their latency."""
+        from pydicom import dcmread
+
+        path = self.config.storage.data_dir / THUMBNAIL_DIR / f"{series_uid}.png"
+        try:
+            write_thumbnail(dcmread(sc_file), path)
+        except Exception as exc:  # the results stand without it
+            log.warning(
+                "thumbnail not written",
+                series_instance_uid=series_uid,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 def write_results(
@@ -356,6 +373,11 @@ class Node:
         self._metrics_registry = CollectorRegistry()
         self._metrics_registry.register(StateCollector(self.state, self.ledger))
         self._consumer: Any = None
+        self.dashboard: Dashboard | None = None
+        if not worker_only and config.service.http_port:
+            self.dashboard = Dashboard(
+                config, self.state, self.ledger, status=self.status, notify=self.deliverer.notify
+            )
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -622,6 +644,8 @@ class Node:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                if node.dashboard is not None and node.dashboard.handle(self):
+                    return
                 if self.path.rstrip("/") not in ("/dicom-web/studies", "/studies"):
                     self.send_error(404)
                     return
@@ -654,8 +678,8 @@ class Node:
                     checks = node.readiness()
                     ok = all(checks.values())
                     body = {"status": "ok" if ok else "not ready", "checks": checks}
-                elif path == "/status":
-                    ok, body = True, node.status()
+                elif node.dashboard is not None and node.dashboard.handle(self):
+                    return  # /status and the dashboard pages, behind its login
                 else:
                     self.send_error(404)
                     return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
 
 def free_port() -> int:
@@ -180,3 +183,15 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
         yield server
     finally:
         stop_orthanc(server)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The node's JSON log lines of the test, as text (logging reset afterwards)."""
+    from sarclym.node.log import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream=stream)
+    yield stream
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()

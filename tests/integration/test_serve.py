@@ -76,6 +76,8 @@ class NodeProcess:
         self.config.write_text(yaml.safe_dump(config))
         self.log = tmp / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: Dashboard token for GET /status; None: the admin token the node writes at first start.
+        self.token: str | None = None
 
     def start(self, env: dict[str, str] | None = None) -> None:
         with self.log.open("ab") as log:
@@ -96,7 +98,14 @@ class NodeProcess:
             self.process = None
 
     def status(self) -> list[dict[str, Any]]:
-        reply = httpx.get(f"http://127.0.0.1:{self.http_port}/status", timeout=10)
+        """GET /status, with the bearer token: ``self.token``, else the node's admin token."""
+        token = self.token or (self.data_dir / "dashboard-admin.token").read_text().strip()
+        reply = httpx.get(
+            f"http://127.0.0.1:{self.http_port}/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
         series: list[dict[str, Any]] = reply.json()["series"]
         return series
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "worker",
     "status",
     "audit",
+    "dashboard-token",
     "demo",
 ]
 

@@ -5,22 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
-import pytest
 import structlog
 
-from sarclym.node.log import configure_logging, safe_dataset_fields, scrub_phi
+from sarclym.node.log import safe_dataset_fields, scrub_phi
 from tests.phi import PHI_VALUES, assert_no_phi, phi_dataset
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("DEBUG", "json", stream=stream)
-    yield stream
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 def test_json_lines(json_log: io.StringIO) -> None:

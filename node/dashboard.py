@@ -1,0 +1,519 @@
+"""The web dashboard, served on the node's HTTP endpoint behind a login.
+
+Pages (server-rendered HTML, see :mod:`sarclym.node._dashboard_html`), all read from state.db:
+
+=============================== ==================================================================
+``/dashboard/``                 recent studies and series: state of each stage and its time after
+                                the last instance (complete, queued, processing, done, delivered
+                                per destination), result with thumbnail, skipped and failed series
+                                with the reason; ``?status=failed`` etc. filters
+``/dashboard/series/<uid>``     one series: facts, result, deliveries, its audit trail
+``/dashboard/results``          results: Grad-CAM thumbnail, label, P(lymphoma), model version
+``/dashboard/deliveries``       undelivered results (pending, dead) with a Retry button (admin)
+``/dashboard/model``            the active model: version, weights SHA-256, model card
+``/dashboard/audit``            the latest audit events of every series
+``/status``                     the recent series as JSON (what ``sarclym-node status`` shows)
+=============================== ==================================================================
+
+Who may see them: :mod:`sarclym.node._dashboard_auth` (tokens, sessions). A page without a valid
+session redirects to ``/login``; ``/status``, thumbnails and POSTs answer 401 instead. Scripts
+send ``Authorization: Bearer <token>``. Changes (``POST /dashboard/deliveries/retry``) need the
+admin role (else 403) and, with a session cookie, the session's CSRF token (else 403).
+
+Thumbnails: :func:`write_thumbnail` is called where the results are written and keeps a small
+PNG of the Secondary Capture in ``<data_dir>/thumbnails/<SeriesInstanceUID>.png``, because the
+result files leave the outbox once delivered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+
+from sarclym.node import __version__
+from sarclym.node import _dashboard_html as h
+from sarclym.node._dashboard_auth import Authenticator, Principal, Session
+from sarclym.node.audit import AuditEvent, audit_events
+from sarclym.node.config import Config
+from sarclym.node.delivery import DeliveryLedger, DeliveryRecord, DeliveryState
+from sarclym.node.spool import write_durable
+from sarclym.node.state import SeriesRecord, SeriesStatus, StateDB
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["THUMBNAIL_DIR", "Dashboard", "Request", "Response", "write_thumbnail"]
+
+log = structlog.get_logger(__name__)
+
+#: Folder of the result thumbnails inside ``storage.data_dir``.
+THUMBNAIL_DIR = "thumbnails"
+#: Long side of a thumbnail in pixels.
+THUMBNAIL_SIZE = 256
+COOKIE = "sarclym_session"
+_MAX_BODY = 64 * 1024
+_UID = r"([0-9]+(?:\.[0-9]+)+)"
+_SERIES_PAGE = re.compile(rf"^/dashboard/series/{_UID}$")
+_THUMBNAIL = re.compile(rf"^/dashboard/thumbnails/{_UID}\.png$")
+_REASON = re.compile(r"^(\w+) \(P\(lymphoma\) ([0-9.]+)\), model (\S+)")
+_STAGES = ("complete", "queued", "processing", "done", "skipped", "failed")
+_SECURITY_HEADERS = (
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+def write_thumbnail(sc: Dataset, path: Path, size: int = THUMBNAIL_SIZE) -> None:
+    """Write a PNG of a Secondary Capture, ``size`` pixels on its long side, durably.
+
+    Parameters
+    ----------
+    sc
+        The Secondary Capture (RGB or MONOCHROME2, 8 bits).
+    path
+        The PNG file; its folder is created.
+    size
+        Long side in pixels.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (disk full...).
+    """
+    from PIL import Image
+
+    image = Image.fromarray(sc.pixel_array)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_durable(path, [buffer.getvalue()])
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the dashboard needs of an HTTP request."""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # names in lower case
+    form: dict[str, str] = field(default_factory=dict)
+    client: str = ""
+
+    def header(self, name: str) -> str:
+        """A header's value (names are case-insensitive), ``""`` when absent."""
+        return str(self.headers.get(name.lower()) or "")
+
+
+@dataclass
+class Response:
+    """What the dashboard answers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _html(status: int, text: str) -> Response:
+    return Response(status, text.encode("utf-8"), headers=[("Content-Security-Policy", h.CSP)])
+
+
+def _json(status: int, data: Any) -> Response:
+    return Response(status, json.dumps(data).encode(), "application/json")
+
+
+def _redirect(location: str) -> Response:
+    return Response(303, headers=[("Location", location)])
+
+
+def _safe_next(value: str | None) -> str:
+    """A local path to go to after login; anything else becomes the overview."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/dashboard/"
+
+
+def _series_record(row: Any) -> SeriesRecord:
+    return SeriesRecord(**{**dict(row), "status": SeriesStatus(row["status"])})
+
+
+class Dashboard:
+    """The dashboard's routes, on the HTTP endpoint of a :class:`~sarclym.node.service.Node`.
+
+    Parameters
+    ----------
+    config
+        The node configuration (``dashboard`` section, data folder, model).
+    state
+        The state database.
+    ledger
+        The delivery ledger (read; ``retry`` for admins).
+    status
+        Returns the ``/status`` JSON.
+    notify
+        Called after deliveries were re-armed (wakes the deliverer).
+    authenticator
+        Users and sessions; from the configuration by default (which creates the bootstrap
+        admin token file when no user is configured).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: StateDB,
+        ledger: DeliveryLedger,
+        *,
+        status: Callable[[], dict[str, Any]],
+        notify: Callable[[], None] = lambda: None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.ledger = ledger
+        self.status = status
+        self.notify = notify
+        self.auth = authenticator or Authenticator.from_config(config)
+        self.thumbnails = config.storage.data_dir / THUMBNAIL_DIR
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def handles(self, path: str) -> bool:
+        """Whether a path (without query) is the dashboard's."""
+        if path == "/status":
+            return True
+        if not self.config.dashboard.enabled:
+            return False
+        return path in ("/", "/login", "/logout", "/dashboard") or path.startswith("/dashboard/")
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Answer the request if its path is the dashboard's; return whether it was.
+
+        Called from the node's HTTP handler for every GET and POST it does not serve itself.
+        """
+        url = urlsplit(handler.path)
+        if not self.handles(url.path):
+            return False
+        form: dict[str, str] = {}
+        if handler.command == "POST":
+            length = int(handler.headers.get("Content-Length") or 0)
+            if length > _MAX_BODY:
+                self._write(handler, _json(413, {"error": "request body too large"}))
+                return True
+            body = handler.rfile.read(length).decode("utf-8", "replace")
+            form = {k: v[-1] for k, v in parse_qs(body).items()}
+        request = Request(
+            method=handler.command,
+            path=url.path,
+            query={k: v[-1] for k, v in parse_qs(url.query).items()},
+            headers={k.lower(): v for k, v in handler.headers.items()},
+            form=form,
+            client=str(handler.client_address[0]),
+        )
+        self._write(handler, self.respond(request))
+        return True
+
+    @staticmethod
+    def _write(handler: BaseHTTPRequestHandler, response: Response) -> None:
+        handler.send_response(response.status)
+        handler.send_header("Content-Type", response.content_type)
+        handler.send_header("Content-Length", str(len(response.body)))
+        for name, value in (*_SECURITY_HEADERS, *response.headers):
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(response.body)
+
+    def respond(self, request: Request) -> Response:
+        """The response to a request on one of the dashboard's paths."""
+        if request.method == "POST" and request.header("Sec-Fetch-Site") == "cross-site":
+            return _json(403, {"error": "cross-site request refused"})
+        if request.path == "/login" and self.config.dashboard.enabled:
+            return self._login(request)
+        principal, session, refused = self._authenticate(request)
+        if principal is None:
+            api = request.path == "/status" or request.path.startswith("/dashboard/thumbnails/")
+            if refused or api or request.method != "GET":
+                response = _json(401, {"error": "login or Authorization: Bearer <token>"})
+                response.headers.append(("WWW-Authenticate", 'Bearer realm="sarclym-node"'))
+                return response
+            return _redirect(f"/login?next={request.path}")
+        if request.method == "POST":
+            if session is not None and not self._csrf_ok(request, session):
+                log.warning("dashboard request without a valid CSRF token", user=principal.name)
+                return self._error(403, "Missing or wrong CSRF token.", principal, session)
+            if request.path == "/logout":
+                return self._logout(request)
+            if request.path == "/dashboard/deliveries/retry":
+                return self._retry(request, principal, session)
+            return self._error(404, "No such page.", principal, session)
+        return self._get(request, principal, session)
+
+    def _authenticate(self, request: Request) -> tuple[Principal | None, Session | None, bool]:
+        """(user, session or None for a bearer token, whether a credential was refused)."""
+        authorization = request.header("Authorization")
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            principal = self.auth.check_token(token) if scheme.lower() == "bearer" else None
+            if principal is None:
+                log.warning("dashboard bearer token refused", client=request.client)
+                return None, None, True
+            return principal, None, False
+        session_id = self._cookie(request)
+        session = self.auth.session(session_id) if session_id else None
+        if session is None:
+            return None, None, False
+        return session.principal, session, False
+
+    @staticmethod
+    def _cookie(request: Request) -> str | None:
+        cookies: SimpleCookie = SimpleCookie()
+        try:
+            cookies.load(request.header("Cookie"))
+        except CookieError:
+            return None
+        morsel = cookies.get(COOKIE)
+        return morsel.value if morsel is not None else None
+
+    @staticmethod
+    def _csrf_ok(request: Request, session: Session) -> bool:
+        return hmac.compare_digest(request.form.get("csrf", "").encode(), session.csrf.encode())
+
+    def _cookie_header(self, value: str, max_age: int) -> tuple[str, str]:
+        secure = "; Secure" if self.config.dashboard.secure_cookie else ""
+        return (
+            "Set-Cookie",
+            f"{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+        )
+
+    # -- login -------------------------------------------------------------------------------
+
+    def _login(self, request: Request) -> Response:
+        target = _safe_next(request.form.get("next") or request.query.get("next"))
+        if request.method == "GET":
+            principal, _, _ = self._authenticate(request)
+            if principal is not None:
+                return _redirect(target)
+            return _html(200, h.login_page(target, version=__version__))
+        principal = self.auth.check_token(request.form.get("token", ""))
+        if principal is None:
+            log.warning("dashboard login refused", client=request.client)
+            error = "That token is not valid."
+            return _html(401, h.login_page(target, error, version=__version__))
+        session_id, _ = self.auth.open_session(principal)
+        log.info("dashboard login", user=principal.name, role=principal.role, client=request.client)
+        response = _redirect(target)
+        response.headers.append(self._cookie_header(session_id, int(self.auth.session_s)))
+        return response
+
+    def _logout(self, request: Request) -> Response:
+        session_id = self._cookie(request)
+        if session_id:
+            self.auth.close_session(session_id)
+        response = _redirect("/login")
+        response.headers.append(self._cookie_header("", 0))
+        return response
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _retry(self, request: Request, principal: Principal, session: Session | None) -> Response:
+        if not principal.is_admin:
+            log.warning("dashboard retry refused: not an admin", user=principal.name)
+            return self._error(403, "Only an admin may retry deliveries.", principal, session)
+        result_id = request.form.get("result_id")
+        destination = request.form.get("destination")
+        if not result_id or not destination:
+            return self._error(400, "result_id and destination are required.", principal, session)
+        count = self.ledger.retry(
+            result_id=result_id, destination=destination, actor=principal.actor
+        )
+        self.notify()
+        log.info("dashboard retry", user=principal.name, destination=destination, count=count)
+        back = _safe_next(request.form.get("next") or "/dashboard/deliveries").split("?", 1)[0]
+        return _redirect(f"{back}?retried={count}")
+
+    # -- pages -------------------------------------------------------------------------------
+
+    def _get(self, request: Request, principal: Principal, session: Session | None) -> Response:
+        path = request.path
+        if path == "/status":
+            return _json(200, self.status())
+        if path in ("/", "/dashboard"):
+            return _redirect("/dashboard/")
+        if match := _THUMBNAIL.match(path):
+            file = self.thumbnails / f"{match.group(1)}.png"
+            if not file.is_file():
+                return _json(404, {"error": "no thumbnail"})
+            return Response(200, file.read_bytes(), "image/png")
+        pages: dict[str, Callable[[Request, Session | None], tuple[str, str]]] = {
+            "/dashboard/": self._overview,
+            "/dashboard/results": self._results,
+            "/dashboard/deliveries": self._deliveries,
+            "/dashboard/model": self._model,
+            "/dashboard/audit": self._audit,
+        }
+        if path in pages:
+            title, body = pages[path](request, session)
+            return self._page(200, title, body, principal, session, active=path)
+        if match := _SERIES_PAGE.match(path):
+            found = self._series_page(match.group(1), request, principal, session)
+            if found is not None:
+                return self._page(200, "Series", found, principal, session)
+        return self._error(404, "No such page.", principal, session)
+
+    def _page(
+        self,
+        status: int,
+        title: str,
+        body: str,
+        principal: Principal,
+        session: Session | None,
+        *,
+        active: str = "",
+    ) -> Response:
+        text = h.page(
+            title,
+            body,
+            user=principal.name,
+            role=principal.role,
+            csrf=session.csrf if session is not None else None,
+            active=active,
+            version=__version__,
+        )
+        return _html(status, text)
+
+    def _error(
+        self, status: int, message: str, principal: Principal, session: Session | None
+    ) -> Response:
+        body = f'<p class="error">{h.esc(message)}</p>'
+        return self._page(status, f"{status}", body, principal, session)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _deliveries_by_series(self) -> dict[str, list[DeliveryRecord]]:
+        out: dict[str, list[DeliveryRecord]] = {}
+        for record in self.ledger.records():
+            out.setdefault(record.result_id.split("/", 1)[0], []).append(record)
+        return out
+
+    def _view(
+        self, record: SeriesRecord, deliveries: Mapping[str, list[DeliveryRecord]]
+    ) -> h.SeriesView:
+        events = list(reversed(audit_events(self.state, series_uid=record.series_uid, limit=300)))
+        stages: dict[str, float] = {"received": record.first_received}
+        for event in events:
+            if event.event in _STAGES:
+                stages[event.event] = event.at  # the latest run counts
+        if "complete" not in stages and record.completed_at is not None:
+            stages["complete"] = record.completed_at
+        final = record.status.value
+        if final in ("done", "skipped", "failed") and final not in stages:
+            stages[final] = record.status_changed
+        return h.SeriesView(
+            record=record,
+            events=events,
+            deliveries=deliveries.get(record.series_uid, []),
+            result=self._result(record, events),
+            thumbnail=(self.thumbnails / f"{record.series_uid}.png").is_file(),
+            stages=stages,
+        )
+
+    @staticmethod
+    def _result(record: SeriesRecord, events: list[AuditEvent]) -> h.ResultView | None:
+        if record.status is not SeriesStatus.DONE:
+            return None
+        done = [e for e in events if e.event == "done" and "label" in e.detail]
+        if done:
+            detail = done[-1].detail
+            probability = detail.get("probability_lymphoma")
+            return h.ResultView(
+                label=str(detail["label"]),
+                probability_lymphoma=None if probability is None else float(probability),
+                model_version=detail.get("model_version"),
+                weights_sha256=detail.get("weights_sha256"),
+            )
+        match = _REASON.match(record.status_reason or "")  # a state.db from before the audit log
+        if match is None:
+            return None
+        return h.ResultView(match.group(1), float(match.group(2)), match.group(3))
+
+    def _recent(self, status: str | None, limit: int) -> list[h.SeriesView]:
+        rows = self.state.query(
+            "SELECT * FROM series WHERE (? IS NULL OR status = ?) "
+            "ORDER BY last_received DESC LIMIT ?",
+            (status, status, limit),
+        )
+        deliveries = self._deliveries_by_series()
+        return [self._view(_series_record(row), deliveries) for row in rows]
+
+    # -- page bodies ---------------------------------------------------------------------------
+
+    def _overview(self, request: Request, session: Session | None) -> tuple[str, str]:
+        from sarclym.node._dashboard_pages import overview
+
+        status = request.query.get("status")
+        if status not in {s.value for s in SeriesStatus}:
+            status = None
+        counts = {
+            row[0]: row[1]
+            for row in self.state.query("SELECT status, COUNT(*) FROM series GROUP BY status")
+        }
+        views = self._recent(status, 200)
+        failed = [] if status else self._recent(SeriesStatus.FAILED.value, 20)
+        title = "Studies and series" + (f": {status}" if status else "")
+        return title, overview(views, failed, counts, status)
+
+    def _results(self, request: Request, session: Session | None) -> tuple[str, str]:
+        from sarclym.node._dashboard_pages import results
+
+        return "Results", results(self._recent(SeriesStatus.DONE.value, 60))
+
+    def _deliveries(self, request: Request, session: Session | None) -> tuple[str, str]:
+        from sarclym.node._dashboard_pages import deliveries
+
+        records = [
+            *self.ledger.records(DeliveryState.DEAD),
+            *self.ledger.records(DeliveryState.PENDING),
+        ]
+        records.sort(key=lambda r: r.updated_at, reverse=True)
+        delivered = len(self.ledger.records(DeliveryState.DELIVERED))
+        csrf = session.csrf if session is not None and session.principal.is_admin else None
+        return "Deliveries", deliveries(
+            records, delivered, csrf=csrf, retried=request.query.get("retried"), now=time.time()
+        )
+
+    def _model(self, request: Request, session: Session | None) -> tuple[str, str]:
+        from sarclym.node._dashboard_pages import model
+
+        return "Model", model(self.config)
+
+    def _audit(self, request: Request, session: Session | None) -> tuple[str, str]:
+        from sarclym.node._dashboard_pages import audit
+
+        return "Audit log", audit(audit_events(self.state, limit=300))
+
+    def _series_page(
+        self, uid: str, request: Request, principal: Principal, session: Session | None
+    ) -> str | None:
+        from sarclym.node._dashboard_pages import series
+
+        record = self.state.series(uid)
+        if record is None:
+            return None
+        view = self._view(record, self._deliveries_by_series())
+        csrf = session.csrf if session is not None and principal.is_admin else None
+        return series(view, csrf=csrf, retried=request.query.get("retried"), now=time.time())
