@@ -67,6 +67,9 @@ TASK_NAME = "sarclym.process_series"
 #: written), ``outbox`` (SC and SR fsynced in the outbox, not yet in the delivery ledger).
 CRASH_ENV = "SARCLYM_TEST_CRASH_AT"
 
+#: First and longest nap (s) of an idle worker between two looks at the SQLite queue.
+_QUEUE_POLL_S = (0.05, 0.25)
+
 
 _PRUNED_TABLE = """
     CREATE TABLE IF NOT EXISTS pruned_series (series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)
@@ -505,8 +508,16 @@ class Node:
                 log.info("recovered series from the previous run", count=recovered)
         workers = self.config.service.workers if worker_threads is None else worker_threads
         if workers:
+            # huey's idle workers poll a SQLite queue ever more slowly, up to every 10 s by
+            # default: the first series after a quiet night would wait that long. A quarter of
+            # a second at most (Redis workers block on the list instead of polling).
             self._consumer = self.huey.create_consumer(
-                workers=workers, worker_type="thread", periodic=False, check_worker_health=False
+                workers=workers,
+                worker_type="thread",
+                periodic=False,
+                check_worker_health=False,
+                initial_delay=_QUEUE_POLL_S[0],
+                max_delay=_QUEUE_POLL_S[1],
             )
             self._consumer.scheduler.start()
             for _, worker in self._consumer.worker_threads:

@@ -50,3 +50,16 @@ def test_sr_kind_from_the_configuration(tmp_path: Path, kind: str, sop_class: st
     files = node.processor._write_results(prediction, datasets, datetime(2026, 11, 27, 9, 0))
     sr = dcmread(files[1])
     assert sr.SOPClassUID == sop_class
+
+
+def test_idle_workers_look_at_the_queue_at_least_every_quarter_second(tmp_path: Path) -> None:
+    """huey's default backs an idle worker off to a 10 s poll: the first series after a quiet
+    night would wait that long before anyone looked at it."""
+    node = Node(_config(tmp_path), worker_only=True)
+    node.start(worker_threads=2)
+    try:
+        workers = [worker for worker, _ in node._consumer.worker_threads]
+        assert len(workers) == 2
+        assert all(0 < w.default_delay <= w.max_delay <= 0.25 for w in workers)
+    finally:
+        node.stop()
