@@ -9,7 +9,9 @@ given with ``--registry`` is used as it is, never seeded.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,12 +45,30 @@ def open_registry(config: Config, override: Path | None = None) -> Registry:
     # Only the node's own registry is seeded; a folder named with --registry is used as it is.
     seed = override is None and DEFAULT_REGISTRY.is_dir()
     if seed and not (root.exists() and any(root.iterdir())):
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.with_name(root.name + ".seeding")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(DEFAULT_REGISTRY, tmp)
-        if root.exists():
-            root.rmdir()
-        tmp.rename(root)
-        log.info("model registry seeded with the shipped default", registry=str(root))
+        _seed(DEFAULT_REGISTRY, root)
     return Registry(root)
+
+
+def _seed(source: Path, root: Path) -> None:
+    """Copy ``source`` to ``root`` whole, or leave the copy another process made first.
+
+    Several processes may start at once on one data folder (`serve` and its `worker`s): each
+    copies into a folder of its own and renames it into place; the rename that finds ``root``
+    already filled loses, and its copy is dropped.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.seeding.", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # an empty folder made beforehand (by hand, or by a volume mount)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process seeded it first (or root is not empty)
+            if not (root.is_dir() and any(root.iterdir())):
+                raise
+            return
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("model registry seeded with the shipped default", registry=str(root))

@@ -164,8 +164,7 @@ def _write_config(path: Path, data_dir: Path, registry: Path, queue_url: str) ->
         },
         "storage": {"data_dir": str(data_dir), "min_free_mb": 16, "retention_hours": None},
         "logging": {"format": "json", "level": "INFO"},
-        # Pre-seeded: two workers that start at once on a full queue would otherwise both seed
-        # <data_dir>/models through the same temporary folder (models.open_registry).
+        # Pre-seeded once and shared by the rounds (each round's data folder is a fresh copy).
         "model": {"registry_dir": str(registry)},
         "service": {
             "workers": 0,

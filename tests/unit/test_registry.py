@@ -161,3 +161,32 @@ def test_registry_files_are_readable_by_the_node_user(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o755
     for path in [*folder.iterdir(), tmp_path / "models" / "ACTIVE"]:
         assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_processes_starting_together_seed_the_node_registry_once(tmp_path: Path) -> None:
+    """`serve` and its `worker`s start at once on one data folder: every one of them opens the
+    seeded registry, none fails, and no seeding folder is left behind."""
+    import threading
+
+    from sarclym.node.config import Config
+    from sarclym.node.models import open_registry
+
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    versions: list[str] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            versions.append(open_registry(config).active() or "")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert versions == ["1.0.0"] * 8
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
+    assert (tmp_path / "models").stat().st_mode & 0o777 == 0o755
