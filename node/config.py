@@ -197,6 +197,12 @@ class ModelConfig(_Frozen):
     )
     version: str | None = Field(default=None, description="Version to run; None: the active one.")
     device: DeviceChoice = Field(default=DeviceChoice.AUTO)
+    threads: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=1,
+        description="torch CPU threads of a worker process (0: torch's default, one per core). "
+        "Inference is a few percent of a series, the rest is single-threaded Python: one "
+        "thread per process and one process per core scale best.",
+    )
     activation_min_auc: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.85, description="`model activate` refuses a version whose CV AUC is lower."
     )

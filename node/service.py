@@ -94,6 +94,19 @@ def make_queue(config: Config) -> Huey:
     return SqliteHuey("sarclym", filename=str(config.storage.data_dir / "queue.db"))
 
 
+class _StageClock:
+    """Milliseconds spent in each named stage of one job, in order."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round((now - self._last) * 1000.0, 1)
+        self._last = now
+
+
 class Processor:
     """Turns one complete series into result files in the outbox and ledger entries.
 
@@ -138,6 +151,10 @@ class Processor:
 
         with self._lock:
             if self._predictor is None:
+                import torch
+
+                if self.config.model.threads:
+                    torch.set_num_threads(self.config.model.threads)
                 registry = open_registry(self.config)
                 loaded = registry.load(self.config.model.version)
                 device = resolve_device(self.config.model.device.value)
@@ -147,6 +164,7 @@ class Processor:
                     version=loaded.version,
                     weights_sha256=loaded.sha256,
                     device=device,
+                    threads=torch.get_num_threads(),
                 )
             return self._predictor
 
@@ -177,7 +195,8 @@ class Processor:
             series_instance_uid=series_uid,
             status=status.value,
             reason=reason,
-            seconds=round(time.perf_counter() - t0, 3),
+            seconds=detail["seconds"],
+            stage_ms=detail.get("stage_ms"),
         )
         return status
 
@@ -188,8 +207,10 @@ class Processor:
         if record is None:
             return SeriesStatus.FAILED, "series not in state.db", {}
         data_dir = self.config.storage.data_dir
+        clock = _StageClock()
         paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
         datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
+        clock.lap("read")
         predictor = self.predictor
         crash_point("processing")
         prepared = prepare_study(
@@ -199,17 +220,21 @@ class Processor:
             size=predictor.input_size,
             suv_window=predictor.suv_window,
         )
+        clock.lap("prepare")  # selection, pixel decoding, SUV, MIPs
         if prepared.mips is None:
             reasons = "; ".join(s.reason for s in prepared.selection.skipped)
-            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, {}
+            detail = {"stage_ms": clock.laps}
+            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, detail
         with self._lock:
             prediction = predictor.predict(prepared)
+        clock.lap("predict")  # inference and Grad-CAM
         created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
         files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
         crash_point("outbox")
         result_id = f"{series_uid}/{prediction.model.version}"
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()
+        clock.lap("results")  # SC and SR built, written durably, handed to delivery
         self._write_thumbnail(files[0], series_uid)
         return (
             SeriesStatus.DONE,
@@ -221,6 +246,7 @@ class Processor:
                 "model_version": prediction.model.version,
                 "weights_sha256": prediction.model.weights_sha256,
                 "results": [p.name for p in files],
+                "stage_ms": clock.laps,
             },
         )
 
@@ -508,6 +534,13 @@ class Node:
                 log.info("recovered series from the previous run", count=recovered)
         workers = self.config.service.workers if worker_threads is None else worker_threads
         if workers:
+            # Load the model before taking jobs (torch import and hash check, about a second),
+            # so that the first series is not the slow one. A model that cannot load fails
+            # each job with the reason, and /readyz says so.
+            try:
+                _ = self.processor.predictor
+            except Exception as exc:
+                log.error("model not loaded", error=f"{type(exc).__name__}: {exc}")
             # huey's idle workers poll a SQLite queue ever more slowly, up to every 10 s by
             # default: the first series after a quiet night would wait that long. A quarter of
             # a second at most (Redis workers block on the list instead of polling).

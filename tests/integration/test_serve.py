@@ -286,6 +286,8 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
     assert done["model_version"] == "1.0.0"
     assert len(done["weights_sha256"]) == 64
     assert 0.0 <= done["probability_lymphoma"] <= 1.0
+    assert set(done["stage_ms"]) == {"read", "prepare", "predict", "results"}
+    assert all(ms >= 0 for ms in done["stage_ms"].values())
     assert sorted(e["detail"]["destination"] for e in trail if e["event"] == "delivered") == [
         "pacs",
         "results-folder",
