@@ -10,10 +10,11 @@ folder (spool hard-linked, state.db copied) is then cloned once per round: the r
 processes are spawned and the clock runs until state.db has every series DONE (polled every
 50 ms). Both rounds process the same bytes.
 
-torch threads: the worker sets none, so a process takes torch's default (one per core). The
-environment pins them: 1 worker uses every core (what one process would), 2 workers half each
-(no oversubscription): ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS``;
-the bench checks what ``torch.get_num_threads()`` reads under them.
+torch threads: the workers run with ``model.threads: 0`` (torch's default, one per core,
+instead of the node's default of 1), and the environment pins them: 1 worker uses every core
+(what one process would), 2 workers half each (no oversubscription): ``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS``; the bench checks what
+``torch.get_num_threads()`` reads under them.
 
 Printed: studies/h of each round from the spawn and in steady state (after every worker finished
 its first series, which pays ``import torch`` and the model load), their ratio, the CPU count,
@@ -165,7 +166,7 @@ def _write_config(path: Path, data_dir: Path, registry: Path, queue_url: str) ->
         "storage": {"data_dir": str(data_dir), "min_free_mb": 16, "retention_hours": None},
         "logging": {"format": "json", "level": "INFO"},
         # Pre-seeded once and shared by the rounds (each round's data folder is a fresh copy).
-        "model": {"registry_dir": str(registry)},
+        "model": {"registry_dir": str(registry), "threads": 0},  # the environment decides
         "service": {
             "workers": 0,
             "queue_url": queue_url,
