@@ -5,18 +5,22 @@ defaults unless ``--config``) with its data under ``--data-dir``, sends each stu
 would (C-STORE, calling AE ``STORESCU`` from 127.0.0.1, the default allow-list entry), waits for
 each result to be confirmed by every destination, and prints a table: study, true label (the
 generator's), predicted label, P(lymphoma), and the latency from the last C-STORE response to
-the result confirmed.
+the result confirmed. Results also go to a local Orthanc: one already running at
+``service.local_orthanc_url``, or a private one the demo starts when Orthanc is installed.
+``--keep`` leaves the node (and that Orthanc) running for a look at the dashboard.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sarclym.node.config import Config
+from sarclym.node._local_orthanc import LocalOrthanc, answers, find_orthanc
+from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.errors import DeliveryError, InputError
 from sarclym.node.send import send_files
 
@@ -59,33 +63,99 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
     cohort = generate_cohort(data_dir / "studies", args.cases, seed=args.seed, mip_series=True)
     with (data_dir / "studies" / "labels.csv").open(newline="") as fh:
         truth = {r["study_instance_uid"]: r for r in csv.DictReader(fh)}
+    orthanc_url, orthanc = _local_orthanc(args, config, data_dir)
     node = Node(config)
-    node.start()
-    rows = []
     try:
-        port = node.listener.port
-        print(f"node listening as {config.listener.ae_title} on port {port}; sending studies ...")
-        if node.dashboard is not None:
-            print(f"dashboard while the demo runs: {_dashboard_url(config)}")
-        for study in cohort.studies:
-            # The AC PET series last, as its own end: the latency runs from its last C-STORE
-            # response (the other series would otherwise hide the processing time).
-            series = sorted(study.written.series, key=lambda s: s.role == "PT_AC")
-            files = [p for s in series for p in sorted(s.paths)]
-            report = send_files(
-                files, "127.0.0.1", port, called_aet=config.listener.ae_title,
-                calling_aet="STORESCU",
-            )  # fmt: skip
-            if not report.ok:
-                raise DeliveryError(f"the node did not store every instance: {report.failures}")
-            sent = time.perf_counter()
-            uid = study.written.ac_series_uid
-            status, reason = _wait_done(node, uid, args.timeout)
-            rows.append(
-                (study.written.study_instance_uid, status, reason, time.perf_counter() - sent)
-            )
+        node.start()
+        rows = _send_studies(args, config, node, cohort)
+        _print_table(rows, truth)
+        results = config.destinations.targets
+        print()
+        print(f"results: {[t.name for t in results]} (folder: {storage.data_dir / 'results'})")
+        if orthanc_url:
+            print(f"results in Orthanc: {orthanc_url}/app/explorer.html (each study: SC and SR)")
+        env = f"SARCLYM__STORAGE__DATA_DIR={storage.data_dir}"
+        print(f"series and deliveries: {env} sarclym-node status")
+        login = ""
+        if config.service.http_port:
+            from sarclym.node._dashboard_auth import admin_token_path
+
+            login = "a token of dashboard.users"
+            if not config.dashboard.users:
+                login = f"the token in {admin_token_path(config)}"
+        if args.keep:
+            if login:
+                print(f"dashboard: {_dashboard_url(config)} ({login})")
+            print("the node keeps running; Ctrl-C stops it" + (" and Orthanc" if orthanc else ""))
+            with contextlib.suppress(KeyboardInterrupt):
+                node.wait()
+        elif login:
+            print(f"dashboard: {env} sarclym-node serve, then {_dashboard_url(config)} ({login})")
     finally:
         node.stop()
+        if orthanc is not None:
+            orthanc.stop()
+    return 0
+
+
+def _local_orthanc(
+    args: argparse.Namespace, config: Config, data_dir: Path
+) -> tuple[str | None, LocalOrthanc | None]:
+    """The Orthanc the results also go to (its URL), and the one the demo started, if any.
+
+    Only with the default destinations, as ``serve`` does: an Orthanc already answering at
+    ``service.local_orthanc_url`` is used; else, when Orthanc is installed, the demo starts a
+    private one there (``--orthanc no``: never).
+    """
+    url = config.service.local_orthanc_url
+    if (
+        args.orthanc == "no"
+        or not url
+        or config.destinations.targets != DestinationsConfig().targets
+    ):
+        return None, None
+    url = url.rstrip("/")
+    if answers(url):
+        print(f"results also go to the Orthanc answering at {url}")
+        return url, None
+    binary = find_orthanc()
+    if binary is None:
+        print("Orthanc is not installed: results go to the folder only")
+        return None, None
+    orthanc = LocalOrthanc(binary, url, data_dir / "orthanc")
+    print(f"starting a private Orthanc at {url} (data in {orthanc.folder}) ...")
+    orthanc.start()
+    return url, orthanc
+
+
+def _send_studies(
+    args: argparse.Namespace, config: Config, node: Node, cohort: Any
+) -> list[tuple[str, str, str, float]]:
+    """Send each study as a scanner would; (study, status, reason, latency) of each."""
+    rows = []
+    port = node.listener.port
+    print(f"node listening as {config.listener.ae_title} on port {port}; sending studies ...")
+    if node.dashboard is not None:
+        print(f"dashboard while the demo runs: {_dashboard_url(config)}")
+    for study in cohort.studies:
+        # The AC PET series last, as its own end: the latency runs from its last C-STORE
+        # response (the other series would otherwise hide the processing time).
+        series = sorted(study.written.series, key=lambda s: s.role == "PT_AC")
+        files = [p for s in series for p in sorted(s.paths)]
+        report = send_files(
+            files, "127.0.0.1", port, called_aet=config.listener.ae_title,
+            calling_aet="STORESCU",
+        )  # fmt: skip
+        if not report.ok:
+            raise DeliveryError(f"the node did not store every instance: {report.failures}")
+        sent = time.perf_counter()
+        uid = study.written.ac_series_uid
+        status, reason = _wait_done(node, uid, args.timeout)
+        rows.append((study.written.study_instance_uid, status, reason, time.perf_counter() - sent))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, str, str, float]], truth: dict[str, Any]) -> None:
     print()
     print(f"{'study':<14} {'truth':<12} {'prediction':<12} {'P(lymphoma)':>11} {'latency':>8}")
     for study_uid, status, reason, latency in rows:
@@ -98,19 +168,6 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
             f"...{study_uid[-10:]:<11} {label:<12} {predicted:<12} {probability:>11} "
             f"{latency:>7.2f}s"
         )
-    results = config.destinations.targets
-    print()
-    print(f"results: {[t.name for t in results]} (folder: {storage.data_dir / 'results'})")
-    env = f"SARCLYM__STORAGE__DATA_DIR={storage.data_dir}"
-    print(f"series and deliveries: {env} sarclym-node status")
-    if config.service.http_port:
-        from sarclym.node._dashboard_auth import admin_token_path
-
-        login = "a token of dashboard.users"
-        if not config.dashboard.users:
-            login = f"the token in {admin_token_path(config)}"
-        print(f"dashboard: {env} sarclym-node serve, then {_dashboard_url(config)} ({login})")
-    return 0
 
 
 def _dashboard_url(config: Config) -> str:

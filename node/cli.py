@@ -269,6 +269,18 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for each result (300)"
     )
+    demo.add_argument(
+        "--orthanc",
+        choices=("auto", "no"),
+        default="auto",
+        help="auto (default): results also to the Orthanc at service.local_orthanc_url, "
+        "started for the demo when installed and not running; no: never",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the node (and the demo's Orthanc) running after the table, until Ctrl-C",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     retry = _command(
