@@ -84,7 +84,7 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
 def _write_results(out: Path, prediction: Any, prepared: Any) -> list[Path]:
     import datetime as dt
 
-    from sarclym.node.service import write_results
+    from sarclym.node.processor import write_results
 
     created = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
     folder = out / prediction.study_instance_uid

@@ -454,7 +454,7 @@ def _stage_times(
         lap("SC + SR build")
         out.mkdir(parents=True)
         written = []
-        for name, ds in (("SC", sc), ("SR", sr)):  # as service.write_results does
+        for name, ds in (("SC", sc), ("SR", sr)):  # as processor.write_results does
             buffer = DicomBytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             path = out / f"{name}_{ds.SOPInstanceUID}.dcm"

@@ -39,7 +39,8 @@ from sarclym.node.config import Config, load_config
 from sarclym.node.dashboard import write_thumbnail
 from sarclym.node.delivery import DeliveryState
 from sarclym.node.errors import ConfigError
-from sarclym.node.service import Node, write_results
+from sarclym.node.processor import write_results
+from sarclym.node.service import Node
 from sarclym.node.state import ReceivedInstance, SeriesStatus
 from tests.conftest import free_port
 from tests.phi import assert_no_phi
