@@ -12,6 +12,7 @@ defaults, against the current working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -85,11 +86,34 @@ class AllowedPeer(_Frozen):
 
     ae_title: AETitle = Field(description="Calling AE title of the peer (scanner, workstation).")
     host: str | None = Field(
-        default=None, description="Optional IP address the association must come from."
+        default=None,
+        description="Optional host the association must come from: an IP address, a network "
+        "(CIDR, e.g. 10.20.0.0/16) or a host name (resolved at association, cached 30 s).",
     )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if "/" in value:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network (CIDR): {value!r}") from exc
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_NAME.match(value):
+                raise ValueError(f"not an IP address, network or host name: {value!r}") from None
+        return value
 
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")  # PS3.5 9.1: UI VR
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # RFC 1123 host name label
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 def _check_uid(value: str) -> str:

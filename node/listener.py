@@ -174,14 +174,51 @@ def in_peer_order(
     return contexts
 
 
-def _same_host(allowed: str, address: str) -> bool:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: How long a host name of the allow-list is trusted to keep its addresses.
+_RESOLVE_TTL_S = 30.0
+_resolved: dict[str, tuple[float, frozenset[IPAddress]]] = {}
+_resolved_lock = threading.Lock()
+
+
+def _plain(ip: IPAddress) -> IPAddress:
+    """``::ffff:10.0.0.9`` as ``10.0.0.9`` (a dual-stack socket's view of an IPv4 peer)."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
+
+
+def _addresses(name: str) -> frozenset[IPAddress]:
+    """The addresses a host name resolves to now (cached for 30 s; empty when it does not)."""
+    now = time.monotonic()
+    with _resolved_lock:
+        hit = _resolved.get(name)
+        if hit is not None and now - hit[0] < _RESOLVE_TTL_S:
+            return hit[1]
     try:
-        a, b = ipaddress.ip_address(allowed), ipaddress.ip_address(address)
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError:
+        found: frozenset[IPAddress] = frozenset()
+    else:
+        found = frozenset(_plain(ipaddress.ip_address(str(i[4][0]).split("%")[0])) for i in infos)
+    with _resolved_lock:
+        _resolved[name] = (now, found)
+    return found
+
+
+def _same_host(allowed: str, address: str) -> bool:
+    """Whether ``address`` is the allow-list's host: an IP address, a network (CIDR), or a
+    host name that resolves to it (as in Compose or Kubernetes, where addresses change)."""
+    try:
+        peer = _plain(ipaddress.ip_address(address))
     except ValueError:
         return allowed == address
-    a = getattr(a, "ipv4_mapped", None) or a
-    b = getattr(b, "ipv4_mapped", None) or b
-    return a == b
+    try:
+        if "/" in allowed:
+            return peer in ipaddress.ip_network(allowed, strict=False)
+        return peer == _plain(ipaddress.ip_address(allowed))
+    except ValueError:
+        return peer in _addresses(allowed)
 
 
 def check_peer(

@@ -431,6 +431,11 @@ def test_peer_order_decides_the_transfer_syntax(start_node: Callable[..., Node])
             None,
         ),
         ([{"ae_title": "PETCT1", "host": "10.0.0.9"}], "PETCT1", "SARCLYM", "10.0.0.8", 3),
+        ([{"ae_title": "PETCT1", "host": "10.20.0.0/16"}], "PETCT1", "SARCLYM", "10.20.3.4", None),
+        ([{"ae_title": "PETCT1", "host": "10.20.0.0/16"}], "PETCT1", "SARCLYM", "10.21.3.4", 3),
+        ([{"ae_title": "ORTHANC", "host": "localhost"}], "ORTHANC", "SARCLYM", "127.0.0.1", None),
+        ([{"ae_title": "ORTHANC", "host": "localhost"}], "ORTHANC", "SARCLYM", "10.0.0.9", 3),
+        ([{"ae_title": "X", "host": "no-such-host.invalid"}], "X", "SARCLYM", "127.0.0.1", 3),
         ([{"ae_title": "PETCT1"}], "petct1", "SARCLYM", "10.0.0.9", 3),  # AE titles are exact
         ([{"ae_title": "PETCT1"}], "PETCT1", "OTHER", "10.0.0.9", 7),
         ([], "ANYONE", "OTHER", "10.0.0.9", 7),  # called AE first

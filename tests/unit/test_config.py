@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from sarclym.node.config import Config, LogFormat, load_config
 from sarclym.node.errors import ConfigError
@@ -107,3 +107,24 @@ def test_example_config_is_complete_and_valid() -> None:
 
     for key in keys(Config):
         assert f"{key}:" in text, f"deploy/sarclym.example.yaml does not document {key!r}"
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("10.0.0.9", True),
+        ("fe80::1", True),
+        ("10.20.0.0/16", True),
+        ("orthanc", True),
+        ("pacs.example.org", True),
+        ("10.20.0.0/33", False),
+        ("bad_host!", False),
+    ],
+)
+def test_allowed_peer_host_is_an_address_a_network_or_a_name(host: str, ok: bool) -> None:
+    data = {"listener": {"allowed_peers": [{"ae_title": "PETCT1", "host": host}]}}
+    if ok:
+        assert Config.model_validate(data).listener.allowed_peers[0].host == host
+        return
+    with pytest.raises(ValidationError, match="host"):
+        Config.model_validate(data)
