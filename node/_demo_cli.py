@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sarclym.node._local_orthanc import LocalOrthanc, answers, find_orthanc
 from sarclym.node.config import Config, DestinationsConfig
+from sarclym.node.dashboard import dashboard_url, login_hint
 from sarclym.node.errors import DeliveryError, InputError
 from sarclym.node.send import send_files
 
@@ -76,21 +77,15 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
             print(f"results in Orthanc: {orthanc_url}/app/explorer.html (each study: SC and SR)")
         env = f"SARCLYM__STORAGE__DATA_DIR={storage.data_dir}"
         print(f"series and deliveries: {env} sarclym-node status")
-        login = ""
-        if config.service.http_port:
-            from sarclym.node._dashboard_auth import admin_token_path
-
-            login = "a token of dashboard.users"
-            if not config.dashboard.users:
-                login = f"the token in {admin_token_path(config)}"
+        login = login_hint(config) if node.dashboard is not None else ""
         if args.keep:
             if login:
-                print(f"dashboard: {_dashboard_url(config)} ({login})")
+                print(f"dashboard: {dashboard_url(config)} ({login})")
             print("the node keeps running; Ctrl-C stops it" + (" and Orthanc" if orthanc else ""))
             with contextlib.suppress(KeyboardInterrupt):
                 node.wait()
         elif login:
-            print(f"dashboard: {env} sarclym-node serve, then {_dashboard_url(config)} ({login})")
+            print(f"dashboard: {env} sarclym-node serve, then {dashboard_url(config)} ({login})")
     finally:
         node.stop()
         if orthanc is not None:
@@ -136,7 +131,7 @@ def _send_studies(
     port = node.listener.port
     print(f"node listening as {config.listener.ae_title} on port {port}; sending studies ...")
     if node.dashboard is not None:
-        print(f"dashboard while the demo runs: {_dashboard_url(config)}")
+        print(f"dashboard while the demo runs: {dashboard_url(config)}")
     for study in cohort.studies:
         # The AC PET series last, as its own end: the latency runs from its last C-STORE
         # response (the other series would otherwise hide the processing time).
@@ -168,10 +163,3 @@ def _print_table(rows: list[tuple[str, str, str, float]], truth: dict[str, Any])
             f"...{study_uid[-10:]:<11} {label:<12} {predicted:<12} {probability:>11} "
             f"{latency:>7.2f}s"
         )
-
-
-def _dashboard_url(config: Config) -> str:
-    host = config.service.http_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{config.service.http_port}/"

@@ -14,6 +14,7 @@ from sarclym.node.config import Config
 
 def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = False) -> int:
     """Run the node (or only its workers) until SIGINT/SIGTERM; return the exit code."""
+    from sarclym.node.dashboard import dashboard_url, login_hint
     from sarclym.node.service import Node
 
     threads = args.workers
@@ -43,6 +44,12 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
             file=sys.stderr,
             flush=True,
         )
+        if node.dashboard is not None:
+            print(
+                f"dashboard: {dashboard_url(config)} ({login_hint(config)})",
+                file=sys.stderr,
+                flush=True,
+            )
         node.wait()
     finally:
         node.stop()

@@ -44,7 +44,7 @@ import structlog
 
 from sarclym.node import __version__
 from sarclym.node import _dashboard_html as h
-from sarclym.node._dashboard_auth import Authenticator, Principal, Session
+from sarclym.node._dashboard_auth import Authenticator, Principal, Session, admin_token_path
 from sarclym.node.audit import AuditEvent, audit_events
 from sarclym.node.config import Config
 from sarclym.node.delivery import DeliveryLedger, DeliveryRecord, DeliveryState
@@ -54,7 +54,15 @@ from sarclym.node.state import SeriesRecord, SeriesStatus, StateDB
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["THUMBNAIL_DIR", "Dashboard", "Request", "Response", "write_thumbnail"]
+__all__ = [
+    "THUMBNAIL_DIR",
+    "Dashboard",
+    "Request",
+    "Response",
+    "dashboard_url",
+    "login_hint",
+    "write_thumbnail",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +83,21 @@ _SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 )
+
+
+def dashboard_url(config: Config) -> str:
+    """Where a browser on this host finds the dashboard."""
+    host = config.service.http_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{config.service.http_port}/dashboard/"
+
+
+def login_hint(config: Config) -> str:
+    """What to log in with: the bootstrap token's file, or the configured users' tokens."""
+    if config.dashboard.users:
+        return "log in with a token of dashboard.users"
+    return f"log in with the token in {admin_token_path(config)}"
 
 
 def write_thumbnail(sc: Dataset, path: Path, size: int = THUMBNAIL_SIZE) -> None:
