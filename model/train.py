@@ -46,6 +46,7 @@ from sarclym.model.net import MipNet, build_net
 __all__ = [
     "CVResult",
     "TrainProgress",
+    "TrainSettings",
     "cross_validate",
     "predict_proba",
     "stratified_folds",
@@ -54,6 +55,45 @@ __all__ = [
 
 _CLASS_NAMES = {0: "sarcoidosis", 1: "lymphoma"}
 _SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "auc")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one network is trained: the same for every fold and for the final network.
+
+    Attributes
+    ----------
+    arch : str
+        Architecture name for :func:`~sarclym.model.net.build_net`.
+    epochs, batch_size, lr, weight_decay
+        Training budget and AdamW settings.
+    seed : int
+        Seeds the fold split, each network's initialisation, batch order and augmentation.
+    augmentation : Augmentation or None
+        Training-time augmentation; ``None`` trains on the inputs as they are.
+    """
+
+    arch: str = "two_branch"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    augmentation: Augmentation | None = Augmentation()  # noqa: RUF009 - frozen dataclass
+
+    def card(self) -> dict[str, Any]:
+        """The hyper-parameters as the model card records them."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "optimizer": "AdamW",
+            "schedule": "cosine per step",
+            "loss": "class-balanced BCE",
+            "augmentation": None if self.augmentation is None else vars(self.augmentation).copy(),
+        }
 
 
 @dataclass(frozen=True)
@@ -254,19 +294,15 @@ def predict_proba(net: MipNet, X: np.ndarray | Tensor, *, batch_size: int = 64) 
 def _fit(
     X: Tensor,
     y: np.ndarray,
+    settings: TrainSettings,
     *,
-    arch: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
     seed: int,
-    augmentation: Augmentation | None,
     device: str,
     on_epoch: Callable[[int, float], None] | None,
 ) -> MipNet:
     """Train one network from scratch; call inside :func:`_deterministic`."""
-    net = build_net(arch, input_size=(int(X.shape[2]), int(X.shape[3]))).to(device)
+    epochs, batch_size, augmentation = settings.epochs, settings.batch_size, settings.augmentation
+    net = build_net(settings.arch, input_size=(int(X.shape[2]), int(X.shape[3]))).to(device)
     gen = torch.Generator().manual_seed(seed)
     n = X.shape[0]
     counts = np.bincount(y, minlength=2)
@@ -275,7 +311,7 @@ def _fit(
     weight = class_weight[torch.as_tensor(y)]
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     )
@@ -330,15 +366,9 @@ def _recompute_batchnorm(net: MipNet, X: Tensor, *, batch_size: int, device: str
 def cross_validate(
     X: np.ndarray,
     y: np.ndarray,
+    settings: TrainSettings = TrainSettings(),
     *,
     folds: int = 5,
-    epochs: int = 30,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-2,
-    seed: int = 0,
-    arch: str = "two_branch",
-    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 - frozen dataclass
     device: str = "cpu",
     progress: Progress | None = None,
     bootstrap_resamples: int = 2000,
@@ -351,16 +381,11 @@ def cross_validate(
         ``(N, 2, H, W)`` float32 net inputs (``Mips.frontal_net``, ``Mips.lateral_net``).
     y : numpy.ndarray
         ``(N,)`` int labels: 0 sarcoidosis, 1 lymphoma.
+    settings : TrainSettings, optional
+        Architecture, training budget, optimiser, seed and augmentation, the same for every
+        fold.
     folds : int, optional
         Number of folds (the paper: 5).
-    epochs, batch_size, lr, weight_decay : optional
-        Training budget and AdamW settings, the same for every fold.
-    seed : int, optional
-        Seeds the fold split, each fold's initialisation, batch order and augmentation.
-    arch : str, optional
-        Architecture name for :func:`~sarclym.model.net.build_net`.
-    augmentation : Augmentation or None, optional
-        Training-time augmentation; ``None`` trains on the inputs as they are.
     device : str, optional
         torch device, e.g. ``"cpu"`` or ``"cuda"``.
     progress : callable or None, optional
@@ -379,8 +404,9 @@ def cross_validate(
         folds, an unknown architecture or an input size the nets cannot take.
     """
     y = _check_data(X, y, folds)
-    build_net(arch, input_size=(int(X.shape[2]), int(X.shape[3])))  # fail before training
+    build_net(settings.arch, input_size=(int(X.shape[2]), int(X.shape[3])))  # fail before
     t0 = time.perf_counter()
+    seed, epochs = settings.seed, settings.epochs
     fold_of = stratified_folds(y, folds, seed)
     x_all = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
     oof = np.full(y.size, np.nan, dtype=np.float64)
@@ -397,34 +423,17 @@ def cross_validate(
             net = _fit(
                 x_all[torch.from_numpy(train_idx)],
                 y[train_idx],
-                arch=arch,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                weight_decay=weight_decay,
+                settings,
                 seed=fold_seed,
-                augmentation=augmentation,
                 device=device,
                 on_epoch=on_epoch,
             )
             oof[test_idx] = predict_proba(net, x_all[torch.from_numpy(test_idx)])
         fold_metrics.append(binary_metrics(y[test_idx], oof[test_idx]))
     summary = {key: mean_ci([getattr(m, key) for m in fold_metrics]) for key in _SUMMARY_KEYS}
-    hyper = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "folds": folds,
-        "optimizer": "AdamW",
-        "schedule": "cosine per step",
-        "loss": "class-balanced BCE",
-        "augmentation": None if augmentation is None else vars(augmentation).copy(),
-    }
     return CVResult(
-        arch=arch,
-        hyperparameters=hyper,
+        arch=settings.arch,
+        hyperparameters={**settings.card(), "folds": folds},
         y=y,
         oof_probability=oof,
         fold_of=fold_of,
@@ -439,20 +448,14 @@ def cross_validate(
 def train_final(
     X: np.ndarray,
     y: np.ndarray,
+    settings: TrainSettings = TrainSettings(),
     *,
-    epochs: int = 30,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-2,
-    seed: int = 0,
-    arch: str = "two_branch",
-    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 - frozen dataclass
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> MipNet:
     """Train one network on all cases (the one to register after cross-validation).
 
-    Parameters are those of :func:`cross_validate`.
+    Parameters are those of :func:`cross_validate`; ``settings.seed`` seeds the network.
 
     Returns
     -------
@@ -469,19 +472,7 @@ def train_final(
 
     def on_epoch(epoch: int, loss: float) -> None:
         if progress is not None:
-            progress(TrainProgress(None, 0, epoch, epochs, loss))
+            progress(TrainProgress(None, 0, epoch, settings.epochs, loss))
 
-    with _deterministic(seed, device):
-        return _fit(
-            x_all,
-            y,
-            arch=arch,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            seed=seed,
-            augmentation=augmentation,
-            device=device,
-            on_epoch=on_epoch,
-        )
+    with _deterministic(settings.seed, device):
+        return _fit(x_all, y, settings, seed=settings.seed, device=device, on_epoch=on_epoch)

@@ -121,7 +121,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     from sarclym.model.pipeline import scan_paths
     from sarclym.model.predict import resolve_device
     from sarclym.model.registry import RegistryError
-    from sarclym.model.train import TrainProgress, cross_validate, train_final
+    from sarclym.model.train import TrainProgress, TrainSettings, cross_validate, train_final
 
     if args.arch not in ARCHITECTURES:
         raise InputError(f"--arch {args.arch}: expected one of {', '.join(ARCHITECTURES)}")
@@ -174,12 +174,13 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     except LabelsError as exc:
         raise ModelError(f"after excluding unusable studies: {exc}") from exc
 
-    hyper: dict[str, Any] = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-    }
+    settings = TrainSettings(
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     with progress_bar("training", args.epochs * (args.folds + 1), transient=True) as bar:
 
         def on_epoch(p: TrainProgress) -> None:
@@ -188,15 +189,9 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
             log.debug("epoch", fold=p.fold, epoch=p.epoch, loss=round(p.loss, 4))
 
         cv = cross_validate(
-            data.x,
-            data.y,
-            folds=args.folds,
-            arch=args.arch,
-            device=device,
-            progress=on_epoch,
-            **hyper,
+            data.x, data.y, settings, folds=args.folds, device=device, progress=on_epoch
         )
-        net = train_final(data.x, data.y, arch=args.arch, device=device, progress=on_epoch, **hyper)
+        net = train_final(data.x, data.y, settings, device=device, progress=on_epoch)
     print(cv.table())
     synthetic = bool(args.synthetic) or _is_synth_labels(args.labels)
     n = len(data.y)
@@ -216,7 +211,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         },
         "synthetic_data": synthetic,
         "positive_class": "lymphoma",
-        "hyperparameters": {**hyper, "folds": args.folds, "device": device},
+        "hyperparameters": {**cv.hyperparameters, "device": device},
         "cv_metrics": cv.as_card_metrics(),
         "reproduce": _command_line(args),
     }

@@ -9,7 +9,7 @@ import torch
 from sarclym.model.gradcam import cams_to_mip_grid, gradcam, to_mip_grid
 from sarclym.model.mip import Mips, _net_input, make_mips
 from sarclym.model.net import ARCHITECTURES, GRID, build_net, count_parameters
-from sarclym.model.train import train_final
+from sarclym.model.train import TrainSettings, train_final
 
 SIZE = 64
 
@@ -114,7 +114,7 @@ def test_gradcam_marks_discriminative_blob() -> None:
     # what must hold is that the lymphoma-only blob lies in its hot region and that the
     # evidence sits on the blob's side.
     X, y = toy_cohort(n=40)
-    net = train_final(X, y, arch="two_branch", epochs=3, batch_size=8, seed=0)
+    net = train_final(X, y, TrainSettings(arch="two_branch", epochs=3, batch_size=8, seed=0))
     hits = 0
     cases = np.flatnonzero(y == 1)[:8]
     for i in cases:

@@ -17,8 +17,10 @@ from sarclym.model.metrics import (
     expected_calibration_error,
     mean_ci,
 )
-from sarclym.model.train import cross_validate, stratified_folds, train_final
+from sarclym.model.train import TrainSettings, cross_validate, stratified_folds, train_final
 from tests.unit.test_net_gradcam import toy_cohort
+
+ONE_EPOCH = TrainSettings(epochs=1)
 
 
 @pytest.fixture(autouse=True)
@@ -148,10 +150,10 @@ def test_stratified_folds_balanced() -> None:
 
 def test_cross_validate_learns_and_is_deterministic() -> None:
     X, y = toy_cohort(n=40)
-    kwargs = {"epochs": 3, "batch_size": 8, "seed": 2, "arch": "two_branch"}
+    settings = TrainSettings(epochs=3, batch_size=8, seed=2, arch="two_branch")
     seen: list[tuple[int | None, int]] = []
-    a = cross_validate(X, y, progress=lambda p: seen.append((p.fold, p.epoch)), **kwargs)
-    b = cross_validate(X, y, **kwargs)
+    a = cross_validate(X, y, settings, progress=lambda p: seen.append((p.fold, p.epoch)))
+    b = cross_validate(X, y, settings)
     np.testing.assert_array_equal(a.oof_probability, b.oof_probability)
     assert len(seen) == 15
     assert seen[0] == (0, 0)
@@ -174,7 +176,7 @@ def test_train_final_same_seed_same_weights() -> None:
     X, y = toy_cohort(n=24)
     rng_before = torch.random.get_rng_state()
     nets = [
-        train_final(X, y, epochs=2, batch_size=8, seed=7, arch="two_branch_resnet")
+        train_final(X, y, TrainSettings(epochs=2, batch_size=8, seed=7, arch="two_branch_resnet"))
         for _ in range(2)
     ]
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # caller's RNG untouched
@@ -183,24 +185,26 @@ def test_train_final_same_seed_same_weights() -> None:
         nets[0].state_dict().items(), nets[1].state_dict().items(), strict=True
     ):
         assert torch.equal(v, w), k
-    other = train_final(X, y, epochs=2, batch_size=8, seed=8, arch="two_branch_resnet")
+    other = train_final(
+        X, y, TrainSettings(epochs=2, batch_size=8, seed=8, arch="two_branch_resnet")
+    )
     assert not torch.equal(nets[0].head[1].weight, other.head[1].weight)
 
 
 def test_cross_validate_errors_before_training() -> None:
     X, y = toy_cohort(n=12)
     with pytest.raises(ValueError, match="both classes: all 12 cases are lymphoma"):
-        cross_validate(X, np.ones(12, int), epochs=1)
+        cross_validate(X, np.ones(12, int), ONE_EPOCH)
     with pytest.raises(
         ValueError,
         match="5-fold cross-validation needs at least 5 cases per class; sarcoidosis has 3",
     ):
-        cross_validate(X, np.r_[np.zeros(3, int), np.ones(9, int)], epochs=1)
+        cross_validate(X, np.r_[np.zeros(3, int), np.ones(9, int)], ONE_EPOCH)
     with pytest.raises(ValueError, match="labels must be 0"):
-        cross_validate(X, np.full(12, 2), epochs=1)
+        cross_validate(X, np.full(12, 2), ONE_EPOCH)
     with pytest.raises(ValueError, match=r"X must be \(N, 2, H, W\)"):
-        cross_validate(X[:, :1], y, epochs=1)
+        cross_validate(X[:, :1], y, ONE_EPOCH)
     with pytest.raises(ValueError, match="unknown architecture"):
-        cross_validate(X, y, folds=2, epochs=1, arch="nope")
+        cross_validate(X, y, TrainSettings(epochs=1, arch="nope"), folds=2)
     with pytest.raises(ValueError, match="both classes"):
-        train_final(X, np.zeros(12, int), epochs=1)
+        train_final(X, np.zeros(12, int), ONE_EPOCH)
