@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 from sarclym.node.config import Config
@@ -58,15 +59,25 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
     return 0
 
 
+def _state_db(config: Config) -> Path | None:
+    """The node's state.db, or None (and a line saying so) when nothing was received yet."""
+    from sarclym.node.state import STATE_DB_NAME
+
+    db = config.storage.data_dir / STATE_DB_NAME
+    if not db.exists():
+        print(f"no state database at {db}: the node has not received anything yet")
+        return None
+    return db
+
+
 def run_status(args: argparse.Namespace, config: Config) -> int:
     """Print the recent series of the node's state database."""
     from sarclym.node.delivery import DeliveryLedger
     from sarclym.node.service import series_status
     from sarclym.node.state import StateDB
 
-    db = config.storage.data_dir / "state.db"
-    if not db.exists():
-        print(f"no state database at {db}: the node has not received anything yet")
+    db = _state_db(config)
+    if db is None:
         return 0
     with StateDB(db) as state, DeliveryLedger(db) as ledger:
         rows = series_status(state, ledger, limit=50)
@@ -95,9 +106,8 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node.audit import audit_events
     from sarclym.node.state import StateDB
 
-    db = config.storage.data_dir / "state.db"
-    if not db.exists():
-        print(f"no state database at {db}: the node has not received anything yet")
+    db = _state_db(config)
+    if db is None:
         return 0
     with StateDB(db) as state:
         events = audit_events(state, study_uid=args.study, series_uid=args.series, limit=args.limit)

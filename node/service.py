@@ -28,10 +28,10 @@ from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sarclym.node._local_orthanc import answers as orthanc_answers
 from sarclym.node.audit import record_event
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.dashboard import Dashboard
@@ -126,11 +126,7 @@ def _default_destinations(config: Config) -> list[Destination]:
     destinations = build_destinations(config)
     url = config.service.local_orthanc_url
     if url and config.destinations.targets == DestinationsConfig().targets:
-        try:
-            answered = httpx.get(f"{url.rstrip('/')}/system", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            answered = False
-        if answered:
+        if orthanc_answers(url):
             destinations.append(OrthancRestDestination("local-orthanc", url))
             log.info("local Orthanc answers: results go there too", url=url)
         else:
