@@ -19,6 +19,7 @@ import numpy as np
 
 from sarclym.model.labels import CLASSES
 from sarclym.model.pipeline import StudyFiles
+from sarclym.model.selection import DEFAULT_RULES, SelectionRules
 
 __all__ = ["TrainingSet", "build_training_set", "cache_key"]
 
@@ -47,10 +48,20 @@ class TrainingSet:
 
 
 def cache_key(
-    series_uid: str, n_instances: int, size: tuple[int, int], window: tuple[float, float]
+    series_uid: str,
+    n_instances: int,
+    size: tuple[int, int],
+    window: tuple[float, float],
+    rules: SelectionRules = DEFAULT_RULES,
 ) -> str:
-    """File name (without folder) of a study's cached input."""
+    """File name (without folder) of a study's cached input.
+
+    The selection rules are part of the key: a study cached under looser rules is selected
+    again, and refused, under stricter ones.
+    """
     text = f"{_CACHE_VERSION}|{series_uid}|{n_instances}|{size}|{window}"
+    if rules != DEFAULT_RULES:
+        text += f"|{rules.min_axial_extent_mm}|{rules.min_patient_age_years}"
     return hashlib.sha256(text.encode()).hexdigest()[:32] + ".npz"
 
 
@@ -66,21 +77,25 @@ def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _study_input(
-    study: StudyFiles, cache_dir: Path, size: tuple[int, int], window: tuple[float, float]
+    study: StudyFiles,
+    cache_dir: Path,
+    size: tuple[int, int],
+    window: tuple[float, float],
+    rules: SelectionRules,
 ) -> tuple[np.ndarray | None, str]:
     # Fast path: a cached input for any series of this study (keyed by its instance count).
     for uid, paths in study.series.items():
-        cached = cache_dir / cache_key(uid, len(paths), size, window)
+        cached = cache_dir / cache_key(uid, len(paths), size, window, rules)
         if cached.exists():
             with np.load(cached) as data:
                 return data["x"].astype(np.float32), uid
-    prepared = study.prepare(size=size, suv_window=window)
+    prepared = study.prepare(size=size, suv_window=window, rules=rules)
     if prepared.mips is None or prepared.series_instance_uid is None:
         reasons = "; ".join(s.reason for s in prepared.selection.skipped)
         return None, f"no series to analyse ({reasons})"
     x = np.stack([prepared.mips.frontal_net, prepared.mips.lateral_net]).astype(np.float32)
     uid = prepared.series_instance_uid
-    _save_atomic(cache_dir / cache_key(uid, len(study.series[uid]), size, window), x=x)
+    _save_atomic(cache_dir / cache_key(uid, len(study.series[uid]), size, window, rules), x=x)
     return x, uid
 
 
@@ -92,6 +107,7 @@ def build_training_set(
     size: tuple[int, int],
     window: tuple[float, float],
     progress: Callable[[int, int], None] | None = None,
+    rules: SelectionRules = DEFAULT_RULES,
 ) -> TrainingSet:
     """Compute (or read from the cache) the network input of every labelled study.
 
@@ -107,6 +123,8 @@ def build_training_set(
         Network input size and SUV window of the model being trained.
     progress
         Called with (done, total) after each study.
+    rules
+        Whole-body and population limits, as for the node (a refused study is excluded).
 
     Returns
     -------
@@ -119,7 +137,7 @@ def build_training_set(
     skipped: dict[str, str] = {}
     ordered = sorted(labels)
     for done, study_uid in enumerate(ordered, start=1):
-        x, why = _study_input(studies[study_uid], cache_dir, size, window)
+        x, why = _study_input(studies[study_uid], cache_dir, size, window, rules)
         if x is None:
             skipped[study_uid] = why
         else:

@@ -43,19 +43,25 @@ class SeriesRejected(SarclymModelError):
         Human-readable reason, e.g. ``"CorrectedImage lacks ATTN (NAC)"``. Never contains PHI.
     attribute : str or None, optional
         Keyword of the DICOM attribute concerned, e.g. ``"CorrectedImage"``.
+    also : tuple of str, optional
+        Further attributes the decision was made on (e.g. ``("StudyDate",)`` beside
+        ``"PatientBirthDate"``).
     """
 
-    def __init__(self, reason: str, attribute: str | None = None) -> None:
+    def __init__(
+        self, reason: str, attribute: str | None = None, also: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attribute = attribute
+        self.attributes: tuple[str, ...] = ((attribute,) if attribute else ()) + tuple(also)
 
 
 class SUVNotComputable(SeriesRejected):
     """SUVbw cannot be computed, e.g. (0010,1030) *Patient's Weight* is missing or zero.
 
     The ``reason`` names the attribute and its tag:
-    ``"PatientWeight (0010,1030) missing or zero: SUVbw not computable"``.
+    ``"PatientWeight (0010,1030) is missing or zero: SUVbw cannot be computed."``.
     """
 
 

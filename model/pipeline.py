@@ -17,7 +17,13 @@ from pydicom.tag import Tag
 
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.mip import Mips, mips_for_volume
-from sarclym.model.selection import Selection, Skipped, select_series
+from sarclym.model.selection import (
+    Selection,
+    SelectionRules,
+    Skipped,
+    select_series,
+    skipped_because,
+)
 from sarclym.model.suv import SuvConversion, suv_factor
 from sarclym.model.volume import build_volume
 
@@ -55,13 +61,24 @@ class StudyFiles:
         """SeriesInstanceUID -> datasets with deferred pixel data (see :func:`read_deferred`)."""
         return {uid: [read_deferred(p) for p in paths] for uid, paths in self.series.items()}
 
-    def prepare(self, *, size: tuple[int, int], suv_window: tuple[float, float]) -> PreparedStudy:
+    def prepare(
+        self,
+        *,
+        size: tuple[int, int],
+        suv_window: tuple[float, float],
+        rules: SelectionRules | None = None,
+    ) -> PreparedStudy:
         """Read the headers, select the series and make its MIPs (:func:`prepare_study`).
 
         Each file is parsed once: pixel data is read from disk only for the chosen series.
         """
         return prepare_study(
-            self.study_instance_uid, self.headers(), None, size=size, suv_window=suv_window
+            self.study_instance_uid,
+            self.headers(),
+            None,
+            size=size,
+            suv_window=suv_window,
+            rules=rules,
         )
 
 
@@ -169,6 +186,12 @@ class PreparedStudy:
         return self.selection.series_instance_uid
 
 
+def _transfer_syntax(datasets: Sequence[Dataset]) -> str:
+    meta = getattr(datasets[0], "file_meta", None) if datasets else None
+    uid = None if meta is None else meta.get("TransferSyntaxUID")
+    return "transfer syntax unknown" if uid is None else f"transfer syntax {uid.name} ({uid})"
+
+
 def prepare_study(
     study_instance_uid: str,
     headers: Mapping[str, Sequence[Dataset]],
@@ -176,6 +199,7 @@ def prepare_study(
     *,
     size: tuple[int, int] = (256, 256),
     suv_window: tuple[float, float] = (0.0, 10.0),
+    rules: SelectionRules | None = None,
 ) -> PreparedStudy:
     """Select the series to analyse and make its SUV MIPs.
 
@@ -190,6 +214,8 @@ def prepare_study(
         datasets in ``headers`` already hold their pixel data.
     size, suv_window
         Network input size and SUV window, as for :func:`~sarclym.model.mip.make_mips`.
+    rules
+        Whole-body and population limits (:class:`~sarclym.model.selection.SelectionRules`).
 
     Returns
     -------
@@ -200,7 +226,7 @@ def prepare_study(
     remaining = dict(headers)
     extra: list[Skipped] = []
     while True:
-        selection = select_series(remaining)
+        selection = select_series(remaining, rules)
         chosen = selection.series_instance_uid
         if chosen is None:
             break
@@ -220,11 +246,21 @@ def prepare_study(
             conversion = suv_factor(series_headers[0], series_headers)
             mips = mips_for_volume(volume, conversion, size=size, suv_window=suv_window)
         except SeriesRejected as exc:
-            extra.append(Skipped(chosen, f"skipped: {exc.reason}"))
+            extra.append(skipped_because(chosen, exc))
             del remaining[chosen]
             continue
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            extra.append(Skipped(chosen, f"skipped: pixel data not readable ({exc})"))
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            syntax = _transfer_syntax(remaining[chosen])
+            extra.append(
+                skipped_because(
+                    chosen,
+                    SeriesRejected(
+                        f"The pixel data ({syntax}) could not be read: {type(exc).__name__}: {exc}",
+                        attribute="PixelData",
+                        also=("TransferSyntaxUID",),
+                    ),
+                )
+            )
             del remaining[chosen]
             continue
         selection = Selection(chosen, selection.reason, [*extra, *selection.skipped])

@@ -1,10 +1,24 @@
-"""Which PET series of a study to analyse (``spec/PET.md``, PS3.3 C.8.9.1, C.8.9.4, C.8.22).
+"""Which PET series of a study to analyse (``docs/pet-input.md``, PS3.3 C.8.9.1, C.8.9.4, C.8.22).
 
 A series qualifies when it is Modality PT; PET, Enhanced PET or Legacy Converted Enhanced PET
 storage; ImageType ORIGINAL\\PRIMARY; SeriesType WHOLE BODY or STATIC \\ IMAGE; attenuation and
-decay corrected; in BQML, CNTS or GML with DecayCorrection not NONE; FDG; SUVbw computable; and
-geometrically a regular, axis-aligned volume. Every other series is skipped with a reason a
-person can read (``"skipped: CorrectedImage lacks ATTN (NAC)"``).
+decay corrected (and not described as NAC); in BQML, CNTS or GML with DecayCorrection not NONE;
+FDG (:mod:`sarclym.model.tracers`); an adult patient; SUVbw computable; geometrically a
+regular, axis-aligned volume; and whole body: an axial extent of at least
+:attr:`SelectionRules.min_axial_extent_mm`. Every other series is skipped with a reason that
+reads as a sentence and names the attribute it was decided on
+(``"skipped: CorrectedImage (0028,0051) NORM\\DECY lacks ATTN: the series is not attenuation
+corrected (NAC)."``).
+
+The whole-body minimum (default 650 mm) comes from adult body proportions: as fractions of
+stature, the skull base lies at about 0.90 and mid-thigh at about 0.41 (halfway between the
+greater trochanter, 0.53, and the knee, 0.285; Drillis and Contini's segment table as given by
+Winter, *Biomechanics and Motor Control of Human Movement*), so a skull-base-to-mid-thigh scan
+covers about 0.49 of stature: 710 mm for a 1.45 m adult (about the first percentile of adult
+women), 870 mm for the real 1.77 m example. A chest scan (about 0.2 of stature) or a
+neck-to-pelvis scan (chin 0.87 to hip 0.53, 0.34 of stature: 650 mm for a 1.90 m adult) stays
+below it. Sites that scan skull base to upper thigh only can lower it (``selection`` in the
+configuration).
 
 Of several qualifying series the one with the largest axial coverage is chosen, then the one
 with most slices, then the lowest SeriesInstanceUID (so the choice is deterministic); the others
@@ -13,6 +27,7 @@ are recorded as skipped with the comparison that lost.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +36,19 @@ from pydicom.dataset import Dataset
 
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.suv import series_units, suv_factor
+from sarclym.model.tracers import identify_fdg
 from sarclym.model.volume import SliceGeometry, read_geometry
 
-__all__ = ["FDG_CODES", "PET_SOP_CLASSES", "Selection", "Skipped", "check_series", "select_series"]
+__all__ = [
+    "DEFAULT_RULES",
+    "PET_SOP_CLASSES",
+    "Selection",
+    "SelectionRules",
+    "Skipped",
+    "check_series",
+    "select_series",
+    "skipped_because",
+]
 
 #: PET Image, Enhanced PET Image and Legacy Converted Enhanced PET Image Storage (PS3.4 B.5).
 PET_SOP_CLASSES: dict[str, str] = {
@@ -32,11 +57,29 @@ PET_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage",
 }
 _ENHANCED = {"1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1"}
-#: Fludeoxyglucose F^18^ (CID 4021): (CodingSchemeDesignator, CodeValue).
-FDG_CODES = frozenset({("SCT", "35321007"), ("SRT", "C-B1031")})
-_FDG_TEXT = re.compile(r"FDG|FLU(?:O|)DEOXYGLUCOSE|FLUDEOXYGLUCOSE", re.IGNORECASE)
 #: Coverage within this many mm counts as equal when choosing between series.
 COVERAGE_TIE_MM = 1.0
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """The limits of what the model was made for, beyond the DICOM attributes.
+
+    Attributes
+    ----------
+    min_axial_extent_mm : float
+        Shortest axial extent analysed (see the module docstring for the default).
+    min_patient_age_years : float or None
+        Youngest patient analysed (by PatientAge, or PatientBirthDate and StudyDate);
+        ``None`` analyses every age. A patient of unknown age is analysed.
+    """
+
+    min_axial_extent_mm: float = 650.0
+    min_patient_age_years: float | None = 18.0
+
+
+#: What ``infer`` and the node apply unless configured otherwise.
+DEFAULT_RULES = SelectionRules()
 
 
 @dataclass(frozen=True)
@@ -48,11 +91,15 @@ class Skipped:
     series_instance_uid : str
         (0020,000E) *Series Instance UID*.
     reason : str
-        Readable, e.g. ``"skipped: Modality CT, not PT"``.
+        A sentence, e.g. ``"skipped: Modality (0008,0060) is CT, not PT."``.
+    attributes : tuple of str
+        Keywords of the DICOM attributes the refusal was decided on (``("Modality",)``);
+        empty when not one attribute is to blame (e.g. another series was chosen).
     """
 
     series_instance_uid: str
     reason: str
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +124,15 @@ class Selection:
     geometry: SliceGeometry | None = field(default=None, compare=False, repr=False)
 
 
+def skipped_because(series_instance_uid: str, exc: SeriesRejected) -> Skipped:
+    """The :class:`Skipped` record of a refusal: ``"skipped: "`` and the reason as a sentence."""
+    reason = exc.reason.strip()
+    reason = reason[:1].upper() + reason[1:]
+    if not reason.endswith((".", "!", "?")):
+        reason += "."
+    return Skipped(series_instance_uid, f"skipped: {reason}", exc.attributes)
+
+
 def _values(ds: Dataset, keyword: str) -> list[str]:
     value = ds.get(keyword)
     if value is None or value == "":
@@ -86,64 +142,122 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     return [str(v).strip().upper() for v in value]
 
 
+def _shown(values: Sequence[str]) -> str:
+    return "\\".join(values) if values else "missing"
+
+
+#: Words of (0008,103E) *Series Description* that say "not attenuation corrected".
+_NAC_WORDS = frozenset({"NAC", "NOAC", "NONAC", "UNCORRECTED", "NOATTN", "NONATTN", "UNCORR"})
+_NAC_PHRASE = re.compile(r"\bNO(?:N)?[- ]?(?:AC|ATTN)\b|\bNOT? (?:ATTENUATION )?CORRECTED\b")
+
+
 def _check_corrections(ds: Dataset, enhanced: bool) -> None:
     corrected = _values(ds, "CorrectedImage")
     if corrected:
         if "ATTN" not in corrected:
-            raise SeriesRejected("CorrectedImage lacks ATTN (NAC)", attribute="CorrectedImage")
+            raise SeriesRejected(
+                f"CorrectedImage (0028,0051) {_shown(corrected)} lacks ATTN: the series is not "
+                "attenuation corrected (NAC).",
+                attribute="CorrectedImage",
+            )
         if "DECY" not in corrected:
-            raise SeriesRejected("CorrectedImage lacks DECY", attribute="CorrectedImage")
-        return
-    if enhanced:
-        for keyword, tag in (
-            ("AttenuationCorrected", "(0018,9759)"),
-            ("DecayCorrected", "(0018,9758)"),
+            raise SeriesRejected(
+                f"CorrectedImage (0028,0051) {_shown(corrected)} lacks DECY: the series is not "
+                "decay corrected.",
+                attribute="CorrectedImage",
+            )
+    elif enhanced:
+        for keyword, tag, what in (
+            ("AttenuationCorrected", "(0018,9759)", "attenuation corrected (NAC)"),
+            ("DecayCorrected", "(0018,9758)", "decay corrected"),
         ):
             value = _values(ds, keyword)
             if value != ["YES"]:
-                shown = value[0] if value else "missing"
-                suffix = " (NAC)" if keyword == "AttenuationCorrected" else ""
-                raise SeriesRejected(f"{keyword} {tag} {shown}, not YES{suffix}", attribute=keyword)
-        return
-    raise SeriesRejected(
-        "CorrectedImage (0028,0051) missing: attenuation correction unknown",
-        attribute="CorrectedImage",
-    )
+                raise SeriesRejected(
+                    f"{keyword} {tag} is {_shown(value)}, not YES: the series is not {what}.",
+                    attribute=keyword,
+                )
+    else:
+        raise SeriesRejected(
+            "CorrectedImage (0028,0051) is missing: whether the series is attenuation "
+            "corrected is unknown.",
+            attribute="CorrectedImage",
+        )
+    # Some scanners keep ATTN in CorrectedImage of their NAC reconstruction; its description
+    # still says so (../realpet/README.md).
+    description = str(ds.get("SeriesDescription", "")).upper()
+    words = set(re.split(r"[^A-Z0-9]+", description))
+    if words & _NAC_WORDS or _NAC_PHRASE.search(description):
+        raise SeriesRejected(
+            f"SeriesDescription (0008,103E) {str(ds.get('SeriesDescription')).strip()!r} says "
+            "the series is not attenuation corrected (NAC), whatever CorrectedImage lists.",
+            attribute="SeriesDescription",
+            also=("CorrectedImage",),
+        )
 
 
 def _check_tracer(ds: Dataset) -> None:
-    seq = ds.get("RadiopharmaceuticalInformationSequence")
-    if not seq:
-        raise SeriesRejected(
-            "RadiopharmaceuticalInformationSequence (0054,0016) missing: tracer unknown",
-            attribute="RadiopharmaceuticalInformationSequence",
-        )
-    codes = [
-        (
-            str(code.get("CodingSchemeDesignator", "")).strip(),
-            str(code.get("CodeValue", "")).strip(),
-        )
-        for item in seq
-        for code in item.get("RadiopharmaceuticalCodeSequence", [])
-    ]
-    if codes:
-        if not any(code in FDG_CODES for code in codes):
-            shown = ", ".join(f"({s}, {v})" for s, v in codes)
-            raise SeriesRejected(
-                f"Radiopharmaceutical code {shown} is not FDG",
-                attribute="RadiopharmaceuticalCodeSequence",
-            )
+    identify_fdg(ds)
+
+
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _date(value: object) -> dt.date | None:
+    text = str(value or "").strip()[:8]
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date() if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def _check_population(ds: Dataset, min_age_years: float | None) -> None:
+    """Refuse a patient younger than the population the model was made for (adults)."""
+    if min_age_years is None:
         return
-    texts = [str(item.get("Radiopharmaceutical", "")).strip() for item in seq]
-    if not any(_FDG_TEXT.search(text) for text in texts):
-        shown = ", ".join(repr(t) for t in texts if t) or "missing"
+    floor = f"{min_age_years:g}"
+    age = str(ds.get("PatientAge", "") or "").strip().upper()
+    match = _AGE.match(age)
+    if match and int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)] < min_age_years:
         raise SeriesRejected(
-            f"Radiopharmaceutical (0018,0031) {shown} is not FDG (no code given)",
-            attribute="Radiopharmaceutical",
+            f"PatientAge (0010,1010) {age} is under {floor} years: the model was made for "
+            f"adults (selection.min_patient_age_years {floor}).",
+            attribute="PatientAge",
+        )
+    birth = _date(ds.get("PatientBirthDate"))
+    on = next(
+        (d for k in ("StudyDate", "SeriesDate", "AcquisitionDate") if (d := _date(ds.get(k)))),
+        None,
+    )
+    if birth is None or on is None:
+        return
+    years = on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+    if years < min_age_years:
+        # The age only: the birth date itself is never written into a reason.
+        raise SeriesRejected(
+            f"The patient was {max(years, 0)} years old by PatientBirthDate (0010,0030) and "
+            f"StudyDate (0008,0020), under {floor}: the model was made for adults "
+            f"(selection.min_patient_age_years {floor}).",
+            attribute="PatientBirthDate",
+            also=("StudyDate",),
         )
 
 
-def check_series(datasets: Sequence[Dataset]) -> SliceGeometry:
+def _check_coverage(geometry: SliceGeometry, min_extent_mm: float) -> None:
+    extent = geometry.axial_coverage_mm
+    if extent + 1e-6 < min_extent_mm:
+        nz, dz = geometry.shape[0], geometry.spacing_mm[0]
+        raise SeriesRejected(
+            f"The axial extent is {extent:.0f} mm ({nz} slices of {dz:.2f} mm by "
+            f"ImagePositionPatient (0020,0032)), less than the {min_extent_mm:.0f} mm of a "
+            "whole-body (skull base to mid-thigh) scan: partial-body series are not analysed "
+            "(selection.min_axial_extent_mm).",
+            attribute="ImagePositionPatient",
+        )
+
+
+def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = None) -> SliceGeometry:
     """Raise if a series must not be analysed; else return its geometry.
 
     Series-level attributes are read from the first instance; geometry and SUV metadata from
@@ -153,6 +267,8 @@ def check_series(datasets: Sequence[Dataset]) -> SliceGeometry:
     ----------
     datasets : sequence of Dataset
         All instances of one series.
+    rules : SelectionRules, optional
+        Whole-body and population limits; default :data:`DEFAULT_RULES`.
 
     Returns
     -------
@@ -163,66 +279,87 @@ def check_series(datasets: Sequence[Dataset]) -> SliceGeometry:
     Raises
     ------
     SeriesRejected
-        With a readable ``reason``: (0008,0060) *Modality* not PT; (0008,0016) *SOP Class UID*
-        not a PET storage class; (0008,0008) *Image Type* not ORIGINAL\\PRIMARY;
-        (0054,1000) *Series Type* not WHOLE BODY/STATIC \\ IMAGE; (0028,0051) *Corrected Image*
-        lacking ATTN or DECY (Enhanced: (0018,9759)/(0018,9758) not YES); (0054,1001) *Units*
-        not BQML/CNTS/GML; (0054,1102) *Decay Correction* NONE; tracer not FDG.
+        With a reason that reads as a sentence and names the attribute(s) it was decided on:
+        (0008,0060) *Modality* not PT; (0008,0016) *SOP Class UID* not a PET storage class;
+        (0008,0008) *Image Type* not ORIGINAL\\PRIMARY; (0054,1000) *Series Type* not
+        WHOLE BODY/STATIC \\ IMAGE (dynamic, gated, reprojection); (0028,0051) *Corrected
+        Image* lacking ATTN or DECY (Enhanced: (0018,9759)/(0018,9758) not YES), or a series
+        description that says NAC; (0054,1001) *Units* not BQML/CNTS/GML; (0054,1102) *Decay
+        Correction* NONE; tracer not FDG (:func:`~sarclym.model.tracers.identify_fdg`); a
+        patient under ``rules.min_patient_age_years``; an axial extent under
+        ``rules.min_axial_extent_mm``.
     SUVNotComputable
         Weight, dose, half-life or injection time missing.
     GeometryError
         Oblique, gapped or inconsistent geometry.
     """
+    rules = rules or DEFAULT_RULES
     if not datasets:
-        raise SeriesRejected("no instances")
+        raise SeriesRejected("The series has no instances.")
     ds = datasets[0]
     modality = str(ds.get("Modality", "")).strip() or "missing"
     if modality != "PT":
-        raise SeriesRejected(f"Modality {modality}, not PT", attribute="Modality")
+        raise SeriesRejected(f"Modality (0008,0060) is {modality}, not PT.", attribute="Modality")
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in PET_SOP_CLASSES:
         raise SeriesRejected(
-            f"SOPClassUID {sop_class or 'missing'} is not a PET image storage class",
+            f"SOPClassUID (0008,0016) {sop_class or 'missing'} is not a PET image storage class.",
             attribute="SOPClassUID",
         )
     enhanced = sop_class in _ENHANCED
     image_type = _values(ds, "ImageType")
     if image_type[:2] != ["ORIGINAL", "PRIMARY"]:
-        shown = "\\".join(image_type) or "missing"
+        derived = " (a derived series)" if image_type[:1] == ["DERIVED"] else ""
         raise SeriesRejected(
-            f"ImageType {shown}, not ORIGINAL\\PRIMARY",
+            f"ImageType (0008,0008) is {_shown(image_type)}, not ORIGINAL\\PRIMARY{derived}.",
             attribute="ImageType",
         )
     series_type = _values(ds, "SeriesType")
     # Enhanced PET has no Series Type (PS3.3 C.8.22); a converted one may keep it.
     wanted = series_type[:1] in (["WHOLE BODY"], ["STATIC"]) and series_type[1:2] == ["IMAGE"]
     if (series_type or not enhanced) and not wanted:
-        shown = "\\".join(series_type) or "missing"
+        kind = {"DYNAMIC": " (dynamic)", "GATED": " (gated)"}.get(
+            series_type[0] if series_type else "", ""
+        )
+        if series_type[1:2] == ["REPROJECTION"]:
+            kind = " (a reprojection: MIP or cine)"
         raise SeriesRejected(
-            f"SeriesType (0054,1000) {shown}, not WHOLE BODY or STATIC \\ IMAGE",
+            f"SeriesType (0054,1000) is {_shown(series_type)}{kind}, not WHOLE BODY or STATIC "
+            "\\ IMAGE.",
             attribute="SeriesType",
         )
     _check_corrections(ds, enhanced)
     units = series_units(ds)
     if units not in ("BQML", "CNTS", "GML"):
         raise SeriesRejected(
-            f"Units (0054,1001) {units or 'missing'}, not BQML, CNTS or GML", attribute="Units"
+            f"Units (0054,1001) are {units or 'missing'}, not BQML, CNTS or GML.",
+            attribute="Units",
         )
     decay = _values(ds, "DecayCorrection")
     if decay == ["NONE"]:
-        raise SeriesRejected("DecayCorrection (0054,1102) NONE", attribute="DecayCorrection")
+        raise SeriesRejected(
+            "DecayCorrection (0054,1102) is NONE: the values are not decay corrected.",
+            attribute="DecayCorrection",
+        )
     _check_tracer(ds)
+    _check_population(ds, rules.min_patient_age_years)
     suv_factor(ds, datasets)
-    return read_geometry(datasets)
+    geometry = read_geometry(datasets)
+    _check_coverage(geometry, rules.min_axial_extent_mm)
+    return geometry
 
 
-def select_series(series: Mapping[str, Sequence[Dataset]]) -> Selection:
+def select_series(
+    series: Mapping[str, Sequence[Dataset]], rules: SelectionRules | None = None
+) -> Selection:
     """Choose the series of a study to analyse.
 
     Parameters
     ----------
     series : mapping of str to sequence of Dataset
         (0020,000E) *Series Instance UID* to that series' instances.
+    rules : SelectionRules, optional
+        As for :func:`check_series`.
 
     Returns
     -------
@@ -234,9 +371,9 @@ def select_series(series: Mapping[str, Sequence[Dataset]]) -> Selection:
     geometries: dict[str, SliceGeometry] = {}
     for uid, datasets in series.items():
         try:
-            geometry = check_series(datasets)
+            geometry = check_series(datasets, rules)
         except SeriesRejected as exc:
-            skipped[uid] = Skipped(uid, f"skipped: {exc.reason}")
+            skipped[uid] = skipped_because(uid, exc)
             continue
         geometries[uid] = geometry
         candidates.append((uid, geometry.axial_coverage_mm, geometry.shape[0]))

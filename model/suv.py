@@ -117,7 +117,7 @@ def _positive(value: Any, keyword: str, tag: str) -> float:
         number = 0.0
     if not number > 0.0:
         raise SUVNotComputable(
-            f"{keyword} {tag} missing or zero: SUVbw not computable", attribute=keyword
+            f"{keyword} {tag} is missing or zero: SUVbw cannot be computed.", attribute=keyword
         )
     return number
 
@@ -207,7 +207,8 @@ def _scan_datetime(first_ds: Dataset, datasets: Sequence[Dataset]) -> tuple[date
     if earliest is not None:
         return earliest, "scan time from earliest AcquisitionDate/AcquisitionTime"
     raise SUVNotComputable(
-        "SeriesTime (0008,0031) and AcquisitionTime (0008,0032) missing: SUVbw not computable",
+        "SeriesTime (0008,0031) and AcquisitionTime (0008,0032) are missing: SUVbw cannot be "
+        "computed.",
         attribute="SeriesTime",
     )
 
@@ -216,7 +217,8 @@ def _radiopharmaceutical(ds: Dataset) -> Dataset:
     seq = ds.get("RadiopharmaceuticalInformationSequence")
     if not seq:
         raise SUVNotComputable(
-            "RadiopharmaceuticalInformationSequence (0054,0016) missing: SUVbw not computable",
+            "RadiopharmaceuticalInformationSequence (0054,0016) is missing: SUVbw cannot be "
+            "computed.",
             attribute="RadiopharmaceuticalInformationSequence",
         )
     item: Dataset = seq[0]
@@ -231,7 +233,7 @@ def _injection_datetime(item: Dataset, scan: datetime) -> tuple[datetime, str]:
     if moment is None:
         raise SUVNotComputable(
             "RadiopharmaceuticalStartDateTime (0018,1078) and RadiopharmaceuticalStartTime "
-            "(0018,1072) missing: SUVbw not computable",
+            "(0018,1072) are missing: SUVbw cannot be computed.",
             attribute="RadiopharmaceuticalStartTime",
         )
     injection = datetime.combine(scan.date(), moment.replace(tzinfo=None))
@@ -260,15 +262,15 @@ def _bqml(first_ds: Dataset, datasets: Sequence[Dataset], units_label: str) -> S
     if not correction and _text(first_ds.get("DecayCorrected", "")).upper() == "YES":
         if reference is None:
             raise SUVNotComputable(
-                "DecayCorrection (0054,1102) and DecayCorrectionDateTime (0018,9701) missing: "
-                "SUVbw not computable",
+                "DecayCorrection (0054,1102) and DecayCorrectionDateTime (0018,9701) are "
+                "missing: SUVbw cannot be computed.",
                 attribute="DecayCorrectionDateTime",
             )
         correction = "START"
     if correction != "START":
         label = correction or "missing"
         raise SeriesRejected(
-            f"DecayCorrection (0054,1102) {label}: only START and ADMIN are supported",
+            f"DecayCorrection (0054,1102) is {label}: only START and ADMIN are supported.",
             attribute="DecayCorrection",
         )
     half_life = _positive(item.get("RadionuclideHalfLife"), "RadionuclideHalfLife", "(0018,1075)")
@@ -282,7 +284,7 @@ def _bqml(first_ds: Dataset, datasets: Sequence[Dataset], units_label: str) -> S
     if decay_s < 0:
         raise SUVNotComputable(
             "RadiopharmaceuticalStartDateTime (0018,1078) is after the scan time: "
-            "SUVbw not computable",
+            "SUVbw cannot be computed.",
             attribute="RadiopharmaceuticalStartDateTime",
         )
     decayed = dose * 2.0 ** (-decay_s / half_life)
@@ -315,7 +317,7 @@ def _philips_factor(datasets: Sequence[Dataset], offset: int) -> float | None:
     if any(abs(v - values[0]) > _PHILIPS_CONSISTENCY * abs(values[0]) for v in values):
         raise SUVNotComputable(
             f"Philips private (7053,10{offset:02X}) differs between instances: "
-            "SUVbw not computable",
+            "SUVbw cannot be computed.",
             attribute=f"(7053,10{offset:02X})",
         )
     return values[0]
@@ -365,7 +367,7 @@ def suv_factor(first_ds: Dataset, all_datasets: Sequence[Dataset]) -> SuvConvers
         if activity is None:
             raise SUVNotComputable(
                 "CNTS without Philips SUV scale factor (7053,1000) or activity concentration "
-                "scale factor (7053,1009): SUVbw not computable",
+                "scale factor (7053,1009): SUVbw cannot be computed.",
                 attribute="(7053,1000)",
             )
         bqml = _bqml(first_ds, datasets, "CNTS x (7053,1009) -> BQML")
@@ -381,7 +383,7 @@ def suv_factor(first_ds: Dataset, all_datasets: Sequence[Dataset]) -> SuvConvers
             patient_weight_kg=bqml.patient_weight_kg,
         )
     raise SeriesRejected(
-        f"Units (0054,1001) {units or 'missing'}: not BQML, CNTS or GML", attribute="Units"
+        f"Units (0054,1001) are {units or 'missing'}, not BQML, CNTS or GML.", attribute="Units"
     )
 
 

@@ -219,7 +219,7 @@ def _rescale(item: Dataset | None, fallback: Dataset) -> tuple[float, float]:
             slope = float(source.RescaleSlope)
             intercept = source.get("RescaleIntercept")
             return slope, float(intercept) if intercept not in (None, "") else 0.0
-    raise SeriesRejected("RescaleSlope (0028,1053) missing", attribute="RescaleSlope")
+    raise SeriesRejected("RescaleSlope (0028,1053) is missing.", attribute="RescaleSlope")
 
 
 def _frame_headers(datasets: Sequence[Dataset]) -> tuple[list[_FrameHeader], list[Dataset]]:
@@ -424,7 +424,7 @@ def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int], header: Data
     syntax = None if meta is None else meta.get("TransferSyntaxUID")
     if syntax is None:
         raise SeriesRejected(
-            "TransferSyntaxUID (0002,0010) unknown: pixel data cannot be decoded",
+            "TransferSyntaxUID (0002,0010) is unknown: the pixel data cannot be decoded.",
             attribute="TransferSyntaxUID",
         )
     if syntax in _NATIVE_LITTLE_ENDIAN:
@@ -435,7 +435,10 @@ def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int], header: Data
         arr, _ = get_decoder(syntax).as_array(ds, index=frame)
     except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as exc:
         raise SeriesRejected(
-            f"pixel data ({syntax.name}) cannot be decoded: {exc}", attribute="PixelData"
+            f"PixelData (7FE0,0010) in transfer syntax {syntax.name} ({syntax}) cannot be "
+            f"decoded: {exc}",
+            attribute="TransferSyntaxUID",
+            also=("PixelData",),
         ) from exc
     return arr
 

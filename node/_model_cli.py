@@ -51,12 +51,20 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
 
     results: list[dict[str, Any]] = []
     for study in scan.studies.values():
-        prepared = study.prepare(size=predictor.input_size, suv_window=predictor.suv_window)
+        prepared = study.prepare(
+            size=predictor.input_size,
+            suv_window=predictor.suv_window,
+            rules=config.selection.rules(),
+        )
         entry: dict[str, Any] = {
             "study_instance_uid": study.study_instance_uid,
             "analysed_series_instance_uid": prepared.series_instance_uid,
             "skipped": [
-                {"series_instance_uid": s.series_instance_uid, "reason": s.reason}
+                {
+                    "series_instance_uid": s.series_instance_uid,
+                    "reason": s.reason,
+                    "attributes": list(s.attributes),
+                }
                 for s in prepared.selection.skipped
             ],
             "suv_max": None,
@@ -164,7 +172,13 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
                 bar.update(bar.task_ids[0], completed=done)
 
         data = build_training_set(
-            scan.studies, labels, cache, size=size, window=window, progress=on_study
+            scan.studies,
+            labels,
+            cache,
+            size=size,
+            window=window,
+            progress=on_study,
+            rules=config.selection.rules(),
         )
     for uid, why in data.skipped.items():
         print(f"excluded {uid}: {why}", file=sys.stderr)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -33,6 +33,9 @@ from pydantic import (
 )
 
 from sarclym.node.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sarclym.model.selection import SelectionRules
 
 __all__ = [
     "ENV_PREFIX",
@@ -230,6 +233,32 @@ class ModelConfig(_Frozen):
     activation_min_auc: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.85, description="`model activate` refuses a version whose CV AUC is lower."
     )
+
+
+class SelectionConfig(_Frozen):
+    """Which series the model is applied to, beyond the DICOM rules (docs/pet-input.md)."""
+
+    min_axial_extent_mm: Annotated[float, Field(ge=0, le=3000)] = Field(
+        default=650.0,
+        description="Shortest axial extent analysed: a skull-base-to-mid-thigh scan covers "
+        "about 0.49 of stature (710 mm at 1.45 m), a chest or neck-to-pelvis scan less. "
+        "Shorter series are refused as partial body. 0 analyses any extent.",
+    )
+    min_patient_age_years: Annotated[float, Field(ge=0, le=150)] | None = Field(
+        default=18.0,
+        description="Youngest patient analysed (PatientAge, or PatientBirthDate with "
+        "StudyDate): the model was made for adults. None analyses every age; a patient "
+        "of unknown age is analysed.",
+    )
+
+    def rules(self) -> SelectionRules:
+        """The :class:`sarclym.model.selection.SelectionRules` these settings give."""
+        from sarclym.model.selection import SelectionRules
+
+        return SelectionRules(
+            min_axial_extent_mm=self.min_axial_extent_mm,
+            min_patient_age_years=self.min_patient_age_years,
+        )
 
 
 class JitterMode(str, Enum):
@@ -511,6 +540,7 @@ class Config(_Frozen):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)

@@ -176,11 +176,14 @@ class Processor:
             None,
             size=predictor.input_size,
             suv_window=predictor.suv_window,
+            rules=self.config.selection.rules(),
         )
         clock.lap("prepare")  # selection, pixel decoding, SUV, MIPs
         if prepared.mips is None:
-            reasons = "; ".join(s.reason for s in prepared.selection.skipped)
-            detail = {"stage_ms": clock.laps}
+            skipped = prepared.selection.skipped
+            reasons = "; ".join(s.reason for s in skipped)
+            attributes = list(dict.fromkeys(a for s in skipped for a in s.attributes))
+            detail = {"stage_ms": clock.laps, "attributes": attributes}
             return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, detail
         with self._lock:
             prediction = predictor.predict(prepared)

@@ -167,7 +167,7 @@ def test_dashboard_in_a_browser(
             assert "P(lymphoma)" in text
             shown = browser.evaluate("document.querySelector('.p-lymphoma').innerText")
             assert shown == f"{float(probability.group(1)):.3f}"
-            assert "Modality CT, not PT" in text  # a skipped series and why
+            assert "Modality (0008,0060) is CT, not PT." in text  # a skipped series and why
             assert "closed-pacs" in text
             time.sleep(0.3)  # let the last frame paint
             browser.screenshot(screenshot)

@@ -268,7 +268,7 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
         timeout=60,
     ).stdout
     assert "-> pacs: delivered" in text
-    assert "Modality CT, not PT" in text
+    assert "Modality (0008,0060) is CT, not PT." in text
 
     # The audit log: who sent the series, which process and model made the result, who
     # confirmed it; the same facts as the state, and no patient data.

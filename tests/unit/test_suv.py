@@ -158,7 +158,7 @@ def test_enhanced_pet_units_from_rescale_type() -> None:
 @pytest.mark.parametrize("units", ["PROPCNTS", "MGMINML"])
 def test_other_units_rejected(units: str) -> None:
     series = make_series(_activity(), units=units)
-    with pytest.raises(SeriesRejected, match=rf"Units \(0054,1001\) {units}") as info:
+    with pytest.raises(SeriesRejected, match=rf"Units \(0054,1001\) are {units}") as info:
         suv_factor(series[0], series)
     assert not isinstance(info.value, SUVNotComputable)
     assert info.value.attribute == "Units"
@@ -189,7 +189,7 @@ def test_missing_attribute_not_computable(keyword: str, tag: str, in_item: bool)
 def test_zero_weight_not_computable() -> None:
     series = make_series(_activity())
     set_all(series, PatientWeight="0")
-    with pytest.raises(SUVNotComputable, match=r"PatientWeight \(0010,1030\) missing or zero"):
+    with pytest.raises(SUVNotComputable, match=r"PatientWeight \(0010,1030\) is missing or zero"):
         suv_factor(series[0], series)
 
 
