@@ -3,7 +3,9 @@
 Run from the repository root: ``python -m tests.render_sc_examples``. It generates a few
 synthetic studies (seed 9090, not in the training cohort's seed), runs the default model on each
 exactly as ``sarclym-node infer --out`` does, and saves the pixel data of the first SC of each
-true class whose prediction is right (what a viewer shows) as a PNG.
+true class whose prediction is right (what a viewer shows) as a PNG. It also renders the SC of the
+real TCIA STS_001 whole-body scan (``tests/data/realpet``, CC BY 3.0): a soft-tissue sarcoma
+patient, neither disease.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sarclym.node.cli import main as cli
 from sarclym.node.results import build_sc
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+REAL = Path(__file__).resolve().parent / "data" / "realpet" / "tcia-sts-001-wholebody-fdg"
 CREATED = datetime(2026, 11, 27, 9, 0, 0)
 
 
@@ -52,6 +55,14 @@ def main() -> None:
     missing = {"sarcoidosis", "lymphoma"} - done
     if missing:
         raise SystemExit(f"no correctly predicted example for {missing}")
+    (study,) = scan_paths([REAL]).studies.values()
+    prepared = study.prepare(size=predictor.input_size, suv_window=predictor.suv_window)
+    prediction = predictor.predict(prepared)
+    print(f"TCIA STS_001 (sarcoma): P(lymphoma) {prediction.probability_lymphoma:.3f}")
+    sc = build_sc(prediction, prepared.datasets, created=CREATED)
+    path = DOCS / "sc_example_real_tcia_sts001.png"
+    Image.fromarray(sc.pixel_array).save(path, optimize=True)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,13 @@ def test_wheel_ships_the_default_model(tmp_path: Path) -> None:
     active = (ROOT / "model" / "default_registry" / "ACTIVE").read_text().strip()
     for name in ("ACTIVE", f"{active}/weights.safetensors", f"{active}/model_card.json"):
         assert f"sarclym/model/default_registry/{name}" in names, name
+
+
+def test_pixel_data_decoders_are_runtime_dependencies() -> None:
+    """PACSs forward compressed PET: a plain ``pip install`` must be able to decode it."""
+    declared = " ".join(_pyproject()["project"]["dependencies"])
+    for name in ("pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls"):
+        assert f'"{name}>' in f'"{declared.replace(" ", chr(34) + " " + chr(34))}', name
+    requires = importlib.metadata.requires("sarclym-node") or []
+    unconditional = {r.split(">")[0].split("=")[0].strip() for r in requires if ";" not in r}
+    assert {"pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls"} <= unconditional
