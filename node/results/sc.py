@@ -4,7 +4,9 @@ One RGB 8-bit image (:mod:`sarclym.node.results.render`) in the source study and
 series, Explicit VR Little Endian, (0028,0301) *Burned In Annotation* YES (the banner, class,
 probability and model are burned in), (0008,0064) *Conversion Type* WSD. Every date and time
 comes from ``created`` (the job's stored timestamp), never from the clock, and every UID from
-:mod:`sarclym.node.results.uids`, so the same inputs give a byte-identical file.
+:mod:`sarclym.node.results.uids`, so the same inputs give a byte-identical file. The Patient and
+Study modules are the source's, value for value, in the source's character set where pydicom
+can write them in it, else in ISO_IR 192 (:mod:`sarclym.node.results.patient`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from sarclym.model.prediction import ModelIdentity, Prediction
 from sarclym.node.results.codes import PROCESSING_EQUIPMENT
+from sarclym.node.results.patient import apply_character_set, constructor_source, source_header
 from sarclym.node.results.render import render_sc, sc_layout
 from sarclym.node.results.uids import device_uid, result_uids
 
@@ -162,12 +165,16 @@ def build_sc(
         No source dataset, a source from another study, or a heatmap off its MIP grid.
     """
     ref = _reference_dataset(prediction, source_datasets)
+    header = source_header(ref)
     uids = result_uids(prediction)
     model = prediction.model
     layout = sc_layout(prediction.mips)
     pixels = render_sc(prediction, layout)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ref,
+        # highdicom sees no Patient and Study values and no character set (it warns about, and
+        # quotes, one-component names; it refuses an empty value 1 of (0008,0005) and a sex
+        # outside its enum); the modules are copied whole below, the character set set last.
+        ref_dataset=constructor_source(header),
         pixel_array=pixels,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -181,7 +188,7 @@ def build_sc(
         patient_orientation=("L", "F"),
         **provenance_kwargs(model, created, "Grad-CAM MIP"),
     )
-    sc.copy_patient_and_study_information(ref)
+    sc.copy_patient_and_study_information(header)
     stamp_created(sc, created, model)
     # The image holds a frontal and a lateral panel, whose row directions differ (L and P):
     # no single (0020,0020) Patient Orientation is true, so it is left empty (type 2C);
@@ -197,8 +204,11 @@ def build_sc(
         "Frontal and lateral SUV maximum intensity projections with Grad-CAM "
         f"of {model.name} {model.version}"
     )
-    sc.BodyPartExamined = str(ref.get("BodyPartExamined") or "WHOLEBODY")
+    # The image is a whole-body MIP whatever the scanner put in the source's (0018,0015): the
+    # real GE whole-body scan says EXTREMITY, which would make (0020,0060) Laterality required.
+    sc.BodyPartExamined = "WHOLEBODY"
     sc.SecondaryCaptureDeviceManufacturer = MANUFACTURER
     sc.SecondaryCaptureDeviceManufacturerModelName = model.name
     sc.SecondaryCaptureDeviceSoftwareVersions = model.version
+    apply_character_set(sc, ref)
     return sc

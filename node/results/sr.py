@@ -22,6 +22,9 @@ ROI (TID 1410) on the plain MIP panel of the SC. The source PET instances are li
 as evidence ((0040,A375) *Current Requested Procedure Evidence Sequence*). The model is a
 (0018,A001) *Contributing Equipment* item with its (0018,1002) *Device UID*.
 
+The Patient and Study modules are the source's, value for value, in the source's character set
+where pydicom can write them in it, else in ISO_IR 192 (:mod:`sarclym.node.results.patient`).
+
 Fallback SOP classes for PACS that reject 88.34: Comprehensive SR (88.33) and Enhanced SR
 (88.22). Both allow the 2-D SCOORD used here (Enhanced SR forbids SCOORD3D and by-reference
 relationships, neither of which this tree uses).
@@ -54,6 +57,7 @@ from sarclym.node.results.codes import (
     PROCEDURE_PET_CT_FDG_WHOLE_BODY,
     QUALITATIVE_EVALUATIONS,
 )
+from sarclym.node.results.patient import apply_character_set, constructor_source, source_header
 from sarclym.node.results.render import hot_region, sc_layout
 from sarclym.node.results.sc import MANUFACTURER, provenance_kwargs, stamp_created
 from sarclym.node.results.uids import ResultUids, result_uids
@@ -282,6 +286,8 @@ def build_sr(
                 f"{ds.SOPClassUID.name} is in study {ds.StudyInstanceUID}, "
                 f"not in the predicted study {prediction.study_instance_uid}"
             )
+    ref = source_datasets[0]
+    header = source_header(ref)
     uids = result_uids(prediction)
     model = prediction.model
     observer = hd.sr.ObserverContext(
@@ -303,7 +309,9 @@ def build_sr(
     report[0].ContentSequence.append(_statements(prediction))
     _conform_to_templates(report)
     sr = _SR_CLASSES[kind](
-        evidence=_evidence(prediction, source_datasets, sc),
+        # highdicom takes the Patient and Study attributes from the first evidence item: here
+        # without their values or character set (see build_sc); the modules are copied below.
+        evidence=_evidence(prediction, [constructor_source(header), *source_datasets[1:]], sc),
         content=report,
         series_instance_uid=uids.sr_series,
         series_number=series_number,
@@ -314,5 +322,7 @@ def build_sr(
         is_verified=False,
         **provenance_kwargs(model, created, "AI results"),
     )
+    sr.copy_patient_and_study_information(header)
     stamp_created(sr, created, model)
+    apply_character_set(sr, ref)
     return sr
