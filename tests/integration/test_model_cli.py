@@ -174,7 +174,7 @@ def test_infer_json_for_one_study(
     pet = dcmread(next((cohort / "case0001" / "PT_AC").glob("*.dcm")), stop_before_pixels=True)
     assert result["analysed_series_instance_uid"] == pet.SeriesInstanceUID
     reasons = " | ".join(s["reason"] for s in result["skipped"])
-    assert "Modality CT" in reasons
+    assert "Modality (0008,0060) is CT, not PT." in reasons
     assert "NAC" in reasons
     assert "REPROJECTION" in reasons
     assert len(result["skipped"]) == 3

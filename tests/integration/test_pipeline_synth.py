@@ -27,7 +27,7 @@ def test_mixed_study_selects_ac_pet(tmp_path: Path, vendor: str) -> None:
     assert prepared.series_instance_uid == study.written.ac_series_uid
     reasons = {s.series_instance_uid: s.reason for s in prepared.selection.skipped}
     by_role = {s.role: s.series_instance_uid for s in study.written.series}
-    assert "Modality CT" in reasons[by_role["CT"]]
+    assert "Modality (0008,0060) is CT, not PT." in reasons[by_role["CT"]]
     assert "ATTN" in reasons[by_role["PT_NAC"]]
     assert "REPROJECTION" in reasons[by_role["PT_MIP"]] or "DERIVED" in reasons[by_role["PT_MIP"]]
     assert prepared.mips is not None

@@ -204,7 +204,7 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
     assert len(others) == 3
     assert all(s["status"] == "skipped" for s in others), others
     reasons = " | ".join(s["reason"] for s in others)
-    assert "Modality CT" in reasons
+    assert "Modality (0008,0060) is CT, not PT." in reasons
     assert "NAC" in reasons
     folder = node.data_dir / "results"
     assert len(list(folder.rglob("*.dcm"))) == 2
