@@ -8,6 +8,7 @@
 #   ./dev.sh setup    set up only (with what the tests need: Chromium, a pinned OHIF build)
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
 #   ./dev.sh mypy     type-check only
+#   ./dev.sh gpu      the one-shot GPU check for a lent CUDA machine (tests/gpu/README.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -87,5 +88,6 @@ case "$cmd" in
   test)  setup; test_setup; run_tests "$@" ;;
   mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
-  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  gpu)   exec bash tests/gpu/run_on_device.sh "$@" ;;  # no setup: the GPU machine installs nothing
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac
