@@ -200,7 +200,7 @@ def _check_tracer(ds: Dataset) -> None:
     identify_fdg(ds)
 
 
-_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE = re.compile(r"^(\d{1,3}) ?([DWMY])$")  # nnnY (PS3.5 AS); also 59Y, 59 Y as found
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 

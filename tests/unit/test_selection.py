@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from sarclym.model.errors import GeometryError, SeriesRejected, SUVNotComputable
@@ -227,10 +229,14 @@ def test_default_rules_need_650_mm() -> None:
         ("216M", False),
         ("052W", True),
         ("010D", True),
+        ("16Y", True),
+        ("59Y", False),
     ],
 )
 def test_patient_age_under_18_is_refused(age: str, refused: bool) -> None:
-    series = _pet(PatientAge=age)
+    series = _pet()
+    for ds in series:  # as read from a file: "16Y" is not a valid AS, pydicom warns when set
+        ds[0x00101010] = DataElement(0x00101010, "AS", age, validation_mode=config.IGNORE)
     if refused:
         with pytest.raises(SeriesRejected) as info:
             check_series(series, ANY_EXTENT)
