@@ -4,7 +4,8 @@
 # the CPU build of torch first, then the project in editable mode with its test tools.
 #
 #   ./dev.sh node     set up, then run the node on its embedded defaults
-#   ./dev.sh test     set up, then run the whole test suite (lint, types, tests, benchmarks)
+#   ./dev.sh test     set up, then run the whole test suite (lint, types, import contracts, tests,
+#                     benchmarks)
 #   ./dev.sh setup    set up only (with what the tests need: Chromium, a pinned OHIF build)
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
 #   ./dev.sh mypy     type-check only
@@ -69,6 +70,8 @@ run_tests() {
   "$VENV/bin/ruff" format --check node model tests
   log "mypy"
   run_mypy
+  log "import contracts (pyproject [tool.importlinter])"
+  "$VENV/bin/lint-imports"
   log "pytest"
   "$VENV/bin/python" -m pytest "$@"
 }
@@ -89,5 +92,5 @@ case "$cmd" in
   mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
   gpu)   exec bash tests/gpu/run_on_device.sh "$@" ;;  # no setup: the GPU machine installs nothing
-  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
 esac

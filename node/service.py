@@ -1,6 +1,6 @@
 """The running node: listener -> state.db -> queue -> worker -> outbox -> delivery.
 
-Every hand-over is durable (DESIGN.md): the listener answers a C-STORE only once the instance
+Every hand-over is durable (docs/design.md): the listener answers a C-STORE only once the instance
 is in the spool and in state.db; the listener's completion callback marks the series QUEUED and
 puts a job on the queue (huey: SQLite file by default, Redis when configured); a worker writes
 the Secondary Capture and the Structured Report to the outbox (fsynced) before it records them in
@@ -31,16 +31,20 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from sarclym.node._local_orthanc import answers as orthanc_answers
-from sarclym.node.audit import record_event
 from sarclym.node.config import Config, DestinationsConfig
-from sarclym.node.dashboard import Dashboard
-from sarclym.node.delivery import Deliverer, DeliveryLedger
-from sarclym.node.destinations import Destination, OrthancRestDestination, build_destinations
-from sarclym.node.listener import Listener
-from sarclym.node.metrics import StateCollector
-from sarclym.node.processor import Processor
-from sarclym.node.state import SeriesStatus, StateDB
+from sarclym.node.delivery.destinations import (
+    Destination,
+    OrthancRestDestination,
+    build_destinations,
+)
+from sarclym.node.delivery.ledger import Deliverer, DeliveryLedger
+from sarclym.node.delivery.local_orthanc import answers as orthanc_answers
+from sarclym.node.dicom.listener import Listener
+from sarclym.node.http.dashboard import Dashboard
+from sarclym.node.http.metrics import StateCollector
+from sarclym.node.store.audit import record_event
+from sarclym.node.store.state import SeriesStatus, StateDB
+from sarclym.node.worker.processor import Processor
 
 if TYPE_CHECKING:
     from huey import Huey
@@ -373,7 +377,7 @@ class Node:
         return {"series": series_status(self.state, self.ledger)}
 
     def metrics(self) -> bytes:
-        """The Prometheus exposition of :class:`~sarclym.node.metrics.StateCollector`."""
+        """The Prometheus exposition of :class:`~sarclym.node.http.metrics.StateCollector`."""
         return generate_latest(self._metrics_registry)
 
     def readiness(self) -> dict[str, bool]:

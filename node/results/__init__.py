@@ -2,7 +2,7 @@
 
 Pure builders: a :class:`~sarclym.model.prediction.Prediction` and the source datasets in,
 pydicom datasets out; no I/O, no clock (every date and time comes from ``created``), no random
-UIDs (:mod:`sarclym.node.results.uids`). See ``spec/RESULTS.md``.
+UIDs (:mod:`sarclym.node.results.uids`). See ``docs/conformance-statement.md`` §8.1.
 """
 
 from sarclym.node.results.render import BANNER_TEXT, Layout, Panel, hot_region, render_sc, sc_layout

@@ -3,8 +3,8 @@
 Plain :class:`pydicom.sr.coding.Code` values (immutable in use; highdicom accepts them wherever
 it takes a :class:`highdicom.sr.CodedConcept`).
 
-Code values follow ``spec/RESULTS.md``. Nothing else in :mod:`sarclym.node.results` spells a
-code value, scheme or meaning.
+Code values follow ``docs/conformance-statement.md`` §8.1. Nothing else in
+:mod:`sarclym.node.results` spells a code value, scheme or meaning.
 
 Malignant lymphoma is coded as SNOMED CT 118600007 "Malignant lymphoma" (disorder), the concept
 that names the class the model was trained on (Aoki et al. 2023: "malignant lymphoma"). DICOM

@@ -1,7 +1,7 @@
 """The Structured Report result: TID 1500 Measurement Report, for machines and viewers.
 
 IHE AI Results (AIR) puts qualitative AI findings in a Comprehensive 3D SR (PS3.3 A.35.13)
-with TID 1500 as root (``spec/RESULTS.md``)::
+with TID 1500 as root (``docs/conformance-statement.md`` §8.1)::
 
     CONTAINER (126000, DCM, "Imaging Measurement Report")                      TID 1500
       Language; observer context: Device (121007) with Device Observer UID     TID 1001/1004

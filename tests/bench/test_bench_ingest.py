@@ -33,10 +33,11 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 
-from sarclym.node import listener, spool
 from sarclym.node.config import Config, load_config
-from sarclym.node.listener import Listener
-from sarclym.node.state import StateDB
+from sarclym.node.dicom import listener
+from sarclym.node.dicom.listener import Listener
+from sarclym.node.store import spool
+from sarclym.node.store.state import StateDB
 from tests.conftest import free_port, require_tool, wait_for_port
 from tests.unit.petfactory import make_series
 

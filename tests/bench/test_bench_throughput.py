@@ -401,13 +401,13 @@ def _stage_times(
     from sarclym.model.selection import select_series
     from sarclym.model.suv import suv_factor
     from sarclym.model.volume import build_volume
-    from sarclym.node.destinations import (
+    from sarclym.node.delivery.destinations import (
         Destination,
         FolderDestination,
         OrthancRestDestination,
     )
     from sarclym.node.results import build_sc, build_sr
-    from sarclym.node.spool import fsync_dir, write_durable
+    from sarclym.node.store.spool import fsync_dir, write_durable
 
     uri = f"file:{data_dir / 'state.db'}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:

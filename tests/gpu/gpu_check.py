@@ -902,6 +902,8 @@ def part_env(ctx: Ctx) -> None:
     count = 0
     for package in (sarclym.node, sarclym.model):
         for mod in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if mod.name.endswith(".__main__"):  # `python -m` entry points run on import
+                continue
             count += 1
             try:
                 importlib.import_module(mod.name)

@@ -1,7 +1,7 @@
 """A stand-in for DCMTK ``storescu`` where the carried one does not run: pynetdicom senders.
 
 Takes the command line the benchmarks give storescu (``-aet CALLING -aec CALLED HOST PORT
-FILE...``) and sends the files over one association with :func:`sarclym.node.send.send_files`
+FILE...``) and sends the files over one association with :func:`sarclym.node.dicom.send.send_files`
 (TCP_NODELAY set, every response checked). Exit status 0 only when every instance was stored.
 ``gpu_check.py`` puts it on PATH as ``storescu`` and says so in its report.
 """
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sarclym.node.send import send_files
+from sarclym.node.dicom.send import send_files
 
 
 def main(argv: list[str] | None = None) -> int:

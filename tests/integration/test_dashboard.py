@@ -27,9 +27,9 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from sarclym.node.audit import audit_events
 from sarclym.node.cli import main
-from sarclym.node.state import StateDB
+from sarclym.node.store.audit import audit_events
+from sarclym.node.store.state import StateDB
 from tests.conftest import OrthancServer, free_port, require_tool
 from tests.integration.test_serve import NodeProcess, _send
 from tests.ohif.cdp import Browser

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from sarclym.node.delivery import DeliveryLedger
+from sarclym.node.delivery.ledger import DeliveryLedger
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def test_demo_starts_a_private_orthanc_when_none_runs(
 ) -> None:
     """Orthanc installed, none running: the demo starts one, the results are confirmed by it
     (the demo waits for every destination), and it is stopped with the demo."""
-    from sarclym.node._local_orthanc import answers, find_orthanc
+    from sarclym.node.delivery.local_orthanc import answers, find_orthanc
 
     if find_orthanc() is None:
         pytest.skip("Orthanc is not installed (apt install orthanc)")

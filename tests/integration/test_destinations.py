@@ -27,8 +27,7 @@ from pynetdicom.sop_class import (
 )
 
 from sarclym.node.config import JitterMode, RetryPolicy
-from sarclym.node.delivery import Deliverer, DeliveryLedger, DeliveryState
-from sarclym.node.destinations import (
+from sarclym.node.delivery.destinations import (
     CStoreDestination,
     Destination,
     FailureKind,
@@ -36,8 +35,9 @@ from sarclym.node.destinations import (
     OrthancRestDestination,
     StowRsDestination,
 )
+from sarclym.node.delivery.ledger import Deliverer, DeliveryLedger, DeliveryState
+from sarclym.node.dicom.send import send_files
 from sarclym.node.results import build_sc, build_sr
-from sarclym.node.send import send_files
 from tests.conftest import (
     OrthancServer,
     StoreSCP,

@@ -45,10 +45,8 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 from structlog.testing import capture_logs
 
-from sarclym.node.audit import audit_events
 from sarclym.node.config import Config, load_config
-from sarclym.node.errors import ConfigError
-from sarclym.node.listener import (
+from sarclym.node.dicom.listener import (
     Listener,
     RejectReason,
     StoreStatus,
@@ -56,9 +54,11 @@ from sarclym.node.listener import (
     expected_count,
     part10_prefix,
 )
+from sarclym.node.dicom.send import guard_responses, set_nodelay
+from sarclym.node.errors import ConfigError
 from sarclym.node.log import configure_logging
-from sarclym.node.send import guard_responses, set_nodelay
-from sarclym.node.state import SeriesStatus, StateDB
+from sarclym.node.store.audit import audit_events
+from sarclym.node.store.state import SeriesStatus, StateDB
 from tests.conftest import free_port, require_tool
 from tests.phi import assert_no_phi, phi_dataset
 from tests.unit.petfactory import ENHANCED_PET_SOP, PET_SOP, compress, make_series, to_enhanced
@@ -166,7 +166,7 @@ def associate(
     tls: tuple[ssl.SSLContext, str] | None = None,
     rejections: list[Any] | None = None,
 ) -> Association:
-    """A pynetdicom association (TCP_NODELAY, DIMSE responses guarded as in node/send.py)."""
+    """A pynetdicom association (TCP_NODELAY, DIMSE responses guarded as in node/dicom/send.py)."""
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for uid in (VERIFICATION, *sop_classes):

@@ -30,7 +30,7 @@ import pytest
 from pydicom import dcmread
 
 from sarclym.node.cli import main
-from sarclym.node.destinations import OrthancRestDestination
+from sarclym.node.delivery.destinations import OrthancRestDestination
 from tests.conftest import OrthancServer, require_tool
 from tests.ohif.cdp import Browser
 

@@ -35,9 +35,9 @@ from sarclym.model.errors import SeriesRejected
 from sarclym.model.pipeline import read_deferred, scan_paths
 from sarclym.model.selection import DEFAULT_RULES, check_series
 from sarclym.model.tracers import FDG
-from sarclym.node._part10 import expected_count
 from sarclym.node.cli import main
-from sarclym.node.state import ReceivedInstance, StateDB
+from sarclym.node.dicom.part10 import expected_count
+from sarclym.node.store.state import ReceivedInstance, StateDB
 from tests.conftest import OrthancServer, require_tool
 from tests.integration.test_results_validators import assert_pixelmed_sr_clean
 from tests.integration.test_serve import NodeProcess, _audit, _orthanc_results, _send

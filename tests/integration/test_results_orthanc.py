@@ -16,8 +16,8 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pyorthanc import Orthanc
 
+from sarclym.node.dicom.send import send_files
 from sarclym.node.results import build_sc, build_sr
-from sarclym.node.send import send_files
 from tests.conftest import OrthancServer
 from tests.results_fixtures import CREATED, make_prediction
 

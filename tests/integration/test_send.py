@@ -14,9 +14,9 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
+from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import AssociationRejected, InputError
 from sarclym.node.log import configure_logging
-from sarclym.node.send import send_files
 from tests.conftest import StoreSCP, free_port
 from tests.phi import assert_no_phi, write_phi_file
 

@@ -456,7 +456,7 @@ def test_kill_9_mid_processing(
     node: NodeProcess, orthanc: OrthancServer, study: Path, point: str
 ) -> None:
     """Killed while the model runs, or with the results in the outbox but not in the ledger."""
-    from sarclym.node.processor import CRASH_ENV
+    from sarclym.node.worker.processor import CRASH_ENV
 
     node.start(env={CRASH_ENV: point})
     _send(node.port, study / "PT_AC")

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from sarclym.node.audit import (
+from sarclym.node.config import RetryPolicy
+from sarclym.node.delivery.destinations import DeliveryOutcome, FailureKind
+from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.store.audit import (
     AUDIT_EVENTS,
     AuditEvent,
     audit_events,
     process_actor,
     record_event,
 )
-from sarclym.node.config import RetryPolicy
-from sarclym.node.delivery import DeliveryLedger
-from sarclym.node.destinations import DeliveryOutcome, FailureKind
-from sarclym.node.state import SeriesStatus, StateDB
+from sarclym.node.store.state import SeriesStatus, StateDB
 from tests.unit.test_state import STUDY, pet
 
 SERIES = "1.2.3.4"

@@ -25,23 +25,23 @@ import yaml
 from PIL import Image
 from pydicom import dcmread
 
-from sarclym.node._dashboard_auth import (
+from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from sarclym.node.config import Config, load_config
+from sarclym.node.delivery.ledger import DeliveryState
+from sarclym.node.errors import ConfigError
+from sarclym.node.http.auth import (
     ADMIN_TOKEN_FILE,
     Authenticator,
     Principal,
     ensure_admin_token,
     hash_token,
 )
-from sarclym.node._dashboard_html import markdown_to_html
-from sarclym.node.audit import audit_events
-from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from sarclym.node.config import Config, load_config
-from sarclym.node.dashboard import write_thumbnail
-from sarclym.node.delivery import DeliveryState
-from sarclym.node.errors import ConfigError
-from sarclym.node.processor import write_results
+from sarclym.node.http.views import markdown_to_html
 from sarclym.node.service import Node
-from sarclym.node.state import ReceivedInstance, SeriesStatus
+from sarclym.node.store.audit import audit_events
+from sarclym.node.store.state import ReceivedInstance, SeriesStatus
+from sarclym.node.worker.processor import write_results
+from sarclym.node.worker.thumbnail import write_thumbnail
 from tests.conftest import free_port
 from tests.phi import assert_no_phi
 from tests.results_fixtures import PHI, SERIES_UID, STUDY_UID, make_prediction

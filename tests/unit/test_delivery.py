@@ -14,15 +14,9 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from sarclym.node._delivery_cli import run_retry
+from sarclym.node.cli.delivery import run_retry
 from sarclym.node.config import JitterMode, RetryPolicy, load_config
-from sarclym.node.delivery import (
-    Deliverer,
-    DeliveryLedger,
-    DeliveryState,
-    backoff_delay,
-)
-from sarclym.node.destinations import (
+from sarclym.node.delivery.destinations import (
     CStoreDestination,
     DeliveryOutcome,
     FailureKind,
@@ -33,6 +27,12 @@ from sarclym.node.destinations import (
     build_destinations,
     classify_http_status,
     classify_store_status,
+)
+from sarclym.node.delivery.ledger import (
+    Deliverer,
+    DeliveryLedger,
+    DeliveryState,
+    backoff_delay,
 )
 from sarclym.node.errors import ConfigError
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sarclym.node.delivery import DeliveryLedger
-from sarclym.node.destinations import DeliveryOutcome
-from sarclym.node.metrics import StateCollector
-from sarclym.node.state import SeriesStatus, StateDB
+from sarclym.node.delivery.destinations import DeliveryOutcome
+from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.http.metrics import StateCollector
+from sarclym.node.store.state import SeriesStatus, StateDB
 from tests.unit.test_state import pet
 
 SERIES = "1.2.3.4"

@@ -169,7 +169,7 @@ def test_processes_starting_together_seed_the_node_registry_once(tmp_path: Path)
     import threading
 
     from sarclym.node.config import Config
-    from sarclym.node.models import open_registry
+    from sarclym.node.worker.registry import open_registry
 
     config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
     versions: list[str] = []

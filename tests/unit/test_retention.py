@@ -11,8 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from sarclym.node.config import Config, load_config
 from sarclym.node.service import Node
-from sarclym.node.spool import Spool
-from sarclym.node.state import ReceivedInstance, SeriesStatus
+from sarclym.node.store.spool import Spool
+from sarclym.node.store.state import ReceivedInstance, SeriesStatus
 
 STUDY = "1.2.826.0.1.3680043.8.498.100"
 HOUR = 3600.0

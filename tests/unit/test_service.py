@@ -11,7 +11,7 @@ from pydicom import dcmread
 
 from sarclym.node.config import load_config
 from sarclym.node.service import Node
-from sarclym.node.state import SeriesStatus
+from sarclym.node.store.state import SeriesStatus
 from tests.results_fixtures import make_prediction
 from tests.unit.test_retention import STUDY, _config, _receive
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sarclym.node import spool as spool_module
-from sarclym.node.spool import (
+from sarclym.node.store import spool as spool_module
+from sarclym.node.store.spool import (
     TEMP_SUFFIX,
     Spool,
     SpoolError,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sarclym.node.state import (
+from sarclym.node.store.state import (
     InstanceOutcome,
     ReceivedInstance,
     SeriesStatus,

@@ -1,7 +1,7 @@
 """Delivery: durable bookkeeping of which result reached which destination, retries, dead letter.
 
 The ledger lives in the node's state database (``<data_dir>/state.db``, SQLite in WAL mode) in
-two tables of its own, next to the tables of :mod:`sarclym.node.state`:
+two tables of its own, next to the tables of :mod:`sarclym.node.store.state`:
 
 ``delivery_results``
     one row per result: its files in the outbox (JSON list, in sending order; paths inside the
@@ -22,7 +22,7 @@ dead letter after ``max_attempts``.
 
 Backoff: the delay after attempt ``n`` is ``min(max_delay_s, base_delay_s * 2**(n-1))``, with
 "full jitter" drawn uniformly from ``[0, that]`` (AWS Architecture Blog, "Exponential Backoff And
-Jitter", 2015). A permanent failure (see :mod:`sarclym.node.destinations`) goes to the dead
+Jitter", 2015). A permanent failure (see :mod:`sarclym.node.delivery.destinations`) goes to the dead
 letter at once; :meth:`DeliveryLedger.retry` (``sarclym-node retry [--dead]``) re-arms.
 """
 
@@ -41,9 +41,14 @@ from pathlib import Path
 
 import structlog
 
-from sarclym.node.audit import AUDIT_SCHEMA, record_event
 from sarclym.node.config import JitterMode, RetryPolicy
-from sarclym.node.destinations import DeliveryOutcome, Destination, FailureKind, FileFailure
+from sarclym.node.delivery.destinations import (
+    DeliveryOutcome,
+    Destination,
+    FailureKind,
+    FileFailure,
+)
+from sarclym.node.store.audit import AUDIT_SCHEMA, record_event
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -233,7 +238,7 @@ class DeliveryLedger:
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed "delivered" or "claimed" survives a power cut, as DESIGN.md asks.
+        # FULL: a committed "delivered" or "claimed" survives a power cut, as docs/design.md asks.
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:

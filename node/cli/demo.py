@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarclym.node._local_orthanc import LocalOrthanc, answers, find_orthanc
 from sarclym.node.config import Config, DestinationsConfig
-from sarclym.node.dashboard import dashboard_url, login_hint
+from sarclym.node.delivery.local_orthanc import LocalOrthanc, answers, find_orthanc
+from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import DeliveryError, InputError
-from sarclym.node.send import send_files
+from sarclym.node.http.dashboard import dashboard_url, login_hint
 
 if TYPE_CHECKING:
     from sarclym.node.service import Node

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
-from sarclym.node._progress import progress_bar
+from sarclym.node.cli.progress import progress_bar
+from sarclym.node.dicom.send import SendReport, send_files
 from sarclym.node.errors import InputError
-from sarclym.node.send import SendReport, send_files
 
 if TYPE_CHECKING:
     from sarclym.model.synth.cohort import GeneratedStudy

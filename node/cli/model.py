@@ -11,10 +11,10 @@ from typing import Any
 
 import structlog
 
-from sarclym.node._progress import progress_bar
+from sarclym.node.cli.progress import progress_bar
 from sarclym.node.config import Config
 from sarclym.node.errors import InputError, ModelError
-from sarclym.node.models import open_registry
+from sarclym.node.worker.registry import open_registry
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +92,7 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
 def _write_results(out: Path, prediction: Any, prepared: Any) -> list[Path]:
     import datetime as dt
 
-    from sarclym.node.processor import write_results
+    from sarclym.node.worker.processor import write_results
 
     created = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
     folder = out / prediction.study_instance_uid

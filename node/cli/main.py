@@ -428,25 +428,25 @@ def _add_model_commands(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._serve_cli import run_serve
+    from sarclym.node.cli.serve import run_serve
 
     return run_serve(args, config)
 
 
 def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._serve_cli import run_serve
+    from sarclym.node.cli.serve import run_serve
 
     return run_serve(args, config, worker_only=True)
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._serve_cli import run_status
+    from sarclym.node.cli.serve import run_status
 
     return run_status(args, config)
 
 
 def _cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._serve_cli import run_audit
+    from sarclym.node.cli.serve import run_audit
 
     return run_audit(args, config)
 
@@ -454,7 +454,7 @@ def _cmd_audit(args: argparse.Namespace, config: Config) -> int:
 def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
     import datetime as dt
 
-    from sarclym.node._demo_cli import run_demo
+    from sarclym.node.cli.demo import run_demo
 
     if args.data_dir is None:
         args.data_dir = Path("var") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -462,31 +462,31 @@ def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._delivery_cli import run_retry
+    from sarclym.node.cli.delivery import run_retry
 
     return run_retry(args, config)
 
 
 def _cmd_infer(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._model_cli import run_infer
+    from sarclym.node.cli.model import run_infer
 
     return run_infer(args, config)
 
 
 def _cmd_retrain(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._model_cli import run_retrain
+    from sarclym.node.cli.model import run_retrain
 
     return run_retrain(args, config)
 
 
 def _cmd_model(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._model_cli import run_model
+    from sarclym.node.cli.model import run_model
 
     return run_model(args, config)
 
 
 def _cmd_dashboard_token(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._dashboard_auth import run_dashboard_token
+    from sarclym.node.http.auth import run_dashboard_token
 
     return run_dashboard_token(args)
 
@@ -501,7 +501,7 @@ def _cmd_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node._synth_cli import run_synth
+    from sarclym.node.cli.synth import run_synth
 
     return run_synth(args)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sarclym.node.state import StateDB
+    from sarclym.node.store.state import StateDB
 
 __all__ = [
     "AUDIT_EVENTS",

@@ -47,7 +47,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from sarclym.node._part10 import (
+from sarclym.node.config import Config, ListenerConfig, TlsConfig
+from sarclym.node.dicom.part10 import (
     Header,
     Part10Meta,
     Refusal,
@@ -57,10 +58,9 @@ from sarclym.node._part10 import (
     read_header,
     read_part10_meta,
 )
-from sarclym.node.config import Config, ListenerConfig, TlsConfig
 from sarclym.node.errors import ConfigError
-from sarclym.node.spool import Spool, SpoolError, SpoolFull
-from sarclym.node.state import ReceivedInstance, StateDB, StateError
+from sarclym.node.store.spool import Spool, SpoolError, SpoolFull
+from sarclym.node.store.state import ReceivedInstance, StateDB, StateError
 
 __all__ = [
     "PRIVATE_STORAGE_CLASSES",
@@ -286,7 +286,7 @@ class _Server(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         sock, address = self.socket.accept()
-        # ENV.md: Nagle's algorithm costs 40-50 ms per C-STORE response.
+        # docs/design.md (TCP_NODELAY): Nagle's algorithm costs 40-50 ms per C-STORE response.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is None:
             return sock, address

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from sarclym.node.config import Config, DashboardUser
 from sarclym.node.errors import InputError
-from sarclym.node.spool import fsync_dir
+from sarclym.node.store.spool import fsync_dir
 
 __all__ = [
     "ADMIN_TOKEN_FILE",

@@ -31,7 +31,7 @@ sending the same bytes again cannot succeed until a person changes something.
   accepted no presentation context for; any other HTTP status; a file that is missing or not
   readable DICOM.
 
-Because result UIDs are deterministic (DESIGN.md), sending a result again is idempotent: the
+Because result UIDs are deterministic (docs/design.md), sending a result again is idempotent: the
 peer sees the same instance, not a second one.
 """
 
@@ -59,9 +59,9 @@ from sarclym.node.config import (
     StowRsTarget,
     TargetConfig,
 )
+from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import AssociationRejected, ConfigError, InputError
-from sarclym.node.send import send_files
-from sarclym.node.spool import fsync_dir, write_durable
+from sarclym.node.store.spool import fsync_dir, write_durable
 
 __all__ = [
     "CStoreDestination",
@@ -237,7 +237,7 @@ def _readable(paths: Sequence[Path]) -> tuple[dict[Path, _Uids], list[FileFailur
 class CStoreDestination:
     """A Storage SCP, by C-STORE over one association per call (:func:`~.send.send_files`).
 
-    TCP_NODELAY is set and every response status is checked by :mod:`sarclym.node.send`.
+    TCP_NODELAY is set and every response status is checked by :mod:`sarclym.node.dicom.send`.
 
     Parameters
     ----------

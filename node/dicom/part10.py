@@ -1,7 +1,7 @@
 """What the listener reads from a received data set, and the Part 10 file meta it writes.
 
 The listener files an instance by its UIDs and counts it by Image Index against Number of
-Slices (spec/PET.md); :func:`read_header` parses only those attributes, and checks that the
+Slices (docs/pet-input.md); :func:`read_header` parses only those attributes, and checks that the
 bytes really are a data set. :func:`part10_prefix` builds the preamble and file meta of the
 spool file directly (the generic writer cost as much as the rest of the bookkeeping).
 Everything here raises :class:`Refusal` with the C-STORE status the peer should get.
@@ -23,7 +23,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from sarclym.node.spool import check_uid
+from sarclym.node.store.spool import check_uid
 
 __all__ = [
     "Header",

@@ -1,6 +1,6 @@
 """The web dashboard, served on the node's HTTP endpoint behind a login.
 
-Pages (server-rendered HTML, see :mod:`sarclym.node._dashboard_html`), all read from state.db:
+Pages (server-rendered HTML, see :mod:`sarclym.node.http.views`), all read from state.db:
 
 =============================== ==================================================================
 ``/dashboard/``                 recent studies and series: state of each stage and its time after
@@ -15,7 +15,7 @@ Pages (server-rendered HTML, see :mod:`sarclym.node._dashboard_html`), all read 
 ``/status``                     the recent series as JSON (what ``sarclym-node status`` shows)
 =============================== ==================================================================
 
-Who may see them: :mod:`sarclym.node._dashboard_auth` (tokens, sessions). A page without a valid
+Who may see them: :mod:`sarclym.node.http.auth` (tokens, sessions). A page without a valid
 session redirects to ``/login``; ``/status``, thumbnails and POSTs answer 401 instead. Scripts
 send ``Authorization: Bearer <token>``. Changes (``POST /dashboard/deliveries/retry``) need the
 admin role (else 403) and, with a session cookie, the session's CSRF token (else 403).
@@ -28,7 +28,6 @@ result files leave the outbox once delivered.
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import re
 import time
@@ -36,40 +35,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
 from sarclym.node import __version__
-from sarclym.node import _dashboard_html as h
-from sarclym.node._dashboard_auth import Authenticator, Principal, Session, admin_token_path
-from sarclym.node.audit import AuditEvent, audit_events
 from sarclym.node.config import Config
-from sarclym.node.delivery import DeliveryLedger, DeliveryRecord, DeliveryState
-from sarclym.node.spool import write_durable
-from sarclym.node.state import SeriesRecord, SeriesStatus, StateDB
+from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryRecord, DeliveryState
+from sarclym.node.http import views as h
+from sarclym.node.http.auth import Authenticator, Principal, Session, admin_token_path
+from sarclym.node.store.audit import AuditEvent, audit_events
+from sarclym.node.store.state import SeriesRecord, SeriesStatus, StateDB
+from sarclym.node.worker.thumbnail import THUMBNAIL_DIR
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
+    pass
 
 __all__ = [
-    "THUMBNAIL_DIR",
     "Dashboard",
     "Request",
     "Response",
     "dashboard_url",
     "login_hint",
-    "write_thumbnail",
 ]
 
 log = structlog.get_logger(__name__)
 
-#: Folder of the result thumbnails inside ``storage.data_dir``.
-THUMBNAIL_DIR = "thumbnails"
-#: Long side of a thumbnail in pixels.
-THUMBNAIL_SIZE = 256
 COOKIE = "sarclym_session"
 _MAX_BODY = 64 * 1024
 _UID = r"([0-9]+(?:\.[0-9]+)+)"
@@ -98,33 +90,6 @@ def login_hint(config: Config) -> str:
     if config.dashboard.users:
         return "log in with a token of dashboard.users"
     return f"log in with the token in {admin_token_path(config)}"
-
-
-def write_thumbnail(sc: Dataset, path: Path, size: int = THUMBNAIL_SIZE) -> None:
-    """Write a PNG of a Secondary Capture, ``size`` pixels on its long side, durably.
-
-    Parameters
-    ----------
-    sc
-        The Secondary Capture (RGB or MONOCHROME2, 8 bits).
-    path
-        The PNG file; its folder is created.
-    size
-        Long side in pixels.
-
-    Raises
-    ------
-    OSError
-        The file cannot be written (disk full...).
-    """
-    from PIL import Image
-
-    image = Image.fromarray(sc.pixel_array)
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_durable(path, [buffer.getvalue()])
 
 
 @dataclass(frozen=True)
@@ -486,7 +451,7 @@ class Dashboard:
     # -- page bodies ---------------------------------------------------------------------------
 
     def _overview(self, request: Request, session: Session | None) -> tuple[str, str]:
-        from sarclym.node._dashboard_pages import overview
+        from sarclym.node.http.pages import overview
 
         status = request.query.get("status")
         if status not in {s.value for s in SeriesStatus}:
@@ -501,12 +466,12 @@ class Dashboard:
         return title, overview(views, failed, counts, status)
 
     def _results(self, request: Request, session: Session | None) -> tuple[str, str]:
-        from sarclym.node._dashboard_pages import results
+        from sarclym.node.http.pages import results
 
         return "Results", results(self._recent(SeriesStatus.DONE.value, 60))
 
     def _deliveries(self, request: Request, session: Session | None) -> tuple[str, str]:
-        from sarclym.node._dashboard_pages import deliveries
+        from sarclym.node.http.pages import deliveries
 
         records = [
             *self.ledger.records(DeliveryState.DEAD),
@@ -520,19 +485,19 @@ class Dashboard:
         )
 
     def _model(self, request: Request, session: Session | None) -> tuple[str, str]:
-        from sarclym.node._dashboard_pages import model
+        from sarclym.node.http.pages import model
 
         return "Model", model(self.config)
 
     def _audit(self, request: Request, session: Session | None) -> tuple[str, str]:
-        from sarclym.node._dashboard_pages import audit
+        from sarclym.node.http.pages import audit
 
         return "Audit log", audit(audit_events(self.state, limit=300))
 
     def _series_page(
         self, uid: str, request: Request, principal: Principal, session: Session | None
     ) -> str | None:
-        from sarclym.node._dashboard_pages import series
+        from sarclym.node.http.pages import series
 
         record = self.state.series(uid)
         if record is None:

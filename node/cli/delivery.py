@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import structlog
 
 from sarclym.node.config import Config
-from sarclym.node.delivery import DeliveryLedger, DeliveryState
-from sarclym.node.destinations import build_destinations
+from sarclym.node.delivery.destinations import build_destinations
+from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
 
 log = structlog.get_logger(__name__)
 

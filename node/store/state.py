@@ -12,7 +12,7 @@ file itself is fsynced before the response and :meth:`Listener.reindex_spool` re
 any spool file that state.db lost. That saves the third of the three fsyncs per instance. The
 next FULL commit (any status change) makes every earlier row durable too.
 
-Series completion (spec/PET.md): a series carrying (0054,0081) *Number of Slices* (times
+Series completion (docs/pet-input.md): a series carrying (0054,0081) *Number of Slices* (times
 (0054,0101) *Number of Time Slices* when present) and (0054,1330) *Image Index* is complete
 the moment its Image Index values cover 1..N; the instance that completes it gets
 ``series_complete_now=True``, exactly once, whatever the order, duplicates or number of
@@ -34,8 +34,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sarclym.node.audit import AUDIT_MIGRATIONS, record_event
 from sarclym.node.errors import SarclymError
+from sarclym.node.store.audit import AUDIT_MIGRATIONS, record_event
 
 __all__ = [
     "STATE_DB_NAME",

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sarclym.node.config import Config
-from sarclym.node.dashboard import THUMBNAIL_DIR, write_thumbnail
-from sarclym.node.delivery import DeliveryLedger
-from sarclym.node.models import open_registry
-from sarclym.node.spool import fsync_dir, write_durable
-from sarclym.node.state import SeriesStatus, StateDB
+from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.store.spool import fsync_dir, write_durable
+from sarclym.node.store.state import SeriesStatus, StateDB
+from sarclym.node.worker.registry import open_registry
+from sarclym.node.worker.thumbnail import THUMBNAIL_DIR, write_thumbnail
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

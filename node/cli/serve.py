@@ -15,7 +15,7 @@ from sarclym.node.config import Config
 
 def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = False) -> int:
     """Run the node (or only its workers) until SIGINT/SIGTERM; return the exit code."""
-    from sarclym.node.dashboard import dashboard_url, login_hint
+    from sarclym.node.http.dashboard import dashboard_url, login_hint
     from sarclym.node.service import Node
 
     threads = args.workers
@@ -61,7 +61,7 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
 
 def _state_db(config: Config) -> Path | None:
     """The node's state.db, or None (and a line saying so) when nothing was received yet."""
-    from sarclym.node.state import STATE_DB_NAME
+    from sarclym.node.store.state import STATE_DB_NAME
 
     db = config.storage.data_dir / STATE_DB_NAME
     if not db.exists():
@@ -72,9 +72,9 @@ def _state_db(config: Config) -> Path | None:
 
 def run_status(args: argparse.Namespace, config: Config) -> int:
     """Print the recent series of the node's state database."""
-    from sarclym.node.delivery import DeliveryLedger
+    from sarclym.node.delivery.ledger import DeliveryLedger
     from sarclym.node.service import series_status
-    from sarclym.node.state import StateDB
+    from sarclym.node.store.state import StateDB
 
     db = _state_db(config)
     if db is None:
@@ -103,8 +103,8 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
     """Print the audit log, newest first (``--json``: one JSON object per line)."""
     from dataclasses import asdict
 
-    from sarclym.node.audit import audit_events
-    from sarclym.node.state import StateDB
+    from sarclym.node.store.audit import audit_events
+    from sarclym.node.store.state import StateDB
 
     db = _state_db(config)
     if db is None:

@@ -2,8 +2,8 @@
 
 Used by ``sarclym-node synth --send`` now and by the C-STORE destination of the delivery stage.
 Every association sets TCP_NODELAY (without it each C-STORE stalls 40-50 ms on Nagle's algorithm,
-see ENV.md), every response is checked, and an empty response (timeout, abort, garbage) counts as
-a failure, never as a success (PS3.7 9.1.1.1.9, Annex C).
+see docs/design.md), every response is checked, and an empty response (timeout, abort, garbage)
+counts as a failure, never as a success (PS3.7 9.1.1.1.9, Annex C).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def guard_responses(assoc: Association) -> None:
 
 
 def set_nodelay(assoc: Association) -> None:
-    """Turn off Nagle's algorithm on an established association's socket (ENV.md: 40-50 ms)."""
+    """Turn off Nagle's algorithm on an association's socket (docs/design.md: 40-50 ms)."""
     wrapped = assoc.dul.socket
     if wrapped is not None and wrapped.socket is not None:
         wrapped.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,7 +1,8 @@
-"""The bodies of the dashboard pages, from what :class:`~sarclym.node.dashboard.Dashboard` read.
+"""The bodies of the dashboard pages, from what :class:`~sarclym.node.http.dashboard.Dashboard`
+read.
 
 Each function takes plain data and returns HTML; every value goes through
-:func:`~sarclym.node._dashboard_html.esc` (or a helper that uses it).
+:func:`~sarclym.node.http.views.esc` (or a helper that uses it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sarclym.node._dashboard_html import (
+from sarclym.node.delivery.ledger import DeliveryRecord
+from sarclym.node.http.views import (
     SeriesView,
     badge,
     clock,
@@ -26,8 +28,7 @@ from sarclym.node._dashboard_html import (
     table,
     thumbnail,
 )
-from sarclym.node.audit import AuditEvent
-from sarclym.node.delivery import DeliveryRecord
+from sarclym.node.store.audit import AuditEvent
 
 if TYPE_CHECKING:
     from sarclym.node.config import Config
@@ -306,7 +307,7 @@ def model(config: Config) -> str:
     """The model the node runs: version, weights SHA-256, the registry's versions, the card."""
     from sarclym.model.errors import RegistryError
     from sarclym.model.registry import CARD_FILE, render_card
-    from sarclym.node.models import open_registry
+    from sarclym.node.worker.registry import open_registry
 
     try:
         registry = open_registry(config)

@@ -18,9 +18,9 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from sarclym.node.audit import AuditEvent
-from sarclym.node.delivery import DeliveryRecord
-from sarclym.node.state import SeriesRecord
+from sarclym.node.delivery.ledger import DeliveryRecord
+from sarclym.node.store.audit import AuditEvent
+from sarclym.node.store.state import SeriesRecord
 
 __all__ = [
     "CSP",

@@ -19,8 +19,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sarclym.node.delivery import DeliveryLedger, DeliveryRecord
-    from sarclym.node.state import StateDB
+    from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryRecord
+    from sarclym.node.store.state import StateDB
 
 __all__ = ["LATENCY_BUCKETS_S", "STAGES", "StateCollector", "histogram_buckets"]
 
