@@ -1,6 +1,6 @@
 """Frontal and lateral maximum-intensity projections (MIPs) of an SUV volume.
 
-Geometry per ``spec/PET.md``: the stored axes (slice, row, column), whose directions are the
+Geometry per ``docs/pet-input.md``: the stored axes (slice, row, column), whose directions are the
 slice normal, (0020,0037) column cosine and row cosine (PS3.3 C.7.6.2.1.1), are mapped to
 patient axes so that indices increase toward patient L, P and S. Displayed images are head up;
 the frontal view has the patient's right on the viewer's left (PatientOrientation ``L\\F``,

@@ -184,7 +184,7 @@ def _check_corrections(ds: Dataset, enhanced: bool) -> None:
             attribute="CorrectedImage",
         )
     # Some scanners keep ATTN in CorrectedImage of their NAC reconstruction; its description
-    # still says so (../realpet/README.md).
+    # still says so (docs/pet-input.md; tests/data/realpet).
     description = str(ds.get("SeriesDescription", "")).upper()
     words = set(re.split(r"[^A-Z0-9]+", description))
     if words & _NAC_WORDS or _NAC_PHRASE.search(description):

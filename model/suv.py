@@ -1,6 +1,6 @@
 """Body-weight SUV (SUVbw) of a PET series: the QIBA vendor-neutral algorithm, hand-written.
 
-Follows ``spec/PET.md`` (QIBA "Standardized Uptake Value (SUV)" vendor-neutral pseudo-code;
+Follows ``docs/pet-input.md`` (QIBA "Standardized Uptake Value (SUV)" vendor-neutral pseudo-code;
 PS3.3 C.8.9.1 PET Series, C.8.9.2 PET Isotope, C.8.9.4 PET Image):
 
 - (0054,1001) *Units* ``BQML`` with (0054,1102) *Decay Correction* ``START``: the dose is decayed

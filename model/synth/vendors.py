@@ -6,7 +6,7 @@ series time and the injection time are recorded, the isotope codes, the bed-posi
 the CT encoding. :func:`draw_profile` draws realistic combinations; the values follow what those
 scanners write, but every name and serial number here is invented.
 
-The three time conventions the SUV code must decode (spec/PET.md, QIBA vendor-neutral SUV):
+The three time conventions the SUV code must decode (docs/pet-input.md, QIBA vendor-neutral SUV):
 
 - ``series_time_altered``: SeriesTime is the reconstruction time, later than the acquisition
   (Siemens after post-processing, GE). Readers then use the GE private scan date-time
