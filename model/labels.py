@@ -10,13 +10,17 @@ from __future__ import annotations
 import csv
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Literal
 
 from sarclym.model.errors import LabelsError
 
-__all__ = ["CLASSES", "check_labels", "read_labels"]
+__all__ = ["CLASSES", "Label", "check_labels", "read_labels"]
 
 #: Class names by index: 0 = sarcoidosis (negative), 1 = lymphoma (positive).
-CLASSES = ("sarcoidosis", "lymphoma")
+#: The two classes, in the network's order: index 1, lymphoma, is the positive class. The one
+#: definition: predictions, the generator, training and the SR groups all use it.
+Label = Literal["sarcoidosis", "lymphoma"]
+CLASSES: tuple[Label, Label] = ("sarcoidosis", "lymphoma")
 
 
 def read_labels(path: Path) -> dict[str, str]:

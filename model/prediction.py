@@ -7,10 +7,10 @@ The node's result-object builders (Secondary Capture, Structured Report) take a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from sarclym.model.labels import Label
 from sarclym.model.mip import Mips
 from sarclym.model.selection import Skipped
 
@@ -18,8 +18,6 @@ __all__ = ["MODEL_NAME", "Label", "ModelIdentity", "Prediction", "SourceInstance
 
 #: Name of the algorithm, as written into every result object.
 MODEL_NAME = "sarclym-mip-cnn"
-
-Label = Literal["sarcoidosis", "lymphoma"]
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,13 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sarclym.node.config import Config, DestinationsConfig
+from sarclym.node.delivery.deliverer import Deliverer
 from sarclym.node.delivery.destinations import (
     Destination,
     OrthancRestDestination,
     build_destinations,
 )
-from sarclym.node.delivery.ledger import Deliverer, DeliveryLedger
+from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.delivery.local_orthanc import answers as orthanc_answers
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.http.dashboard import Dashboard
@@ -102,7 +103,7 @@ def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> l
     )
     deliveries: dict[str, list[dict[str, Any]]] = {}
     for rec in ledger.records():
-        deliveries.setdefault(rec.result_id.split("/", 1)[0], []).append(
+        deliveries.setdefault(rec.result.series_uid, []).append(
             {
                 "destination": rec.destination,
                 "state": rec.state.value,

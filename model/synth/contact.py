@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sarclym.model.labels import CLASSES
+
 __all__ = ["SheetItem", "write_contact_sheet"]
 
 SheetItem = tuple[str, str, np.ndarray, tuple[float, float]]
@@ -52,7 +54,7 @@ def write_contact_sheet(
         ``path``.
     """
     rows = []
-    for label in ("sarcoidosis", "lymphoma"):
+    for label in CLASSES:
         chosen = [it for it in items if it[0] == label][:per_row]
         if chosen:
             rows.append((label, [(cap, _tile(m, sp, suv_max)) for _, cap, m, sp in chosen]))

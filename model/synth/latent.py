@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 from scipy.stats import rankdata
 
+from sarclym.model.labels import CLASSES, Label
 from sarclym.model.synth import _anatomy as anat
 from sarclym.model.synth._anatomy import Body, draw_body
 
@@ -63,9 +64,8 @@ __all__ = [
     "site_table",
 ]
 
-Label = Literal["sarcoidosis", "lymphoma"]
 LesionShape = Literal["node", "mass", "diffuse", "micronodular"]
-LABELS: tuple[Label, Label] = ("sarcoidosis", "lymphoma")
+LABELS: tuple[Label, Label] = CLASSES
 
 #: The paper's cohort: 62 lymphoma, 56 sarcoidosis.
 _RATIO_LYMPHOMA = 62 / 118

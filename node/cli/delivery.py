@@ -8,14 +8,13 @@ from datetime import UTC, datetime
 
 import structlog
 
+from sarclym.node.cli.exitcodes import EXIT_DELIVERY, EXIT_OK
 from sarclym.node.config import Config
 from sarclym.node.delivery.destinations import build_destinations
 from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_DELIVERY = 4
 
 #: File name of the state database under ``storage.data_dir``.
 STATE_DB = "state.db"

@@ -24,24 +24,25 @@ from typing import Any
 import structlog
 import yaml
 
+from sarclym.model.errors import SarclymModelError
 from sarclym.node import __version__
+from sarclym.node.cli.exitcodes import (
+    EXIT_BAD_INPUT,
+    EXIT_DELIVERY,
+    EXIT_ERROR,
+    EXIT_FOR,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SERIES,
+    EXIT_OK,
+)
 from sarclym.node.config import Config, load_config
 from sarclym.node.errors import (
-    ConfigError,
-    DeliveryError,
-    InputError,
-    ModelError,
     SarclymError,
 )
 from sarclym.node.log import configure_logging
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_DELIVERY", "EXIT_ERROR", "EXIT_NO_SERIES", "EXIT_OK", "main"]
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_INPUT = 2
-EXIT_NO_SERIES = 3
-EXIT_DELIVERY = 4
 
 _EPILOG = """\
 exit codes:
@@ -522,24 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _configure(args)
         result: Any = args.func(args, config)
         return int(result)
-    except ConfigError as exc:
-        sys.stderr.write(f"sarclym-node: {exc}\n")
-        return EXIT_BAD_INPUT
-    except InputError as exc:
-        sys.stderr.write(f"sarclym-node: bad input: {exc}\n")
-        return EXIT_BAD_INPUT
-    except ModelError as exc:
-        sys.stderr.write(f"sarclym-node: {exc}\n")
-        return EXIT_BAD_INPUT
-    except DeliveryError as exc:
-        sys.stderr.write(f"sarclym-node: delivery failed: {exc}\n")
-        return EXIT_DELIVERY
-    except SarclymError as exc:
-        sys.stderr.write(f"sarclym-node: {exc}\n")
-        return EXIT_ERROR
+    except (SarclymError, SarclymModelError) as exc:
+        code, prefix = next((c, p) for kind, c, p in EXIT_FOR if isinstance(exc, kind))
+        sys.stderr.write(f"sarclym-node: {prefix}{exc}\n")
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("sarclym-node: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

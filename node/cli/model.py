@@ -11,15 +11,13 @@ from typing import Any
 
 import structlog
 
+from sarclym.node.cli.exitcodes import EXIT_NO_SERIES, EXIT_OK
 from sarclym.node.cli.progress import progress_bar
 from sarclym.node.config import Config
 from sarclym.node.errors import InputError, ModelError
 from sarclym.node.worker.registry import open_registry
 
 log = structlog.get_logger(__name__)
-
-EXIT_OK = 0
-EXIT_NO_SERIES = 3
 
 
 def _device(args: argparse.Namespace, config: Config) -> str:

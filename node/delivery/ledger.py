@@ -35,30 +35,37 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import structlog
 
-from sarclym.node.config import JitterMode, RetryPolicy
+from sarclym.node.config import RetryPolicy
 from sarclym.node.delivery.destinations import (
     DeliveryOutcome,
     Destination,
     FailureKind,
     FileFailure,
 )
+from sarclym.node.delivery.records import (
+    DeliveryRecord,
+    DeliveryState,
+    DueDelivery,
+    PassReport,
+    PrunableResult,
+    ResultId,
+    backoff_delay,
+)
 from sarclym.node.store.audit import AUDIT_SCHEMA, record_event
 
 __all__ = [
     "DEFAULT_LEASE_S",
-    "Deliverer",
     "DeliveryLedger",
     "DeliveryRecord",
     "DeliveryState",
     "DueDelivery",
     "PassReport",
     "PrunableResult",
+    "ResultId",
     "backoff_delay",
 ]
 
@@ -91,85 +98,6 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at)
 """
 
 
-class DeliveryState(str, Enum):
-    """Where a result stands with one destination."""
-
-    PENDING = "pending"  # not confirmed yet; tried again at next_attempt_at
-    DELIVERED = "delivered"  # the destination confirmed every file
-    DEAD = "dead"  # dead letter: a permanent failure, or max_attempts used up
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    """One row of the ledger, for status displays."""
-
-    result_id: str
-    destination: str
-    state: DeliveryState
-    attempts: int
-    next_attempt_at: float | None
-    last_error: str | None
-    confirmed: int
-    total: int
-    updated_at: float
-    delivered_at: float | None
-
-
-@dataclass(frozen=True)
-class DueDelivery:
-    """A pending delivery whose time has come, with the files not confirmed yet."""
-
-    result_id: str
-    destination: str
-    attempts: int
-    files: tuple[Path, ...]
-
-
-@dataclass(frozen=True)
-class PrunableResult:
-    """A result every destination confirmed: its outbox files may go."""
-
-    result_id: str
-    files: tuple[Path, ...]
-
-
-@dataclass
-class PassReport:
-    """What one :meth:`DeliveryLedger.run_due` pass did."""
-
-    attempted: int = 0
-    delivered: int = 0
-    retrying: int = 0
-    dead: int = 0
-    #: Destinations named in due rows but not passed to ``run_due`` (no longer configured).
-    unknown_destinations: set[str] = field(default_factory=set)
-
-
-def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-    Parameters
-    ----------
-    attempt
-        How many attempts have been made, the failed one included (>= 1).
-    policy
-        Base, cap and jitter.
-    rng
-        Source of the jitter (seed it in tests).
-
-    Returns
-    -------
-    float
-        ``min(max_delay_s, base_delay_s * 2**(attempt-1))``; with full jitter a uniform draw
-        from ``[0, that]``.
-    """
-    exponent = min(max(attempt, 1) - 1, 60)  # 2**60 * any positive base exceeds any sane cap
-    cap = min(policy.max_delay_s, policy.base_delay_s * 2.0**exponent)
-    if policy.jitter is JitterMode.FULL:
-        return rng.uniform(0.0, cap)
-    return cap
-
-
 def _name(destination: str | Destination) -> str:
     return destination if isinstance(destination, str) else destination.name
 
@@ -184,9 +112,14 @@ def _audit(
     actor: str | None = None,
 ) -> None:
     """Audit a delivery event against the source series (``result_id`` is ``series/version``)."""
-    series_uid, _, version = result_id.partition("/")
+    result = ResultId.parse(result_id)
     record_event(
-        conn, series_uid, event, actor=actor, detail={**detail, "model_version": version}, now=t
+        conn,
+        result.series_uid,
+        event,
+        actor=actor,
+        detail={**detail, "model_version": result.model_version},
+        now=t,
     )
 
 
@@ -661,65 +594,3 @@ class DeliveryLedger:
                 "UPDATE delivery_results SET pruned_at = ? WHERE result_id = ?",
                 (self._now(now), result_id),
             )
-
-
-class Deliverer:
-    """A thread that runs :meth:`DeliveryLedger.run_due` when notified, or every ``interval``.
-
-    Parameters
-    ----------
-    ledger
-        The delivery ledger.
-    destinations
-        The configured destinations.
-    interval
-        Seconds between passes when nobody calls :meth:`notify`.
-    """
-
-    def __init__(
-        self,
-        ledger: DeliveryLedger,
-        destinations: Sequence[Destination],
-        *,
-        interval: float = 1.0,
-    ) -> None:
-        self.ledger = ledger
-        self.destinations = list(destinations)
-        self.interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the thread (once)."""
-        if self._thread is not None:
-            raise RuntimeError("Deliverer already started")
-        self._thread = threading.Thread(target=self._run, name="sarclym-deliverer", daemon=True)
-        self._thread.start()
-
-    def notify(self) -> None:
-        """Run a pass now (something was enqueued)."""
-        self._wake.set()
-
-    def stop(self, timeout: float | None = 60.0) -> None:
-        """Finish the delivery in progress and end the thread."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        """True while the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.ledger.run_due(self.destinations, stop=self._stop)
-            except Exception:
-                # e.g. "database is locked" past the busy timeout, or a bug: logged with its
-                # traceback, and the next pass tries again; a dead thread would deliver nothing.
-                log.exception("delivery pass failed")
-            self._wake.wait(self.interval)

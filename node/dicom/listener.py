@@ -606,7 +606,9 @@ class Listener:
             )
             status = self._keep(header, [data], meta.syntax, source, stats)
         except Refusal as refusal:
-            return Ingested(refusal.status, refusal.reason, meta.sop_class, meta.sop_instance)
+            return Ingested(
+                StoreStatus(refusal.status), refusal.reason, meta.sop_class, meta.sop_instance
+            )
         return Ingested(status, "", meta.sop_class, meta.sop_instance)
 
     def reindex_spool(self) -> int:

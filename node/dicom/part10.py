@@ -23,6 +23,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from sarclym.node.errors import Refusal
 from sarclym.node.store.spool import check_uid
 
 __all__ = [
@@ -101,15 +102,6 @@ def expected_count(ds: Dataset) -> int | None:
         if value:
             total *= int(value)
     return total
-
-
-class Refusal(Exception):
-    """A C-STORE the node answers with a failure status."""
-
-    def __init__(self, status: StoreStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass

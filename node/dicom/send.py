@@ -40,6 +40,9 @@ class StoreFailure:
     path: Path
     status: int | None  # None: no valid response (timeout, abort)
     reason: str
+    #: True when no C-STORE was attempted: the peer accepted no presentation context for the
+    #: instance's SOP class and transfer syntax (retrying cannot help).
+    not_sendable: bool = False
 
 
 @dataclass
@@ -194,7 +197,7 @@ def _store_one(assoc: Association, path: Path, report: SendReport, *, msg_id: in
         rsp = assoc.send_c_store(dcmread(path), msg_id=msg_id)
     except ValueError as exc:
         # pynetdicom: no accepted presentation context fits this SOP class / transfer syntax.
-        report.failures.append(StoreFailure(path, None, f"not sendable: {exc}"))
+        report.failures.append(StoreFailure(path, None, f"not sendable: {exc}", not_sendable=True))
         log.warning("c-store not attempted", path=str(path), reason=str(exc))
         return
     status = rsp.get("Status")

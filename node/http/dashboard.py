@@ -395,7 +395,7 @@ class Dashboard:
     def _deliveries_by_series(self) -> dict[str, list[DeliveryRecord]]:
         out: dict[str, list[DeliveryRecord]] = {}
         for record in self.ledger.records():
-            out.setdefault(record.result_id.split("/", 1)[0], []).append(record)
+            out.setdefault(record.result.series_uid, []).append(record)
         return out
 
     def _view(

@@ -94,7 +94,7 @@ class StateCollector(Collector):
         )
         by_destination: dict[str, list[float]] = {}
         for rec in records:
-            source = rec.result_id.split("/", 1)[0]
+            source = rec.result.series_uid
             if rec.delivered_at is not None and source in last:
                 by_destination.setdefault(rec.destination, []).append(
                     max(0.0, rec.delivered_at - last[source])
@@ -137,7 +137,7 @@ class StateCollector(Collector):
             if "processing" in events and ended:
                 values["process"].append(max(ended) - events["processing"])
         for rec in records:
-            done = at.get(rec.result_id.split("/", 1)[0], {}).get("done")
+            done = at.get(rec.result.series_uid, {}).get("done")
             if rec.delivered_at is not None and done is not None:
                 values["deliver"].append(rec.delivered_at - done)
         for stage in STAGES:

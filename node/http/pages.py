@@ -185,7 +185,7 @@ def _delivery_rows(
 ) -> list[str]:
     rows = []
     for record in records:
-        series_uid, _, version = record.result_id.partition("/")
+        series_uid, version = record.result.series_uid, record.result.model_version
         due = ""
         if record.next_attempt_at is not None and record.state.value == "pending":
             due = "now" if record.next_attempt_at <= now else offset(record.next_attempt_at - now)

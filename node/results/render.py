@@ -42,7 +42,6 @@ __all__ = [
     "Panel",
     "View",
     "hot_region",
-    "jet_lut",
     "render_sc",
     "sc_layout",
 ]
@@ -222,19 +221,9 @@ def sc_layout(mips: Mips) -> Layout:
     )
 
 
-def jet_lut() -> np.ndarray:
-    """A 256-entry jet colour map (blue, cyan, green, yellow, red) as uint8 RGB.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(256, 3)`` uint8.
-    """
-    return _jet_lut().copy()
-
-
 @cache
 def _jet_lut() -> np.ndarray:
+    """A 256-entry jet colour map (blue, cyan, green, yellow, red): ``(256, 3)`` uint8 RGB."""
     x = np.linspace(0.0, 1.0, 256)
     rgb = np.stack(
         [

@@ -39,6 +39,7 @@ from typing import Literal
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from sarclym.model.labels import CLASSES
 from sarclym.model.prediction import Label, Prediction
 from sarclym.node.results.codes import (
     CLASS_CODES,
@@ -67,7 +68,7 @@ __all__ = ["CLASS_ORDER", "RESEARCH_STATEMENT", "SrKind", "build_sr"]
 SrKind = Literal["comprehensive3d", "comprehensive", "enhanced"]
 
 #: Order of the measurement groups (fixed, whatever the prediction).
-CLASS_ORDER: tuple[Label, Label] = ("sarcoidosis", "lymphoma")
+CLASS_ORDER: tuple[Label, Label] = CLASSES
 
 #: First TEXT item of the Qualitative Evaluations container.
 RESEARCH_STATEMENT = (

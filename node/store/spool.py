@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sarclym.node.errors import SarclymError
+from sarclym.node.errors import SpoolError, SpoolFull
 
 __all__ = [
     "SPOOL_DIR",
@@ -43,14 +43,6 @@ TEMP_SUFFIX = ".tmp"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DIR_CACHE_SIZE = 4096  # folders known durable; forgotten in bulk beyond this
-
-
-class SpoolError(SarclymError):
-    """An instance could not be made durable in the spool (I/O error, permissions)."""
-
-
-class SpoolFull(SpoolError):
-    """Free space is below the watermark (``storage.min_free_mb``) or the disk is full."""
 
 
 def is_valid_uid(value: str) -> bool:

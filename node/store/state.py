@@ -34,7 +34,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sarclym.node.errors import SarclymError
+from sarclym.node.errors import StateError
 from sarclym.node.store.audit import AUDIT_MIGRATIONS, record_event
 
 __all__ = [
@@ -110,10 +110,6 @@ _UPDATE_SERIES = """
         last_received = MAX(last_received, :now), modality = COALESCE(modality, :modality),
         sop_class_uid = COALESCE(sop_class_uid, :sop_class_uid)
     WHERE series_uid = :series_uid"""
-
-
-class StateError(SarclymError):
-    """state.db cannot be used: unreadable, or written by a newer version of the node."""
 
 
 class SeriesStatus(str, Enum):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sarclym.node.config import Config
-from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.delivery.ledger import DeliveryLedger, ResultId
 from sarclym.node.store.spool import fsync_dir, write_durable
 from sarclym.node.store.state import SeriesStatus, StateDB
 from sarclym.node.worker.registry import open_registry
@@ -191,7 +191,7 @@ class Processor:
         created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
         files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
         crash_point("outbox")
-        result_id = f"{series_uid}/{prediction.model.version}"
+        result_id = str(ResultId(series_uid, prediction.model.version))
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()
         clock.lap("results")  # SC and SR built, written durably, handed to delivery

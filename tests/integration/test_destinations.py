@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (
 )
 
 from sarclym.node.config import JitterMode, RetryPolicy
+from sarclym.node.delivery.deliverer import Deliverer
 from sarclym.node.delivery.destinations import (
     CStoreDestination,
     Destination,
@@ -35,7 +36,7 @@ from sarclym.node.delivery.destinations import (
     OrthancRestDestination,
     StowRsDestination,
 )
-from sarclym.node.delivery.ledger import Deliverer, DeliveryLedger, DeliveryState
+from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
 from sarclym.node.dicom.send import send_files
 from sarclym.node.results import build_sc, build_sr
 from tests.conftest import (

@@ -28,8 +28,8 @@ from sarclym.node.delivery.destinations import (
     classify_http_status,
     classify_store_status,
 )
+from sarclym.node.delivery.deliverer import Deliverer
 from sarclym.node.delivery.ledger import (
-    Deliverer,
     DeliveryLedger,
     DeliveryState,
     backoff_delay,

@@ -1,0 +1,79 @@
+"""The deliverer: the thread that runs the ledger's due deliveries when notified or on a timer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import structlog
+
+from sarclym.node.delivery.destinations import (
+    Destination,
+)
+from sarclym.node.delivery.ledger import DeliveryLedger
+
+__all__ = ["Deliverer"]
+
+log = structlog.get_logger(__name__)
+
+
+class Deliverer:
+    """A thread that runs :meth:`DeliveryLedger.run_due` when notified, or every ``interval``.
+
+    Parameters
+    ----------
+    ledger
+        The delivery ledger.
+    destinations
+        The configured destinations.
+    interval
+        Seconds between passes when nobody calls :meth:`notify`.
+    """
+
+    def __init__(
+        self,
+        ledger: DeliveryLedger,
+        destinations: Sequence[Destination],
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self.ledger = ledger
+        self.destinations = list(destinations)
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("Deliverer already started")
+        self._thread = threading.Thread(target=self._run, name="sarclym-deliverer", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Run a pass now (something was enqueued)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Finish the delivery in progress and end the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True while the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.ledger.run_due(self.destinations, stop=self._stop)
+            except Exception:
+                # e.g. "database is locked" past the busy timeout, or a bug: logged with its
+                # traceback, and the next pass tries again; a dead thread would deliver nothing.
+                log.exception("delivery pass failed")
+            self._wake.wait(self.interval)
