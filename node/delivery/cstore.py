@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from sarclym.node.delivery.outcome import (
     DeliveryOutcome,
     FailureKind,
@@ -18,8 +16,6 @@ from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import AssociationRejected
 
 __all__ = ["CStoreDestination"]
-
-log = structlog.get_logger(__name__)
 
 
 class CStoreDestination:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from sarclym.node.delivery.outcome import (
     DeliveryOutcome,
     FailureKind,
@@ -17,8 +15,6 @@ from sarclym.node.delivery.outcome import (
 from sarclym.node.store.spool import fsync_dir, write_durable
 
 __all__ = ["FolderDestination"]
-
-log = structlog.get_logger(__name__)
 
 
 class FolderDestination:

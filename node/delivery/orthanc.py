@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from sarclym.node.delivery.outcome import (
     DeliveryOutcome,
     FailureKind,
@@ -17,9 +15,6 @@ from sarclym.node.delivery.outcome import (
 )
 
 __all__ = ["OrthancRestDestination"]
-
-log = structlog.get_logger(__name__)
-
 
 _ORTHANC_CONFIRMED = frozenset({"Success", "AlreadyStored"})
 

@@ -1,6 +1,4 @@
-"""What a destination confirmed (the contract of every destination kind).
-
-Destinations: where the delivery stage sends result objects, and what each one confirmed.
+"""What a destination confirmed: the contract of every destination kind.
 
 A :class:`Destination` takes the files of one result and returns a :class:`DeliveryOutcome`:
 the files the destination *confirmed* and, for every other file, why not and whether trying
@@ -46,7 +44,6 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Protocol
 
-import structlog
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -65,8 +62,6 @@ __all__ = [
     "read_uids",
     "readable",
 ]
-
-log = structlog.get_logger(__name__)
 
 
 class FailureKind(str, Enum):

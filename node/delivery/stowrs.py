@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -20,8 +19,6 @@ from sarclym.node.delivery.outcome import (
 )
 
 __all__ = ["StowRsDestination"]
-
-log = structlog.get_logger(__name__)
 
 
 def _stow_response(response: Any) -> Dataset | None:
