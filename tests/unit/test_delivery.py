@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from sarclym.node.cli.delivery import run_retry
 from sarclym.node.config import JitterMode, RetryPolicy, load_config
+from sarclym.node.delivery.deliverer import Deliverer
 from sarclym.node.delivery.destinations import (
     CStoreDestination,
     DeliveryOutcome,
@@ -28,7 +29,6 @@ from sarclym.node.delivery.destinations import (
     classify_http_status,
     classify_store_status,
 )
-from sarclym.node.delivery.deliverer import Deliverer
 from sarclym.node.delivery.ledger import (
     DeliveryLedger,
     DeliveryState,
