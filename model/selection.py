@@ -196,10 +196,6 @@ def _check_corrections(ds: Dataset, enhanced: bool) -> None:
         )
 
 
-def _check_tracer(ds: Dataset) -> None:
-    identify_fdg(ds)
-
-
 _AGE = re.compile(r"^(\d{1,3}) ?([DWMY])$")  # nnnY (PS3.5 AS); also 59Y, 59 Y as found
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
@@ -341,7 +337,7 @@ def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = Non
             "DecayCorrection (0054,1102) is NONE: the values are not decay corrected.",
             attribute="DecayCorrection",
         )
-    _check_tracer(ds)
+    identify_fdg(ds)
     _check_population(ds, rules.min_patient_age_years)
     suv_factor(ds, datasets)
     geometry = read_geometry(datasets)

@@ -511,8 +511,7 @@ def identify_fdg(ds: Dataset) -> None:
         )
     _check_nuclide(items)
     code_items = [c for item in items for c in item.get("RadiopharmaceuticalCodeSequence", [])]
-    texts = [str(t).strip() for item in items if (t := item.get("Radiopharmaceutical"))]
-    texts = [t for t in texts if t]
+    texts = [t for item in items if (t := str(item.get("Radiopharmaceutical") or "").strip())]
     by_text = [(t, tracer_of_text(t)) for t in texts]
 
     if code_items:

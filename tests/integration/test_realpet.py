@@ -14,7 +14,6 @@ import html
 import json
 import os
 import random
-import shutil
 import subprocess
 import time
 import uuid
@@ -34,7 +33,6 @@ from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.pipeline import read_deferred, scan_paths
 from sarclym.model.selection import DEFAULT_RULES, check_series
-from sarclym.model.tracers import FDG
 from sarclym.node.cli import main
 from sarclym.node.dicom.part10 import expected_count
 from sarclym.node.store.state import ReceivedInstance, StateDB
@@ -259,7 +257,7 @@ def test_each_fdg_spelling_alone_is_analysed(text: str) -> None:
 def test_other_f18_tracers_are_refused(
     code: tuple[str, str, str] | None, text: str | None, says: str
 ) -> None:
-    with pytest.raises(SeriesRejected, match=None) as info:
+    with pytest.raises(SeriesRejected) as info:
         check_series(_set_tracer(_headers(), code, text))
     assert says in info.value.reason
 
@@ -371,7 +369,6 @@ def test_lu177_spect_stored_as_pet_is_refused_naming_the_nuclide(
     ds = read_deferred(next(lu177.rglob("*.dcm")))
     assert ds.Modality == "PT"
     assert "ATTN" in ds.CorrectedImage
-    assert FDG.nuclide == "F-18"
 
 
 def test_vendored_data_carries_its_licence_and_attribution() -> None:
@@ -382,7 +379,6 @@ def test_vendored_data_carries_its_licence_and_attribution() -> None:
     assert "CC BY 3.0" in readme
     assert "10.7937/K9/TCIA.2015.7GO2GSKS" in readme
     assert not (DATA / "lu177-dotatate-spect-as-pt").exists()  # CC BY-NC: not in the repository
-    shutil.disk_usage(DATA)  # the folder exists on a fresh clone
 
 
 # -- end to end: storescu -> serve -> Orthanc -----------------------------------------------------

@@ -128,3 +128,10 @@ def test_allowed_peer_host_is_an_address_a_network_or_a_name(host: str, ok: bool
         return
     with pytest.raises(ValidationError, match="host"):
         Config.model_validate(data)
+
+
+def test_selection_defaults_are_the_model_rules() -> None:
+    """The configuration's defaults and sarclym.model.selection.DEFAULT_RULES are one rule set."""
+    from sarclym.model.selection import DEFAULT_RULES
+
+    assert Config().selection.rules() == DEFAULT_RULES
