@@ -56,18 +56,15 @@ setup() { apt_setup; python_setup; }
 test_setup() { tests/ohif/setup.sh; }
 
 run_mypy() {
-  # mypy cannot follow the editable install's package-dir mapping (node/ -> sarclym.node), so
-  # give it a tree with the installed names, made of links to the source folders.
-  mkdir -p build/mypy/sarclym
-  ln -sfn ../../../node build/mypy/sarclym/node
-  ln -sfn ../../../model build/mypy/sarclym/model
-  MYPYPATH=build/mypy "$VENV/bin/mypy" -p sarclym.node -p sarclym.model
+  # src layout: mypy reads src/ (pyproject [tool.mypy] mypy_path, packages), as the editable
+  # install's path entry and editors' language servers ([tool.pyright]) do.
+  "$VENV/bin/mypy"
 }
 
 run_tests() {
   log "ruff"
-  "$VENV/bin/ruff" check node model tests
-  "$VENV/bin/ruff" format --check node model tests
+  "$VENV/bin/ruff" check src tests
+  "$VENV/bin/ruff" format --check src tests
   log "mypy"
   run_mypy
   log "import contracts (pyproject [tool.importlinter])"

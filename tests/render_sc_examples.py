@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sarclym.model.pipeline import scan_paths
-from sarclym.model.predict import DEFAULT_REGISTRY, Predictor
+from sarclym.model.imaging.prepare import scan_paths
+from sarclym.model.inference.predictor import DEFAULT_REGISTRY, Predictor
 from sarclym.model.registry import Registry
 from sarclym.node.cli import main as cli
 from sarclym.node.results import build_sc

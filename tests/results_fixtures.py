@@ -1,4 +1,4 @@
-"""A realistic :class:`~sarclym.model.prediction.Prediction` and its source PET series.
+"""A realistic :class:`~sarclym.model.inference.prediction.Prediction` and its source PET series.
 
 Shared by the tests of :mod:`sarclym.node.results` (unit, integration, bench) and by
 ``tests/render_sc_examples.py``. A small anatomical SUV phantom (body, brain, liver, heart,
@@ -17,8 +17,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy.ndimage import gaussian_filter
 
-from sarclym.model.mip import make_mips
-from sarclym.model.prediction import Label, ModelIdentity, Prediction, SourceInstance
+from sarclym.model.imaging.mip import make_mips
+from sarclym.model.inference.prediction import Label, ModelIdentity, Prediction, SourceInstance
 from tests.unit.petfactory import make_series
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.4711001"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sarclym.model.gradcam import gradcam
-from sarclym.model.net import ARCHITECTURES, MipNet, build_net
+from sarclym.model.inference.gradcam import gradcam
+from sarclym.model.inference.net import ARCHITECTURES, MipNet, build_net
 
 pytestmark = pytest.mark.bench
 

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from sarclym.model.pipeline import prepare_study, read_deferred
+from sarclym.model.imaging.prepare import prepare_study, read_deferred
 from tests.unit.petfactory import compress, make_series
 
 pytestmark = pytest.mark.bench
@@ -59,7 +59,7 @@ def _to_mips(paths: list[Path], headers: dict[str, list[Dataset]] | None = None)
     """Selection, pixel read, volume, SUV, MIPs.
 
     Without ``headers``: as ``infer`` and the worker do, every file parsed once with its pixel
-    data deferred (:func:`~sarclym.model.pipeline.read_deferred`). With ``headers`` (already
+    data deferred (:func:`~sarclym.model.imaging.prepare.read_deferred`). With ``headers`` (already
     parsed, as the listener has them): the files are read again for the pixel data.
     """
     if headers is None:

@@ -395,12 +395,12 @@ def _stage_times(
     import torch
     from pydicom.filebase import DicomBytesIO
 
-    from sarclym.model.mip import mips_for_volume
-    from sarclym.model.pipeline import PreparedStudy, read_deferred
-    from sarclym.model.predict import Predictor
-    from sarclym.model.selection import select_series
-    from sarclym.model.suv import suv_factor
-    from sarclym.model.volume import build_volume
+    from sarclym.model.imaging.mip import mips_for_volume
+    from sarclym.model.imaging.prepare import PreparedStudy, read_deferred
+    from sarclym.model.imaging.selection import select_series
+    from sarclym.model.imaging.suv import suv_factor
+    from sarclym.model.imaging.volume import build_volume
+    from sarclym.model.inference.predictor import Predictor
     from sarclym.node.delivery.destinations import (
         Destination,
         FolderDestination,
@@ -499,7 +499,7 @@ def _stage_times(
 
 
 def test_bench_worker_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sarclym.model.predict import DEFAULT_REGISTRY
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
 
     cpus = os.cpu_count() or 1
     cohort = tmp_path / "cohort"

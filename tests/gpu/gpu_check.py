@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from sarclym.model.pipeline import PreparedStudy
+    from sarclym.model.imaging.prepare import PreparedStudy
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 2026
@@ -230,7 +230,7 @@ def _runs(exe: str | None, *args: str) -> tuple[bool, str]:
 
 
 def _card() -> dict[str, Any]:
-    from sarclym.model.predict import DEFAULT_REGISTRY
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
     from sarclym.model.registry import Registry
 
     version = Registry(DEFAULT_REGISTRY).active()
@@ -244,7 +244,7 @@ def _prepare_one(item: tuple[Path, tuple[int, int], tuple[float, float]]) -> tup
     """Network input of the one study under a case folder, by the node's pipeline."""
     import numpy as np
 
-    from sarclym.model.pipeline import scan_paths
+    from sarclym.model.imaging.prepare import scan_paths
 
     folder, size, window = item
     (study,) = scan_paths([folder]).studies.values()
@@ -311,7 +311,7 @@ def _pool(ctx: Ctx, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` net inputs: the real ones, then augmented copies of them (the training transform)."""
     import torch
 
-    from sarclym.model.augment import Augmentation
+    from sarclym.model.training.augment import Augmentation
 
     x, y, _ = _inputs(ctx)
     real = torch.from_numpy(x)
@@ -326,7 +326,7 @@ def _pool(ctx: Ctx, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _prepared(ctx: Ctx, case_ids: list[str], k: int, predictor: Any) -> list[PreparedStudy]:
     """The first ``k`` synthetic studies in full, then the real scan where it is."""
-    from sarclym.model.pipeline import scan_paths
+    from sarclym.model.imaging.prepare import scan_paths
 
     folders = [ctx.work / "cohort" / case_id for case_id in case_ids[:k]]
     if REAL_SCAN.is_dir():
@@ -348,7 +348,7 @@ def part_inference(ctx: Ctx) -> None:
     import numpy as np
     import torch
 
-    from sarclym.model.predict import Predictor
+    from sarclym.model.inference.predictor import Predictor
     from tests.bench.test_bench_inference import RUNS, _median_ms, _study
 
     x_np, _, case_ids = _inputs(ctx)
@@ -459,7 +459,7 @@ def part_inference(ctx: Ctx) -> None:
 def part_batched(ctx: Ctx) -> None:
     import torch
 
-    from sarclym.model.predict import Predictor
+    from sarclym.model.inference.predictor import Predictor
 
     pool, _ = _pool(ctx, max(BATCHES))
     net_cpu = Predictor.from_registry(device="cpu").net
@@ -536,7 +536,7 @@ def part_batched(ctx: Ctx) -> None:
 
 def part_training(ctx: Ctx) -> None:
 
-    from sarclym.model.train import TrainSettings, train_final
+    from sarclym.model.training.train import TrainSettings, train_final
 
     card = _card()
     hp = card.get("hyperparameters", {})
@@ -720,7 +720,7 @@ def part_ingest(ctx: Ctx) -> None:
 
 def part_throughput(ctx: Ctx) -> None:
     import tests.bench.test_bench_throughput as bench
-    from sarclym.model.predict import DEFAULT_REGISTRY
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
     from sarclym.node.cli import main as cli
 
     ok, redis_version = _runs(shutil.which("redis-server"), "--version")

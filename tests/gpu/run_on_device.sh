@@ -3,8 +3,8 @@
 #
 # On the lent GPU machine (/opt/torch/.venv/bin/python3 exists, and nvidia-smi answers or there
 # is no .venv): install the carried wheels (.whl/) into /tmp/site, unpack the carried
-# redis-server and storescu (.gpu-bin/) into /tmp/gpu-bin, make the sarclym.{node,model} link
-# tree in /tmp/sarclym-src and run tests/gpu/gpu_check.py with that python. Nothing else: no
+# redis-server and storescu (.gpu-bin/) into /tmp/gpu-bin, put src/ (the sarclym package) on
+# PYTHONPATH and run tests/gpu/gpu_check.py with that python. Nothing else: no
 # apt, no venv, no network.
 #
 # Anywhere else (no GPU): first make or refresh the two carried folders from this checkout's
@@ -16,7 +16,7 @@
 # Environment, for trying the device path elsewhere:
 #   SARCLYM_GPU_MODE=device|cpu     force the path (default: detect)
 #   SARCLYM_GPU_PYTHON=...          the interpreter of the device path
-#   SARCLYM_GPU_TMP=/tmp            where the device path puts site/, gpu-bin/, sarclym-src/
+#   SARCLYM_GPU_TMP=/tmp            where the device path puts site/ and gpu-bin/
 #   SARCLYM_GPU_WHL=.whl            the wheels it installs (another Python's, say)
 # and for gpu_check.py: SARCLYM_GPU_FAKE=1 (the CUDA branches on the CPU, figures meaningless),
 # SARCLYM_GPU_STORESCU=shim (the benches send with the pynetdicom stand-in).
@@ -125,16 +125,7 @@ EOF
   echo "$stamp" > "$BINS/STAMP"
 }
 
-# -- both: the link tree, the tools --------------------------------------------------------------
-
-link_tree() {
-  # sarclym is a namespace package (no sarclym/__init__.py): a folder holding links named as
-  # the installed packages is enough, as for mypy in dev.sh.
-  local top=$1
-  mkdir -p "$top/sarclym"
-  ln -sfn "$ROOT/node" "$top/sarclym/node"
-  ln -sfn "$ROOT/model" "$top/sarclym/model"
-}
+# -- both: the tools ----------------------------------------------------------------------------
 
 unpack_tools() {
   local py=$1 into=$2
@@ -161,10 +152,9 @@ if on_device; then
   [ -d "$WHL" ] || { log "no .whl/ in the working tree: name .whl in carry"; exit 2; }
   "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile \
     --no-cache-dir --upgrade --target "$TMP/site" "$WHL"/*.whl
-  link_tree "$TMP/sarclym-src"
-  export PYTHONPATH="$TMP/sarclym-src:$TMP/site:$ROOT"
+  export PYTHONPATH="$ROOT/src:$TMP/site:$ROOT"
   unpack_tools "$PY" "$TMP/gpu-bin"
-  export SARCLYM_GPU_RUN="GPU-machine path: wheels in $TMP/site, link tree $TMP/sarclym-src"
+  export SARCLYM_GPU_RUN="GPU-machine path: wheels in $TMP/site, sarclym from $ROOT/src"
 else
   PY="$ROOT/.venv/bin/python"
   [ -x "$PY" ] || { log "no .venv: run ./dev.sh setup first"; exit 2; }

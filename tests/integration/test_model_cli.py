@@ -18,7 +18,7 @@ import pytest
 import torch
 from pydicom import dcmread
 
-from sarclym.model.net import build_net
+from sarclym.model.inference.net import build_net
 from sarclym.model.registry import CARD_FILE, WEIGHTS_FILE, Registry
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_NO_SERIES, EXIT_OK, main
 from tests.conftest import require_tool
@@ -361,7 +361,7 @@ def test_infer_uses_the_shipped_default_model(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """No registry configured: <data_dir>/models is seeded with the packaged default, active."""
-    from sarclym.model.predict import DEFAULT_REGISTRY
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
 
     monkeypatch.setenv("SARCLYM__STORAGE__DATA_DIR", str(tmp_path / "var"))
     code, result, _ = _infer(capsys, str(cohort / "case0007"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sarclym.model.pipeline import scan_paths
+from sarclym.model.imaging.prepare import scan_paths
 from sarclym.model.synth.cohort import generate_study
 from sarclym.model.synth.latent import draw_cohort
 

@@ -31,8 +31,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless
 
 from sarclym.model.errors import SeriesRejected
-from sarclym.model.pipeline import read_deferred, scan_paths
-from sarclym.model.selection import DEFAULT_RULES, check_series
+from sarclym.model.imaging.prepare import read_deferred, scan_paths
+from sarclym.model.imaging.selection import DEFAULT_RULES, check_series
 from sarclym.node.cli import main
 from sarclym.node.dicom.part10 import expected_count
 from sarclym.node.store.state import ReceivedInstance, StateDB

@@ -131,7 +131,7 @@ def test_allowed_peer_host_is_an_address_a_network_or_a_name(host: str, ok: bool
 
 
 def test_selection_defaults_are_the_model_rules() -> None:
-    """The configuration's defaults and sarclym.model.selection.DEFAULT_RULES are one rule set."""
-    from sarclym.model.selection import DEFAULT_RULES
+    """The configuration's defaults and model.imaging.selection.DEFAULT_RULES are one rule set."""
+    from sarclym.model.imaging.selection import DEFAULT_RULES
 
     assert Config().selection.rules() == DEFAULT_RULES

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sarclym.model.gradcam import cams_to_mip_grid, gradcam, to_mip_grid
-from sarclym.model.mip import Mips, _net_input, make_mips
-from sarclym.model.net import ARCHITECTURES, GRID, build_net, count_parameters
-from sarclym.model.train import TrainSettings, train_final
+from sarclym.model.imaging.mip import Mips, _net_input, make_mips
+from sarclym.model.inference.gradcam import cams_to_mip_grid, gradcam, to_mip_grid
+from sarclym.model.inference.net import ARCHITECTURES, GRID, build_net, count_parameters
+from sarclym.model.training.train import TrainSettings, train_final
 
 SIZE = 64
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sarclym.model.errors import RegistryError, SarclymModelError
-from sarclym.model.net import MipNet, build_net
+from sarclym.model.inference.net import MipNet, build_net
 from sarclym.model.registry import CARD_FILE, DISCLAIMER, WEIGHTS_FILE, Registry
 
 

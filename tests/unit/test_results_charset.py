@@ -25,7 +25,7 @@ import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 
-from sarclym.model.prediction import Prediction
+from sarclym.model.inference.prediction import Prediction
 from sarclym.node.results import SrKind, build_sc, build_sr
 from sarclym.node.results.patient import UTF8
 from tests.conftest import require_tool

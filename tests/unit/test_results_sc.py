@@ -16,7 +16,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from sarclym.model.prediction import Prediction
+from sarclym.model.inference.prediction import Prediction
 from sarclym.node.results import (
     BANNER_TEXT,
     MANUFACTURER,

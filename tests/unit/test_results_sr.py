@@ -25,7 +25,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from sarclym.model.prediction import Prediction
+from sarclym.model.inference.prediction import Prediction
 from sarclym.node.results import (
     RESEARCH_STATEMENT,
     SrKind,

@@ -11,7 +11,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from sarclym.model.errors import GeometryError, SeriesRejected, SUVNotComputable
-from sarclym.model.selection import SelectionRules, check_series, select_series
+from sarclym.model.imaging.selection import SelectionRules, check_series, select_series
 from tests.unit.petfactory import CT_SOP, delete_all, make_series, to_enhanced
 
 SHAPE = (6, 8, 8)

@@ -9,8 +9,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from sarclym.model.errors import SeriesRejected, SUVNotComputable
-from sarclym.model.suv import suv_factor, to_suv
-from sarclym.model.volume import build_volume
+from sarclym.model.imaging.suv import suv_factor, to_suv
+from sarclym.model.imaging.volume import build_volume
 from tests.unit.petfactory import F18_HALF_LIFE_S, delete_all, make_series, set_all, to_enhanced
 
 WEIGHT = 70.0

@@ -1,4 +1,4 @@
-"""The tracer table (sarclym.model.tracers): every entry, as real files write it."""
+"""The tracer table (sarclym.model.imaging.tracers): every entry, as real files write it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from sarclym.model.errors import SeriesRejected
-from sarclym.model.tracers import FDG, NUCLIDES, TRACERS, identify_fdg, tracer_of_text
+from sarclym.model.imaging.tracers import FDG, NUCLIDES, TRACERS, identify_fdg, tracer_of_text
 
 F18_HALF_LIFE_S = 6586.2
 

@@ -9,15 +9,20 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from sarclym.model.augment import Augmentation
-from sarclym.model.metrics import (
+from sarclym.model.training.augment import Augmentation
+from sarclym.model.training.evaluation import (
     auc_mann_whitney,
     binary_metrics,
     bootstrap_auc_ci,
     expected_calibration_error,
     mean_ci,
 )
-from sarclym.model.train import TrainSettings, cross_validate, stratified_folds, train_final
+from sarclym.model.training.train import (
+    TrainSettings,
+    cross_validate,
+    stratified_folds,
+    train_final,
+)
 from tests.unit.test_net_gradcam import toy_cohort
 
 ONE_EPOCH = TrainSettings(epochs=1)

@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from sarclym.model.errors import GeometryError
-from sarclym.model.mip import Mips, make_mips, mips_for_volume
-from sarclym.model.volume import Volume, build_volume, read_geometry
+from sarclym.model.imaging.mip import Mips, make_mips, mips_for_volume
+from sarclym.model.imaging.volume import Volume, build_volume, read_geometry
 from tests.unit.petfactory import hot_spot_volume, make_series, to_enhanced
 
 # Canonical (S, P, L) test volume: dS 3 mm, dP 3 mm (anisotropic in-plane), dL 2 mm.

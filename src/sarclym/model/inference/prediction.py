@@ -1,0 +1,103 @@
+"""What the model side hands to the node side: one analysed PET series, predicted.
+
+The node's result-object builders (Secondary Capture, Structured Report) take a
+:class:`Prediction` and the source datasets; they need nothing else from the model package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sarclym.model.classes import Label
+from sarclym.model.imaging.mip import Mips
+from sarclym.model.imaging.selection import Skipped
+
+__all__ = ["MODEL_NAME", "Label", "ModelIdentity", "Prediction", "SourceInstance"]
+
+#: Name of the algorithm, as written into every result object.
+MODEL_NAME = "sarclym-mip-cnn"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model made a prediction.
+
+    Attributes
+    ----------
+    name : str
+        Algorithm name (:data:`MODEL_NAME`).
+    version : str
+        Registry version, e.g. ``"1.0.0"``.
+    weights_sha256 : str
+        SHA-256 (hex) of the weights file, verified when the model was loaded.
+    summary : str
+        One line from the model card (training data, CV AUC), written into the SR.
+    synthetic_training_data : bool
+        True when the weights were trained on the synthetic cohort only.
+    """
+
+    name: str
+    version: str
+    weights_sha256: str
+    summary: str = ""
+    synthetic_training_data: bool = True
+
+
+@dataclass(frozen=True)
+class SourceInstance:
+    """One source PET instance, for SR evidence and references."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's output for one analysed series.
+
+    Attributes
+    ----------
+    study_instance_uid, series_instance_uid : str
+        The analysed series and its study.
+    probability_lymphoma : float
+        Calibrated probability of the positive class (malignant lymphoma), in [0, 1].
+    label : Label
+        ``"lymphoma"`` when ``probability_lymphoma >= threshold``, else ``"sarcoidosis"``.
+    threshold : float
+        Decision threshold used for ``label``.
+    mips : Mips
+        Frontal and lateral SUV MIPs (raw grid) and the network inputs.
+    heatmaps : dict of str to numpy.ndarray
+        Grad-CAM per view (``"frontal"``, ``"lateral"``) on the raw MIP grid
+        (``mips.frontal.shape`` / ``mips.lateral.shape``), float32 in [0, 1].
+    model : ModelIdentity
+        The model that made it.
+    source_instances : tuple of SourceInstance
+        Every instance of the analysed series.
+    skipped : tuple of Skipped
+        The study's other series and why they were not analysed.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    probability_lymphoma: float
+    label: Label
+    threshold: float
+    mips: Mips
+    heatmaps: dict[str, np.ndarray]
+    model: ModelIdentity
+    source_instances: tuple[SourceInstance, ...] = ()
+    skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+
+    @property
+    def suv_max(self) -> float:
+        """Body-weight SUVmax of the analysed series at full resolution."""
+        return self.mips.suv_max
+
+    @property
+    def probability_of_label(self) -> float:
+        """Probability of the predicted class."""
+        p = self.probability_lymphoma
+        return p if self.label == "lymphoma" else 1.0 - p

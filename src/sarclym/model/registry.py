@@ -1,0 +1,508 @@
+"""The model registry: a folder of versioned weights with model cards, one of them active.
+
+Layout::
+
+    <root>/
+        ACTIVE                     name of the active version (one line)
+        ACTIVE_HISTORY             JSON list of activations, oldest first
+        <version>/
+            weights.safetensors    state dict (safetensors: no pickle, nothing executed on load)
+            model_card.json        architecture, hyper-parameters, input size, SUV window,
+                                   training data, CV metrics with CIs, Bayes ceiling, date,
+                                   SHA-256 of weights.safetensors, disclaimer, synthetic flag
+            model_card.md          the card rendered for people
+
+A version folder is written under a temporary name and renamed into place, and ``ACTIVE`` /
+``ACTIVE_HISTORY`` are replaced atomically (temp file, fsync, rename), so a crash leaves either
+the old or the new state, never a half-written one. Versions are never overwritten or changed
+after registration; promotion (:meth:`Registry.activate`) is explicit, gated on the
+cross-validated AUC, and reversible (:meth:`Registry.rollback`).
+
+:meth:`Registry.load` verifies the weights' SHA-256 against the card before deserialising the
+very bytes it hashed; any mismatch, missing file or unreadable card is a
+:class:`~sarclym.model.errors.RegistryError` naming the file. The registry does not lock: one
+writer (the ``retrain`` / ``activate`` CLI) at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from sarclym.model.errors import RegistryError
+from sarclym.model.inference.net import MipNet, build_net
+
+__all__ = [
+    "CARD_FILE",
+    "DISCLAIMER",
+    "WEIGHTS_FILE",
+    "LoadedModel",
+    "ModelInfo",
+    "Registry",
+    "render_card",
+]
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "model_card.json"
+CARD_MD_FILE = "model_card.md"
+_ACTIVE = "ACTIVE"
+_HISTORY = "ACTIVE_HISTORY"
+#: Written into every model card.
+DISCLAIMER = "Research use only - not for clinical use, not for diagnosis."
+
+#: Registry files are not secret, and the node may run as a user other than the one training.
+_FILE_MODE = 0o644
+_DIR_MODE = 0o755
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+_DATED = re.compile(r"^(\d{4}\.\d{2}\.\d{2})-(\d+)$")
+_REQUIRED = ("suv_window", "training_data")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered version, as listed by :meth:`Registry.versions`."""
+
+    version: str
+    arch: str
+    created: str
+    cv_auc_mean: float | None
+    synthetic_data: bool
+    active: bool
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model, ready for inference.
+
+    Attributes
+    ----------
+    net : MipNet
+        In eval mode, on the CPU.
+    card : dict
+        The parsed ``model_card.json``.
+    sha256 : str
+        SHA-256 (hex) of ``weights.safetensors``, equal to the card's.
+    version : str
+        Version name.
+    """
+
+    net: MipNet
+    card: dict[str, Any]
+    sha256: str
+    version: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600: the node may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _auc_mean(card: Mapping[str, Any]) -> float | None:
+    try:
+        value = card["cv_metrics"]["auc"]["mean"]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_card(card: Mapping[str, Any]) -> str:
+    """The model card as Markdown.
+
+    Parameters
+    ----------
+    card : mapping
+        Contents of ``model_card.json``.
+
+    Returns
+    -------
+    str
+    """
+    lines = [
+        f"# Model card: {card.get('name', 'sarclym-mip-cnn')} {card.get('version', '')}",
+        "",
+        f"**{card.get('disclaimer', DISCLAIMER)}**",
+        "",
+    ]
+    if card.get("synthetic_data"):
+        lines += ["Trained on synthetic data only (the generated FDG PET/CT cohort).", ""]
+    lines += [
+        "| field | value |",
+        "| --- | --- |",
+        f"| architecture | {card.get('arch')} |",
+        f"| input size | {card.get('input_size')} |",
+        f"| SUV window | {card.get('suv_window')} |",
+        f"| created | {card.get('created')} |",
+        f"| weights SHA-256 | `{card.get('weights_sha256')}` |",
+        f"| parameters | {card.get('parameters')} |",
+        "",
+        "## Training data",
+        "",
+    ]
+    data = card.get("training_data", "")
+    if isinstance(data, Mapping):
+        lines += [f"- {k}: {v}" for k, v in data.items()]
+    else:
+        lines.append(str(data))
+    lines += ["", "## Hyper-parameters", ""]
+    hyper = card.get("hyperparameters") or {}
+    lines += [f"- {k}: {v}" for k, v in hyper.items()] or ["- (not given)"]
+    lines += ["", "## Cross-validated metrics", ""]
+    cv = card.get("cv_metrics") or {}
+    if cv:
+        lines += [
+            f"{cv.get('folds', '?')}-fold cross-validation on {cv.get('n', '?')} cases, "
+            f"threshold {cv.get('threshold', 0.5)}; mean over folds (95% CI).",
+            "",
+            "| metric | mean | 95% CI |",
+            "| --- | --- | --- |",
+        ]
+        for key in ("accuracy", "sensitivity", "specificity", "auc"):
+            entry = cv.get(key)
+            if isinstance(entry, Mapping):
+                lo, hi = entry.get("ci95", [None, None])
+                lines.append(f"| {key} | {_fmt(entry.get('mean'))} | {_fmt(lo)}-{_fmt(hi)} |")
+        if "pooled_auc" in cv:
+            lo, hi = cv.get("pooled_auc_ci95_bootstrap", [None, None])
+            lines += [
+                "",
+                f"Pooled out-of-fold AUC {_fmt(cv['pooled_auc'])} "
+                f"(bootstrap 95% CI {_fmt(lo)}-{_fmt(hi)}); "
+                f"ECE {_fmt(cv.get('pooled_ece'))}.",
+            ]
+    else:
+        lines.append("(none)")
+    if card.get("bayes_auc") is not None:
+        lines += ["", f"Bayes-optimal AUC of the training data: {_fmt(card['bayes_auc'])}."]
+        auc = _auc_mean(card)
+        if auc is not None and card["bayes_auc"]:
+            lines.append(f"Mean CV AUC / Bayes AUC: {auc / card['bayes_auc']:.3f}.")
+    if card.get("reproduce"):
+        lines += ["", "## Reproduce", "", "```", str(card["reproduce"]), "```"]
+    if card.get("notes"):
+        lines += ["", "## Notes", "", str(card["notes"]).rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+class Registry:
+    """Versions of the model under one folder.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        Registry folder; created on the first :meth:`register`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _card_path(self, version: str) -> Path:
+        return self.root / version / CARD_FILE
+
+    def _read_card(self, version: str) -> dict[str, Any]:
+        path = self._card_path(version)
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise RegistryError(f"model card missing: {path}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"model card unreadable: {path}: {exc}") from exc
+        if not isinstance(card, dict):
+            raise RegistryError(f"model card is not a JSON object: {path}")
+        return card
+
+    def _names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CARD_FILE).exists()
+        )
+
+    def versions(self) -> list[ModelInfo]:
+        """All registered versions, oldest first (by creation time, then name).
+
+        Raises
+        ------
+        RegistryError
+            A version's card cannot be read.
+        """
+        active = self.active()
+        infos = []
+        for name in self._names():
+            card = self._read_card(name)
+            infos.append(
+                ModelInfo(
+                    version=name,
+                    arch=str(card.get("arch", "")),
+                    created=str(card.get("created", "")),
+                    cv_auc_mean=_auc_mean(card),
+                    synthetic_data=bool(card.get("synthetic_data", False)),
+                    active=name == active,
+                )
+            )
+        return sorted(infos, key=lambda i: (i.created, i.version))
+
+    def active(self) -> str | None:
+        """Name of the active version, ``None`` when none was activated."""
+        try:
+            name = (self.root / _ACTIVE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def _history(self) -> list[str]:
+        path = self.root / _HISTORY
+        try:
+            history = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"activation history unreadable: {path}: {exc}") from exc
+        if not isinstance(history, list) or not all(isinstance(v, str) for v in history):
+            raise RegistryError(f"activation history is not a list of versions: {path}")
+        return history
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _next_dated(self, today: dt.date) -> str:
+        prefix = today.strftime("%Y.%m.%d")
+        taken = [
+            int(m.group(2))
+            for n in self._names()
+            if (m := _DATED.match(n)) and m.group(1) == prefix
+        ] or [0]
+        return f"{prefix}-{max(taken) + 1}"
+
+    def register(self, net: MipNet, card: Mapping[str, Any], version: str | None = None) -> str:
+        """Store a trained network as a new, inactive version.
+
+        Parameters
+        ----------
+        net : MipNet
+            The trained network (its ``arch`` and ``input_size`` go into the card).
+        card : mapping
+            Model card fields. Required: ``suv_window`` and ``training_data``. Expected:
+            ``hyperparameters``, ``cv_metrics`` (:meth:`CVResult.as_card_metrics`),
+            ``synthetic_data``, ``bayes_auc``. Filled in here: ``version``, ``arch``,
+            ``input_size``, ``parameters``, ``created`` (UTC, ISO 8601) unless given,
+            ``weights_sha256``, ``disclaimer``.
+        version : str or None, optional
+            ``"MAJOR.MINOR.PATCH"`` or ``"YYYY.MM.DD-N"``; ``None`` takes the next
+            ``YYYY.MM.DD-N`` of today (UTC).
+
+        Returns
+        -------
+        str
+            The version name.
+
+        Raises
+        ------
+        RegistryError
+            Bad version name, the version exists, or required card fields are missing.
+        """
+        now = dt.datetime.now(dt.UTC)
+        name = version if version is not None else self._next_dated(now.date())
+        if not (_SEMVER.match(name) or _DATED.match(name)):
+            raise RegistryError(f"version {name!r} must look like '1.0.0' or '{now:%Y.%m.%d}-1'")
+        missing = [k for k in _REQUIRED if k not in card]
+        if missing:
+            raise RegistryError(f"model card lacks {', '.join(missing)}")
+        final = self.root / name
+        if final.exists():
+            raise RegistryError(f"version {name} exists in {self.root}; versions are immutable")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+        weights = save_safetensors(state, metadata={"arch": net.arch, "version": name})
+        full: dict[str, Any] = {
+            "name": "sarclym-mip-cnn",
+            **dict(card),
+            "version": name,
+            "arch": net.arch,
+            "input_size": list(net.input_size),
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "created": card.get("created", now.isoformat(timespec="seconds")),
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            "disclaimer": DISCLAIMER,
+            "synthetic_data": bool(card.get("synthetic_data", False)),
+        }
+        card_json = json.dumps(full, indent=2, sort_keys=False, allow_nan=True) + "\n"
+
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700
+        try:
+            for fname, data in (
+                (WEIGHTS_FILE, weights),
+                (CARD_FILE, card_json.encode("utf-8")),
+                (CARD_MD_FILE, render_card(full).encode("utf-8")),
+            ):
+                with open(tmp / fname, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chmod(tmp / fname, _FILE_MODE)
+            _fsync_dir(tmp)
+            if final.exists():  # rename() would replace an empty directory
+                raise RegistryError(f"version {name} exists in {self.root}")
+            os.rename(tmp, final)
+        except BaseException:
+            for child in tmp.glob("*"):
+                child.unlink(missing_ok=True)
+            if tmp.exists():
+                tmp.rmdir()
+            raise
+        _fsync_dir(self.root)
+        return name
+
+    def _set_active(self, version: str, history: list[str]) -> None:
+        _write_atomic(self.root / _HISTORY, (json.dumps(history) + "\n").encode("utf-8"))
+        _write_atomic(self.root / _ACTIVE, (version + "\n").encode("utf-8"))
+
+    def activate(self, version: str, *, min_auc: float, force: bool = False) -> None:
+        """Make ``version`` the active one, if its cross-validated AUC passes the gate.
+
+        Parameters
+        ----------
+        version : str
+            A registered version.
+        min_auc : float
+            Gate on the card's ``cv_metrics.auc.mean``.
+        force : bool, optional
+            Activate even below the gate or without CV metrics.
+
+        Raises
+        ------
+        RegistryError
+            Unknown version, unreadable card, or (unless ``force``) an AUC below ``min_auc`` or
+            none recorded.
+        """
+        if not (self.root / version).is_dir():
+            raise RegistryError(f"no version {version!r} in {self.root}")
+        card = self._read_card(version)
+        auc = _auc_mean(card)
+        if not force:
+            if auc is None:
+                raise RegistryError(
+                    f"version {version} has no cross-validated AUC; gate is {min_auc:.3f} "
+                    "(--force / force=True activates anyway)"
+                )
+            if auc < min_auc:
+                raise RegistryError(
+                    f"version {version} has cross-validated AUC {auc:.3f} < gate "
+                    f"{min_auc:.3f} (--force / force=True activates anyway)"
+                )
+        history = self._history()
+        if not history or history[-1] != version:
+            history.append(version)
+        self._set_active(version, history)
+
+    def rollback(self) -> str:
+        """Re-activate the version that was active before the current one.
+
+        Returns
+        -------
+        str
+            The version now active.
+
+        Raises
+        ------
+        RegistryError
+            No earlier activation to go back to, or its folder is gone.
+        """
+        history = self._history()
+        if len(history) < 2:
+            raise RegistryError(f"nothing to roll back to in {self.root}")
+        history.pop()
+        previous = history[-1]
+        if not (self.root / previous).is_dir():
+            raise RegistryError(f"previous version {previous} is missing from {self.root}")
+        self._set_active(previous, history)
+        return previous
+
+    def load(self, version: str | None = None) -> LoadedModel:
+        """Load a version (default: the active one) after verifying its weights' SHA-256.
+
+        Parameters
+        ----------
+        version : str or None, optional
+            Version name; ``None`` loads the active version.
+
+        Returns
+        -------
+        LoadedModel
+
+        Raises
+        ------
+        RegistryError
+            No active version, missing or unreadable card or weights, SHA-256 mismatch, or
+            weights that do not fit the card's architecture. The message names the file.
+        """
+        if version is None:
+            version = self.active()
+            if version is None:
+                raise RegistryError(f"no active model version in {self.root}")
+        card = self._read_card(version)
+        path = self.root / version / WEIGHTS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(f"weights file missing: {path}") from exc
+        except OSError as exc:
+            raise RegistryError(f"weights file unreadable: {path}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        expected = card.get("weights_sha256")
+        if digest != expected:
+            raise RegistryError(
+                f"SHA-256 of {path} is {digest}, model card says {expected}: file modified "
+                "or corrupt"
+            )
+        try:
+            size = card["input_size"]
+            net = build_net(str(card["arch"]), input_size=(int(size[0]), int(size[1])))
+            state = load_safetensors(data)
+            net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise RegistryError(
+                f"cannot build the model of {self._card_path(version)} from {path}: {exc}"
+            ) from exc
+        net.eval()
+        return LoadedModel(net=net, card=card, sha256=digest, version=version)

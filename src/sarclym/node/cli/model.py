@@ -1,0 +1,322 @@
+"""``sarclym-node infer``, ``retrain`` and ``model``: the model, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sarclym.node.cli.exitcodes import EXIT_NO_SERIES, EXIT_OK
+from sarclym.node.cli.progress import progress_bar
+from sarclym.node.config import Config
+from sarclym.node.errors import InputError, ModelError
+from sarclym.node.worker.registry import open_registry
+
+log = structlog.get_logger(__name__)
+
+
+def _device(args: argparse.Namespace, config: Config) -> str:
+    return str(args.device or config.model.device.value)
+
+
+def run_infer(args: argparse.Namespace, config: Config) -> int:
+    """``sarclym-node infer PATH...``; returns the exit code."""
+    from sarclym.model.imaging.prepare import scan_paths
+    from sarclym.model.inference.predictor import Predictor, resolve_device
+    from sarclym.model.registry import RegistryError
+
+    try:
+        scan = scan_paths(args.paths)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from exc
+    for bad in scan.unreadable:
+        log.warning("file passed over", path=str(bad.path), reason=bad.reason)
+    if not scan.studies:
+        raise InputError(f"no DICOM study found in {', '.join(map(str, args.paths))}")
+    try:
+        registry = open_registry(config, args.registry)
+        predictor = Predictor(
+            registry.load(args.model or config.model.version),
+            device=resolve_device(_device(args, config)),
+        )
+    except (RegistryError, ValueError) as exc:
+        raise ModelError(str(exc)) from exc
+
+    results: list[dict[str, Any]] = []
+    for study in scan.studies.values():
+        prepared = study.prepare(
+            size=predictor.input_size,
+            suv_window=predictor.suv_window,
+            rules=config.selection.rules(),
+        )
+        entry: dict[str, Any] = {
+            "study_instance_uid": study.study_instance_uid,
+            "analysed_series_instance_uid": prepared.series_instance_uid,
+            "skipped": [
+                {
+                    "series_instance_uid": s.series_instance_uid,
+                    "reason": s.reason,
+                    "attributes": list(s.attributes),
+                }
+                for s in prepared.selection.skipped
+            ],
+            "suv_max": None,
+            "probability_lymphoma": None,
+            "label": None,
+            "model_version": predictor.identity.version,
+            "weights_sha256": predictor.identity.weights_sha256,
+            "research_use_only": True,
+        }
+        if prepared.mips is not None:
+            prediction = predictor.predict(prepared)
+            entry.update(
+                suv_max=round(prediction.suv_max, 4),
+                probability_lymphoma=round(prediction.probability_lymphoma, 6),
+                label=prediction.label,
+            )
+            if args.out is not None:
+                entry["files"] = [str(p) for p in _write_results(args.out, prediction, prepared)]
+        results.append(entry)
+    _print_infer(results, as_json=args.json)
+    analysed = all(r["analysed_series_instance_uid"] is not None for r in results)
+    return EXIT_OK if analysed else EXIT_NO_SERIES
+
+
+def _write_results(out: Path, prediction: Any, prepared: Any) -> list[Path]:
+    import datetime as dt
+
+    from sarclym.node.worker.processor import write_results
+
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+    folder = out / prediction.study_instance_uid
+    return write_results(prediction, prepared.datasets, folder, created=created)
+
+
+def _print_infer(results: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        payload: Any = results[0] if len(results) == 1 else results
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    print("RESEARCH USE ONLY - NOT FOR DIAGNOSIS")
+    for r in results:
+        if r["label"] is None:
+            print(f"{r['study_instance_uid']}: no series to analyse")
+        else:
+            print(
+                f"{r['study_instance_uid']}: {r['label']} "
+                f"(P(lymphoma) {r['probability_lymphoma']:.3f}, SUVmax {r['suv_max']:.1f}) "
+                f"model {r['model_version']}"
+            )
+        for s in r["skipped"]:
+            print(f"  {s['series_instance_uid']}: {s['reason']}")
+        for f in r.get("files", []):
+            print(f"  wrote {f}")
+
+
+def run_retrain(args: argparse.Namespace, config: Config) -> int:
+    """``sarclym-node retrain``; returns the exit code."""
+    from sarclym.model.errors import LabelsError
+    from sarclym.model.imaging.prepare import scan_paths
+    from sarclym.model.inference.net import ARCHITECTURES
+    from sarclym.model.inference.predictor import resolve_device
+    from sarclym.model.registry import RegistryError
+    from sarclym.model.training.cache import build_training_set
+    from sarclym.model.training.labels import check_labels, read_labels
+    from sarclym.model.training.train import (
+        TrainProgress,
+        TrainSettings,
+        cross_validate,
+        train_final,
+    )
+
+    if args.arch not in ARCHITECTURES:
+        raise InputError(f"--arch {args.arch}: expected one of {', '.join(ARCHITECTURES)}")
+    notes = None
+    if args.notes is not None:
+        try:
+            notes = args.notes.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--notes {args.notes}: cannot read ({exc.strerror})") from exc
+    try:
+        labels = read_labels(args.labels)
+        device = resolve_device(_device(args, config))
+    except (LabelsError, ValueError) as exc:
+        raise ModelError(str(exc)) from exc
+    try:
+        scan = scan_paths([args.data])
+    except FileNotFoundError as exc:
+        raise InputError(f"--data: {exc}") from exc
+    try:
+        check_labels(labels, scan.studies, folds=args.folds)
+    except LabelsError as exc:
+        raise ModelError(f"{args.labels}: {exc}") from exc
+    # Open the registry before hours of training, so that a bad folder fails now.
+    try:
+        registry = open_registry(config, args.registry)
+    except (RegistryError, OSError) as exc:
+        raise ModelError(f"model registry: {exc}") from exc
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    size: tuple[int, int] = args.input_size
+    window = (0.0, float(args.suv_max))
+    cache = args.cache or (config.storage.data_dir / "mip-cache")
+    with progress_bar("MIPs", len(labels), transient=True) as bar:
+
+        def on_study(done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done)
+
+        data = build_training_set(
+            scan.studies,
+            labels,
+            cache,
+            size=size,
+            window=window,
+            progress=on_study,
+            rules=config.selection.rules(),
+        )
+    for uid, why in data.skipped.items():
+        print(f"excluded {uid}: {why}", file=sys.stderr)
+    try:
+        kept = {u: labels[u] for u in data.study_instance_uids}
+        check_labels(kept, data.study_instance_uids, folds=args.folds)
+    except LabelsError as exc:
+        raise ModelError(f"after excluding unusable studies: {exc}") from exc
+
+    settings = TrainSettings(
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    with progress_bar("training", args.epochs * (args.folds + 1), transient=True) as bar:
+
+        def on_epoch(p: TrainProgress) -> None:
+            if bar is not None:
+                bar.advance(bar.task_ids[0])
+            log.debug("epoch", fold=p.fold, epoch=p.epoch, loss=round(p.loss, 4))
+
+        cv = cross_validate(
+            data.x, data.y, settings, folds=args.folds, device=device, progress=on_epoch
+        )
+        net = train_final(data.x, data.y, settings, device=device, progress=on_epoch)
+    print(cv.table())
+    synthetic = bool(args.synthetic) or _is_synth_labels(args.labels)
+    n = len(data.y)
+    card: dict[str, Any] = {
+        "suv_window": list(window),
+        "training_data": {
+            "description": args.data_description
+            or (
+                f"{n} synthetic studies from sarclym-node synth"
+                if synthetic
+                else f"{n} labelled studies of this site"
+            ),
+            "n": n,
+            "n_lymphoma": int(data.y.sum()),
+            "n_sarcoidosis": int(n - data.y.sum()),
+            "excluded": len(data.skipped),
+        },
+        "synthetic_data": synthetic,
+        "positive_class": "lymphoma",
+        "hyperparameters": {**cv.hyperparameters, "device": device},
+        "cv_metrics": cv.as_card_metrics(),
+        "reproduce": _command_line(args),
+    }
+    bayes = _bayes_auc(args.labels, data.study_instance_uids)
+    if bayes is not None:
+        card["bayes_auc"] = bayes
+    if notes:
+        card["notes"] = notes
+    try:
+        version = registry.register(net, card, args.version)
+    except RegistryError as exc:
+        raise ModelError(str(exc)) from exc
+    print(f"registered model version {version} in {registry.root} (not active)")
+    print(f"activate it with: sarclym-node model activate {version}")
+    return EXIT_OK
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The retrain command as run (the paths as given), for the model card."""
+    parts = ["sarclym-node", "retrain", "--data", str(args.data), "--labels", str(args.labels)]
+    for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "suv_max"):
+        parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    parts += ["--input-size", "{}x{}".format(*args.input_size)]
+    return " ".join(parts)
+
+
+def _is_synth_labels(labels_csv: Path) -> bool:
+    """True for a labels CSV written by ``sarclym-node synth`` (it has ``bayes_llr``)."""
+    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:
+        header = fh.readline()
+    return "bayes_llr" in [c.strip() for c in header.split(",")]
+
+
+def _bayes_auc(labels_csv: Path, uids: list[str]) -> float | None:
+    """The Bayes-ceiling AUC when the labels come from ``synth`` (with ``bayes_llr``)."""
+    import csv
+
+    import numpy as np
+
+    from sarclym.model.training.evaluation import auc_mann_whitney
+
+    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:
+        rows = {r["study_instance_uid"]: r for r in csv.DictReader(fh)}
+    if not uids or "bayes_llr" not in next(iter(rows.values())):
+        return None
+    llr = [float(rows[u]["bayes_llr"]) for u in uids]
+    y = [1 if rows[u]["label"] == "lymphoma" else 0 for u in uids]
+    value = auc_mann_whitney(np.asarray(y), np.clip(np.asarray(llr), -1e6, 1e6))
+    return None if np.isnan(value) else float(value)
+
+
+def run_model(args: argparse.Namespace, config: Config) -> int:
+    """``sarclym-node model list|show|activate|rollback``."""
+    from sarclym.model.registry import RegistryError
+
+    try:
+        registry = open_registry(config, args.registry)
+        if args.action == "list":
+            versions = registry.versions()
+            if args.json:
+                rows = [dataclasses.asdict(info) for info in versions]
+                sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+                return EXIT_OK
+            if not versions:
+                print(f"no model versions in {registry.root}")
+            for info in versions:
+                auc = "n/a" if info.cv_auc_mean is None else f"{info.cv_auc_mean:.3f}"
+                flag = "*" if info.active else " "
+                data = "synthetic" if info.synthetic_data else "site data"
+                print(f"{flag} {info.version:<16} {info.arch:<20} CV AUC {auc:<6} {data}")
+        elif args.action == "show":
+            version = args.version or registry.active()
+            if version is None:
+                raise ModelError(f"no active model version in {registry.root}")
+            if version not in {info.version for info in registry.versions()}:
+                raise ModelError(f"no model version {version!r} in {registry.root}")
+            print((registry.root / version / "model_card.md").read_text(encoding="utf-8"))
+        elif args.action == "activate":
+            if not args.version:
+                raise InputError("model activate needs a VERSION")
+            registry.activate(
+                args.version, min_auc=config.model.activation_min_auc, force=args.force
+            )
+            print(f"active model version: {args.version}")
+        else:
+            print(f"active model version: {registry.rollback()}")
+    except RegistryError as exc:
+        raise ModelError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise ModelError(f"model card missing: {exc.filename}") from exc
+    return EXIT_OK

@@ -1,0 +1,329 @@
+"""The Structured Report result: TID 1500 Measurement Report, for machines and viewers.
+
+IHE AI Results (AIR) puts qualitative AI findings in a Comprehensive 3D SR (PS3.3 A.35.13)
+with TID 1500 as root (``docs/conformance-statement.md`` §8.1)::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report")                      TID 1500
+      Language; observer context: Device (121007) with Device Observer UID     TID 1001/1004
+      Procedure Reported = (443271005, SCT, "PET/CT FDG imaging of whole body")
+      Image Library (111028): the Secondary Capture                            TID 1600
+      Imaging Measurements (126010)
+        Measurement Group per class (sarcoidosis, malignant lymphoma)          TID 1501/1410
+          Tracking Identifier + Tracking Unique Identifier                     TID 4108
+          Finding (121071) = class; Measurement Method = MIP (113078)
+          Algorithm Name / Version / Parameters (weights hash)                 TID 4019
+          NUM Probability (122157) in [0, 1], unit (1, UCUM, "no units")       TID 300
+          Image Region POLYLINE on the SC (TID 1410): for the predicted class the
+            Grad-CAM hot region, for the other class the border of the same MIP panel
+      Qualitative Evaluations (C0034375, UMLS): TEXT research use, model card summary
+
+OHIF's measurement viewport draws only groups that carry a region, so each group is a planar
+ROI (TID 1410) on the plain MIP panel of the SC. The source PET instances are listed
+as evidence ((0040,A375) *Current Requested Procedure Evidence Sequence*). The model is a
+(0018,A001) *Contributing Equipment* item with its (0018,1002) *Device UID*.
+
+The Patient and Study modules are the source's, value for value, in the source's character set
+where pydicom can write them in it, else in ISO_IR 192 (:mod:`sarclym.node.results.patient`).
+
+Fallback SOP classes for PACS that reject 88.34: Comprehensive SR (88.33) and Enhanced SR
+(88.22). Both allow the 2-D SCOORD used here (Enhanced SR forbids SCOORD3D and by-reference
+relationships, neither of which this tree uses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from sarclym.model.classes import CLASSES
+from sarclym.model.inference.prediction import Label, Prediction
+from sarclym.node.results.codes import (
+    CLASS_CODES,
+    COMMENT,
+    DEVICE_OBSERVER,
+    FINDING,
+    IMAGE_LIBRARY,
+    IMAGE_REGION,
+    IMAGING_MEASUREMENT_REPORT,
+    IMAGING_MEASUREMENTS,
+    MAXIMUM_INTENSITY_PROJECTION,
+    MEASUREMENT_METHOD,
+    MODALITY,
+    NO_UNITS,
+    PROBABILITY,
+    PROCEDURE_PET_CT_FDG_WHOLE_BODY,
+    QUALITATIVE_EVALUATIONS,
+)
+from sarclym.node.results.patient import apply_character_set, constructor_source, source_header
+from sarclym.node.results.render import hot_region, sc_layout
+from sarclym.node.results.sc import MANUFACTURER, provenance_kwargs, stamp_created
+from sarclym.node.results.uids import ResultUids, result_uids
+
+__all__ = ["CLASS_ORDER", "RESEARCH_STATEMENT", "SrKind", "build_sr"]
+
+SrKind = Literal["comprehensive3d", "comprehensive", "enhanced"]
+
+#: Order of the measurement groups (fixed, whatever the prediction).
+CLASS_ORDER: tuple[Label, Label] = CLASSES
+
+#: First TEXT item of the Qualitative Evaluations container.
+RESEARCH_STATEMENT = (
+    "RESEARCH USE ONLY - NOT FOR DIAGNOSIS. Produced automatically by an AI model that is not "
+    "cleared for clinical use; not verified by a physician."
+)
+
+_SR_CLASSES: dict[str, type[hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR]]
+_SR_CLASSES = {
+    "comprehensive3d": hd.sr.Comprehensive3DSR,
+    "comprehensive": hd.sr.ComprehensiveSR,
+    "enhanced": hd.sr.EnhancedSR,
+}
+
+
+def _probability(prediction: Prediction, label: Label) -> float:
+    p = float(prediction.probability_lymphoma)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability_lymphoma {p} is not in [0, 1]")
+    return p if label == "lymphoma" else 1.0 - p
+
+
+def _groups(
+    prediction: Prediction, sc: Dataset, uids: ResultUids
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One planar-ROI measurement group per class, in :data:`CLASS_ORDER`.
+
+    Every group carries a region on the SC, so that OHIF draws each (its SR viewport shows only
+    groups with a SCOORD) and so that all groups follow one template, TID 1410 (pixelmed's
+    validator checks every group against TID 1410 when exactly one group has an Image Region,
+    and then reports the groups without one). The
+    predicted class's region is the Grad-CAM hot region; the other class's is the border of
+    the same plain MIP panel: its probability concerns the whole projection.
+    """
+    model = prediction.model
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model.name,
+        version=model.version,
+        parameters=[
+            f"weights sha256 {model.weights_sha256}",
+            f"decision threshold {prediction.threshold:g}",
+        ],
+    )
+    layout = sc_layout(prediction.mips)
+    if (int(sc.Rows), int(sc.Columns)) != (layout.rows, layout.columns):
+        raise ValueError(
+            f"SC is {sc.Rows}x{sc.Columns}, the prediction's layout is "
+            f"{layout.rows}x{layout.columns}: the SC was not built from this prediction"
+        )
+    hot_view, hot = hot_region(prediction, layout)
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    for label in CLASS_ORDER:
+        finding = CLASS_CODES[label]
+        if label == prediction.label:
+            polyline, what = hot, "Grad-CAM hot region"
+        else:
+            polyline, what = layout.panel(hot_view, overlay=False).outline(), "whole MIP"
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=polyline,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(sc),
+        )
+        probability = hd.sr.Measurement(
+            name=PROBABILITY, value=round(_probability(prediction, label), 6), unit=NO_UNITS
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uids.tracking[label],
+                    identifier=f"AI {finding.meaning} probability ({what})",
+                ),
+                referenced_region=region,
+                finding_type=finding,
+                method=MAXIMUM_INTENSITY_PROJECTION,
+                algorithm_id=algorithm,
+                measurements=[probability],
+            )
+        )
+    return groups
+
+
+def _statements(prediction: Prediction) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations" container with the research-use TEXT items."""
+    model = prediction.model
+    texts = [
+        RESEARCH_STATEMENT,
+        f"Model {model.name} {model.version}, weights sha256 {model.weights_sha256}"
+        + (", trained on synthetic data only." if model.synthetic_training_data else "."),
+    ]
+    if model.summary:
+        texts.append(f"Model card: {model.summary}")
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=COMMENT,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for text in texts
+        ]
+    )
+    return container
+
+
+def _conform_to_templates(report: hd.sr.MeasurementReport) -> None:
+    """Fix three deviations of highdicom 0.28.2's tree that pixelmed's validator reports.
+
+    - TID 1501/1419: (370129005, SCT, "Measurement Method") is HAS CONCEPT MOD, not CONTAINS.
+    - TID 1410: the Image Region SCOORD (row 5) follows the tracking identifiers and the
+      Finding (rows 2-3b) and precedes the TID 1419 items (method, algorithm, measurements);
+      highdicom appends it last.
+    - TID 1602: the Image Library entry's Modality must come from CID 29, which has no "OT"
+      (the SC's modality); the row is optional, so it is dropped.
+    """
+    # highdicom's ContentSequence.remove/insert misplace items (its index() counts within
+    # items of the same name), so each sequence is rebuilt whole.
+    for item in report[0].ContentSequence:
+        if item.name == IMAGE_LIBRARY:
+            for group in item.ContentSequence:
+                for entry in group.ContentSequence:
+                    if "ContentSequence" in entry:
+                        entry.ContentSequence = hd.sr.ContentSequence(
+                            [d for d in entry.ContentSequence if d.name != MODALITY]
+                        )
+        if item.name != IMAGING_MEASUREMENTS:
+            continue
+        for group in item.ContentSequence:
+            content = list(group.ContentSequence)
+            for entry in content:
+                if entry.name == MEASUREMENT_METHOD:
+                    entry.RelationshipType = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD.value
+            regions = [e for e in content if e.name == IMAGE_REGION]
+            rest = [e for e in content if e.name != IMAGE_REGION]
+            split = next(
+                (i + 1 for i, e in enumerate(rest) if e.name == FINDING),
+                sum(1 for e in rest if e.RelationshipType == "HAS OBS CONTEXT"),
+            )
+            group.ContentSequence = hd.sr.ContentSequence([*rest[:split], *regions, *rest[split:]])
+
+
+def _evidence(
+    prediction: Prediction, source_datasets: Sequence[Dataset], sc: Dataset
+) -> list[Dataset]:
+    """Source datasets, stubs for the other source instances, then the SC; no duplicates."""
+    evidence: list[Dataset] = []
+    seen: set[str] = set()
+    for ds in source_datasets:
+        if str(ds.SOPInstanceUID) not in seen:
+            seen.add(str(ds.SOPInstanceUID))
+            evidence.append(ds)
+    for instance in prediction.source_instances:
+        if instance.sop_instance_uid not in seen:
+            seen.add(instance.sop_instance_uid)
+            stub = Dataset()
+            stub.StudyInstanceUID = prediction.study_instance_uid
+            stub.SeriesInstanceUID = prediction.series_instance_uid
+            stub.SOPClassUID = instance.sop_class_uid
+            stub.SOPInstanceUID = instance.sop_instance_uid
+            evidence.append(stub)
+    evidence.append(sc)
+    return evidence
+
+
+def build_sr(
+    prediction: Prediction,
+    source_datasets: Sequence[Dataset],
+    sc: Dataset,
+    *,
+    created: datetime,
+    kind: SrKind = "comprehensive3d",
+    series_number: int = 9002,
+) -> Dataset:
+    """Build the AI-results Structured Report of a prediction.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        Class probabilities, heatmaps (for the ROI) and model.
+    source_datasets : sequence of pydicom.dataset.Dataset
+        Instances of the analysed series; the first gives the Patient and General Study
+        modules and the acquisition equipment. Not modified.
+    sc : pydicom.dataset.Dataset
+        The Secondary Capture from :func:`~sarclym.node.results.sc.build_sc` for the same
+        prediction: Image Library entry, ROI image and evidence.
+    created : datetime
+        The job's stored timestamp: every date and time in the object.
+    kind : {"comprehensive3d", "comprehensive", "enhanced"}, optional
+        SOP class: Comprehensive 3D SR (AIR's choice), or the Comprehensive SR / Enhanced SR
+        fallback for PACS that reject 88.34.
+    series_number : int, optional
+        (0020,0011) *Series Number* of the SR series.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A highdicom SR document, Explicit VR Little Endian, VerificationFlag UNVERIFIED,
+        CompletionFlag COMPLETE, ready for ``dcmwrite``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind``, no source dataset, a source from another study, a probability
+        outside [0, 1], or an SC that was not built from this prediction.
+    """
+    if kind not in _SR_CLASSES:
+        raise ValueError(f"unknown SR kind {kind!r}; expected one of {sorted(_SR_CLASSES)}")
+    if not source_datasets:
+        raise ValueError("no source datasets: the result needs the source Patient and Study")
+    for ds in (source_datasets[0], sc):
+        if str(ds.StudyInstanceUID) != prediction.study_instance_uid:
+            raise ValueError(
+                f"{ds.SOPClassUID.name} is in study {ds.StudyInstanceUID}, "
+                f"not in the predicted study {prediction.study_instance_uid}"
+            )
+    ref = source_datasets[0]
+    header = source_header(ref)
+    uids = result_uids(prediction)
+    model = prediction.model
+    observer = hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept.from_code(DEVICE_OBSERVER),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.device,
+            name=model.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=model.name,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE_PET_CT_FDG_WHOLE_BODY,
+        imaging_measurements=_groups(prediction, sc, uids),
+        title=IMAGING_MEASUREMENT_REPORT,
+        referenced_images=[sc],
+    )
+    report[0].ContentSequence.append(_statements(prediction))
+    _conform_to_templates(report)
+    sr = _SR_CLASSES[kind](
+        # highdicom takes the Patient and Study attributes from the first evidence item: here
+        # without their values or character set (see build_sc); the modules are copied below.
+        evidence=_evidence(prediction, [constructor_source(header), *source_datasets[1:]], sc),
+        content=report,
+        series_instance_uid=uids.sr_series,
+        series_number=series_number,
+        sop_instance_uid=uids.sr_instance,
+        instance_number=1,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        **provenance_kwargs(model, created, "AI results"),
+    )
+    sr.copy_patient_and_study_information(header)
+    stamp_created(sr, created, model)
+    apply_character_set(sr, ref)
+    return sr

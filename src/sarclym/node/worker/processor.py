@@ -1,0 +1,265 @@
+"""The worker's job: one complete series -> SC and SR in the outbox -> the delivery ledger.
+
+:class:`Processor` runs in the worker threads of ``serve`` and of ``worker`` processes. The model
+is loaded once per process (hash verified). Each series is judged alone: the pipeline's
+selection skips CT, NAC, derived MIP series and the like with the reason; an AC whole-body FDG
+PET series gets a Secondary Capture and a Structured Report, written durably to the outbox before
+they are recorded in the delivery ledger, and the series is marked DONE last (with the stage
+times, the label, the probability and the model in the audit log).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sarclym.node.config import Config
+from sarclym.node.delivery.ledger import DeliveryLedger, ResultId
+from sarclym.node.store.spool import fsync_dir, write_durable
+from sarclym.node.store.state import SeriesStatus, StateDB
+from sarclym.node.worker.registry import open_registry
+from sarclym.node.worker.thumbnail import THUMBNAIL_DIR, write_thumbnail
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from sarclym.model.inference.predictor import Predictor
+    from sarclym.node.results import SrKind
+
+__all__ = ["CRASH_ENV", "Processor", "crash_point", "write_results"]
+
+log = structlog.get_logger(__name__)
+
+#: Fault injection for the crash tests: the process kills itself (SIGKILL, no clean-up at all)
+#: when it reaches the named point. Points: ``processing`` (series marked PROCESSING, nothing
+#: written), ``outbox`` (SC and SR fsynced in the outbox, not yet in the delivery ledger).
+CRASH_ENV = "SARCLYM_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Die here, as ``kill -9`` would, when ``$SARCLYM_TEST_CRASH_AT`` names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash point reached: killing this process", point=name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _StageClock:
+    """Milliseconds spent in each named stage of one job, in order."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round((now - self._last) * 1000.0, 1)
+        self._last = now
+
+
+class Processor:
+    """Turns one complete series into result files in the outbox and ledger entries.
+
+    The model is loaded once, on first use (hash verified), and shared by the worker threads of
+    the process; predictions are serialised (Grad-CAM hooks are not re-entrant).
+
+    Parameters
+    ----------
+    config
+        The node configuration.
+    state
+        The state database.
+    ledger
+        Delivery ledger the results are recorded in.
+    destinations
+        Names of the destinations every result goes to.
+    notify
+        Called after a result was recorded (wakes the deliverer in this process).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: StateDB,
+        ledger: DeliveryLedger,
+        destinations: Sequence[str],
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.ledger = ledger
+        self.destinations = list(destinations)
+        self.notify = notify
+        self.outbox = config.storage.data_dir / "outbox"
+        self._predictor: Predictor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def predictor(self) -> Predictor:
+        """The loaded model (loaded on first use)."""
+        from sarclym.model.inference.predictor import Predictor, resolve_device
+
+        with self._lock:
+            if self._predictor is None:
+                import torch
+
+                if self.config.model.threads:
+                    torch.set_num_threads(self.config.model.threads)
+                registry = open_registry(self.config)
+                loaded = registry.load(self.config.model.version)
+                device = resolve_device(self.config.model.device.value)
+                self._predictor = Predictor(loaded, device=device)
+                log.info(
+                    "model loaded",
+                    version=loaded.version,
+                    weights_sha256=loaded.sha256,
+                    device=device,
+                    threads=torch.get_num_threads(),
+                )
+            return self._predictor
+
+    def process(self, series_uid: str) -> SeriesStatus:
+        """Process one series that is QUEUED; return its final status.
+
+        A series in any other state (already taken by another worker, done, skipped) is left
+        alone and its current status returned.
+        """
+        if not self.state.mark_series(
+            series_uid, SeriesStatus.PROCESSING, expected_status=SeriesStatus.QUEUED
+        ):
+            record = self.state.series(series_uid)
+            return record.status if record is not None else SeriesStatus.FAILED
+        t0 = time.perf_counter()
+        detail: dict[str, Any] = {}
+        try:
+            status, reason, detail = self._run(series_uid)
+        except Exception as exc:
+            log.exception("series processing failed", series_instance_uid=series_uid)
+            status, reason = SeriesStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        detail["seconds"] = round(time.perf_counter() - t0, 3)
+        self.state.mark_series(
+            series_uid, status, reason, expected_status=SeriesStatus.PROCESSING, detail=detail
+        )
+        log.info(
+            "series processed",
+            series_instance_uid=series_uid,
+            status=status.value,
+            reason=reason,
+            seconds=detail["seconds"],
+            stage_ms=detail.get("stage_ms"),
+        )
+        return status
+
+    def _run(self, series_uid: str) -> tuple[SeriesStatus, str, dict[str, Any]]:
+        from sarclym.model.imaging.prepare import prepare_study, read_deferred
+
+        record = self.state.series(series_uid)
+        if record is None:
+            return SeriesStatus.FAILED, "series not in state.db", {}
+        data_dir = self.config.storage.data_dir
+        clock = _StageClock()
+        paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
+        datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
+        clock.lap("read")
+        predictor = self.predictor
+        crash_point("processing")
+        prepared = prepare_study(
+            record.study_uid,
+            {series_uid: datasets},
+            None,
+            size=predictor.input_size,
+            suv_window=predictor.suv_window,
+            rules=self.config.selection.rules(),
+        )
+        clock.lap("prepare")  # selection, pixel decoding, SUV, MIPs
+        if prepared.mips is None:
+            skipped = prepared.selection.skipped
+            reasons = "; ".join(s.reason for s in skipped)
+            attributes = list(dict.fromkeys(a for s in skipped for a in s.attributes))
+            detail = {"stage_ms": clock.laps, "attributes": attributes}
+            return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, detail
+        with self._lock:
+            prediction = predictor.predict(prepared)
+        clock.lap("predict")  # inference and Grad-CAM
+        created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
+        files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
+        crash_point("outbox")
+        result_id = str(ResultId(series_uid, prediction.model.version))
+        self.ledger.enqueue(result_id, files, self.destinations)
+        self.notify()
+        clock.lap("results")  # SC and SR built, written durably, handed to delivery
+        self._write_thumbnail(files[0], series_uid)
+        return (
+            SeriesStatus.DONE,
+            f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
+            f"model {prediction.model.version}",
+            {
+                "label": prediction.label,
+                "probability_lymphoma": round(float(prediction.probability_lymphoma), 4),
+                "model_version": prediction.model.version,
+                "weights_sha256": prediction.model.weights_sha256,
+                "results": [p.name for p in files],
+                "stage_ms": clock.laps,
+            },
+        )
+
+    def _write_results(
+        self, prediction: Any, datasets: Sequence[Dataset], created: dt.datetime
+    ) -> list[Path]:
+        folder = self.outbox / prediction.study_instance_uid / prediction.series_instance_uid
+        return write_results(
+            prediction, datasets, folder, created=created, kind=self.config.service.sr_kind
+        )
+
+    def _write_thumbnail(self, sc_file: Path, series_uid: str) -> None:
+        """The dashboard's PNG of the SC (kept after the outbox is pruned), made once the
+        results are on their way so that it adds nothing to their latency."""
+        from pydicom import dcmread
+
+        path = self.config.storage.data_dir / THUMBNAIL_DIR / f"{series_uid}.png"
+        try:
+            write_thumbnail(dcmread(sc_file), path)
+        except Exception as exc:  # the results stand without it
+            log.warning(
+                "thumbnail not written",
+                series_instance_uid=series_uid,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+
+def write_results(
+    prediction: Any,
+    datasets: Sequence[Dataset],
+    folder: Path,
+    *,
+    created: dt.datetime,
+    kind: SrKind = "comprehensive3d",
+) -> list[Path]:
+    """Build the SC and the SR of a prediction and write them durably into ``folder``.
+
+    Files ``SC_<SOPInstanceUID>.dcm`` then ``SR_<SOPInstanceUID>.dcm`` (the order to send them
+    in: the SR references the SC), each fsynced and renamed into place, the folder synced.
+    """
+    from pydicom.filebase import DicomBytesIO
+
+    from sarclym.node.results import build_sc, build_sr
+
+    sc = build_sc(prediction, datasets, created=created)
+    sr = build_sr(prediction, datasets, sc, created=created, kind=kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, ds in (("SC", sc), ("SR", sr)):
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        path = folder / f"{name}_{ds.SOPInstanceUID}.dcm"
+        write_durable(path, [buffer.getvalue()])
+        files.append(path)
+    fsync_dir(folder.parent)
+    return files

@@ -1,0 +1,74 @@
+"""Where the node keeps its model versions, and how the shipped default gets there.
+
+The registry the node uses is ``model.registry_dir`` from the configuration, or
+``<storage.data_dir>/models``. On first use that registry, when empty, is seeded with the
+versions shipped inside the package (default weights trained on the synthetic cohort), so that
+``retrain``, ``model activate`` and ``model rollback`` all work on one writable folder. A folder
+given with ``--registry`` is used as it is, never seeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from sarclym.node.config import Config
+
+if TYPE_CHECKING:
+    from sarclym.model.registry import Registry
+
+__all__ = ["open_registry", "registry_root"]
+
+log = structlog.get_logger(__name__)
+
+
+def registry_root(config: Config, override: Path | None = None) -> Path:
+    """The registry folder: ``override``, else the configured one, else under the data dir."""
+    if override is not None:
+        return override
+    if config.model.registry_dir is not None:
+        return config.model.registry_dir
+    return config.storage.data_dir / "models"
+
+
+def open_registry(config: Config, override: Path | None = None) -> Registry:
+    """Open (and on first use seed) the node's model registry."""
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.model.registry import Registry
+
+    root = registry_root(config, override)
+    # Only the node's own registry is seeded; a folder named with --registry is used as it is.
+    seed = override is None and DEFAULT_REGISTRY.is_dir()
+    if seed and not (root.exists() and any(root.iterdir())):
+        _seed(DEFAULT_REGISTRY, root)
+    return Registry(root)
+
+
+def _seed(source: Path, root: Path) -> None:
+    """Copy ``source`` to ``root`` whole, or leave the copy another process made first.
+
+    Several processes may start at once on one data folder (`serve` and its `worker`s): each
+    copies into a folder of its own and renames it into place; the rename that finds ``root``
+    already filled loses, and its copy is dropped.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.seeding.", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # an empty folder made beforehand (by hand, or by a volume mount)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process seeded it first (or root is not empty)
+            if not (root.is_dir() and any(root.iterdir())):
+                raise
+            return
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("model registry seeded with the shipped default", registry=str(root))
