@@ -30,7 +30,6 @@ from sarclym.node.config import Config, load_config
 from sarclym.node.delivery.ledger import DeliveryState
 from sarclym.node.errors import ConfigError
 from sarclym.node.http.auth import (
-    ADMIN_TOKEN_FILE,
     Authenticator,
     Principal,
     ensure_admin_token,
@@ -39,6 +38,7 @@ from sarclym.node.http.auth import (
 from sarclym.node.http.views import markdown_to_html
 from sarclym.node.service import Node
 from sarclym.node.store.audit import audit_events
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.state import ReceivedInstance, SeriesStatus
 from sarclym.node.worker.processor import write_results
 from sarclym.node.worker.thumbnail import write_thumbnail
@@ -430,7 +430,7 @@ def test_admin_token_file_is_0600_and_reused(
     tmp_path: Path, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = load_config(environ={"SARCLYM__STORAGE__DATA_DIR": str(tmp_path / "var")})
-    path = tmp_path / "var" / ADMIN_TOKEN_FILE
+    path = DataLayout(tmp_path / "var").admin_token
     old = os.umask(0)  # even with a permissive umask
     try:
         first = Authenticator.from_config(config)
@@ -453,7 +453,7 @@ def test_admin_token_file_is_0600_and_reused(
     # Configured users: no token file is made.
     other = tmp_path / "other"
     Authenticator.from_config(_config(other))
-    assert not (other / "var" / ADMIN_TOKEN_FILE).exists()
+    assert not DataLayout(other / "var").admin_token.exists()
 
 
 def test_dashboard_token_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

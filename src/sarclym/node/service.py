@@ -44,6 +44,7 @@ from sarclym.node.dicom.listener import Listener
 from sarclym.node.http.dashboard import Dashboard
 from sarclym.node.http.metrics import StateCollector
 from sarclym.node.store.audit import record_event
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.state import SeriesStatus, StateDB
 from sarclym.node.worker.processor import Processor
 
@@ -76,7 +77,7 @@ def make_queue(config: Config) -> Huey:
     if url:
         return RedisHuey("sarclym", url=url)
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("sarclym", filename=str(config.storage.data_dir / "queue.db"))
+    return SqliteHuey("sarclym", filename=str(DataLayout(config.storage.data_dir).queue_db))
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -154,7 +155,9 @@ class Node:
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateDB.in_data_dir(data_dir)
-        self.ledger = DeliveryLedger(data_dir / "state.db", policy=config.destinations.retry)
+        self.ledger = DeliveryLedger(
+            DataLayout(data_dir).state_db, policy=config.destinations.retry
+        )
         self.deliverer = Deliverer(self.ledger, _default_destinations(config))
         self.processor = Processor(
             config,
@@ -383,7 +386,7 @@ class Node:
 
     def readiness(self) -> dict[str, bool]:
         """``/readyz``: spool writable above the watermark, queue reachable, model loadable."""
-        spool = self.config.storage.data_dir / "spool"
+        spool = DataLayout(self.config.storage.data_dir).spool
         checks = {"listener": self.listener.is_running}
         try:
             spool.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,9 @@ from sarclym.node.cli.exitcodes import EXIT_DELIVERY, EXIT_OK
 from sarclym.node.config import Config
 from sarclym.node.delivery.destinations import build_destinations
 from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
+from sarclym.node.store.layout import DataLayout
 
 log = structlog.get_logger(__name__)
-
-
-#: File name of the state database under ``storage.data_dir``.
-STATE_DB = "state.db"
 
 
 def _when(seconds: float | None) -> str:
@@ -39,7 +36,7 @@ def run_retry(args: argparse.Namespace, config: Config) -> int:
         0 when everything re-armed was confirmed (or ``--no-send``), 4 when some destination
         still has not confirmed a result.
     """
-    db_path = config.storage.data_dir / STATE_DB
+    db_path = DataLayout(config.storage.data_dir).state_db
     if not db_path.exists():
         sys.stdout.write(f"nothing to retry: no state database at {db_path}\n")
         return EXIT_OK

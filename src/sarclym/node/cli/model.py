@@ -15,6 +15,7 @@ from sarclym.node.cli.exitcodes import EXIT_NO_SERIES, EXIT_OK
 from sarclym.node.cli.progress import progress_bar
 from sarclym.node.config import Config
 from sarclym.node.errors import InputError, ModelError
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.worker.registry import open_registry
 
 log = structlog.get_logger(__name__)
@@ -167,7 +168,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         torch.set_num_threads(args.threads)
     size: tuple[int, int] = args.input_size
     window = (0.0, float(args.suv_max))
-    cache = args.cache or (config.storage.data_dir / "mip-cache")
+    cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
     with progress_bar("MIPs", len(labels), transient=True) as bar:
 
         def on_study(done: int, total: int) -> None:

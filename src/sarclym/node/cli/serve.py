@@ -61,9 +61,9 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
 
 def _state_db(config: Config) -> Path | None:
     """The node's state.db, or None (and a line saying so) when nothing was received yet."""
-    from sarclym.node.store.state import STATE_DB_NAME
+    from sarclym.node.store.layout import DataLayout
 
-    db = config.storage.data_dir / STATE_DB_NAME
+    db = DataLayout(config.storage.data_dir).state_db
     if not db.exists():
         print(f"no state database at {db}: the node has not received anything yet")
         return None

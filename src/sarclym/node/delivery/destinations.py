@@ -35,6 +35,7 @@ from sarclym.node.delivery.outcome import (
 )
 from sarclym.node.delivery.stowrs import StowRsDestination
 from sarclym.node.errors import ConfigError
+from sarclym.node.store.layout import DataLayout
 
 __all__ = [
     "CStoreDestination",
@@ -55,7 +56,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-_DEFAULT_FOLDER = "results"
 #: Imported only when used (they are heavy); checked when the destinations are built.
 _CLIENTS: dict[type, tuple[str, str]] = {
     StowRsTarget: ("dicomweb_client", "dicomweb-client"),
@@ -111,7 +111,7 @@ def destination_from_target(target: TargetConfig, *, data_dir: Path) -> Destinat
             timeout=target.timeout,
         )
     if isinstance(target, FolderTarget):
-        return FolderDestination(target.name, target.path or data_dir / _DEFAULT_FOLDER)
+        return FolderDestination(target.name, target.path or DataLayout(data_dir).results)
     raise TypeError(f"unknown destination target {type(target).__name__}")  # pragma: no cover
 
 

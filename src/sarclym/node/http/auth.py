@@ -32,10 +32,10 @@ from pydantic import ValidationError
 
 from sarclym.node.config import Config, DashboardUser
 from sarclym.node.errors import InputError
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.spool import fsync_dir
 
 __all__ = [
-    "ADMIN_TOKEN_FILE",
     "ADMIN_USER",
     "Authenticator",
     "Principal",
@@ -50,7 +50,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: The bootstrap admin token, inside ``storage.data_dir``.
-ADMIN_TOKEN_FILE = "dashboard-admin.token"
 #: The user name of the bootstrap admin token.
 ADMIN_USER = "admin"
 #: More live sessions than this: the oldest are dropped.
@@ -96,7 +95,7 @@ def hash_token(token: str) -> str:
 
 def admin_token_path(config: Config) -> Path:
     """Where the bootstrap admin token lives: ``<storage.data_dir>/dashboard-admin.token``."""
-    return config.storage.data_dir / ADMIN_TOKEN_FILE
+    return DataLayout(config.storage.data_dir).admin_token
 
 
 def ensure_admin_token(path: Path) -> str:

@@ -46,8 +46,8 @@ from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryRecord, Deliver
 from sarclym.node.http import views as h
 from sarclym.node.http.auth import Authenticator, Principal, Session, admin_token_path
 from sarclym.node.store.audit import AuditEvent, audit_events
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.state import SeriesRecord, SeriesStatus, StateDB
-from sarclym.node.worker.thumbnail import THUMBNAIL_DIR
 
 if TYPE_CHECKING:
     pass
@@ -177,7 +177,7 @@ class Dashboard:
         self.status = status
         self.notify = notify
         self.auth = authenticator or Authenticator.from_config(config)
-        self.thumbnails = config.storage.data_dir / THUMBNAIL_DIR
+        self.thumbnails = DataLayout(config.storage.data_dir).thumbnails
 
     # -- HTTP ------------------------------------------------------------------------------------
 

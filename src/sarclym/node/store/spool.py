@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sarclym.node.errors import SpoolError, SpoolFull
+from sarclym.node.store.layout import DataLayout
 
 __all__ = [
-    "SPOOL_DIR",
     "TEMP_SUFFIX",
     "Spool",
     "SpoolError",
@@ -35,8 +35,6 @@ __all__ = [
     "write_durable",
 ]
 
-#: Name of the spool folder inside ``storage.data_dir``.
-SPOOL_DIR = "spool"
 #: Suffix of files being written; a file with it is never a received instance.
 TEMP_SUFFIX = ".tmp"
 
@@ -147,7 +145,7 @@ class Spool:
 
     def __init__(self, data_dir: Path, *, min_free_mb: int) -> None:
         self.data_dir = Path(data_dir).absolute()
-        self.root = self.data_dir / SPOOL_DIR
+        self.root = DataLayout(self.data_dir).spool
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self._durable_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
@@ -163,7 +161,7 @@ class Spool:
             A UID is not valid (PS3.5 9.1); the message names the attribute.
         """
         return Path(
-            SPOOL_DIR,
+            DataLayout.SPOOL,
             check_uid(study_uid, "StudyInstanceUID"),
             check_uid(series_uid, "SeriesInstanceUID"),
             check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",

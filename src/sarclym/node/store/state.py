@@ -36,9 +36,9 @@ from typing import Any
 
 from sarclym.node.errors import StateError
 from sarclym.node.store.audit import AUDIT_MIGRATIONS, record_event
+from sarclym.node.store.layout import DataLayout
 
 __all__ = [
-    "STATE_DB_NAME",
     "InstanceOutcome",
     "InstanceRecord",
     "ReceivedInstance",
@@ -48,9 +48,6 @@ __all__ = [
     "StateError",
     "StudySummary",
 ]
-
-#: File name of the database inside ``storage.data_dir``.
-STATE_DB_NAME = "state.db"
 
 _COMPONENT = "receive"
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -265,7 +262,7 @@ class StateDB:
         """Open ``<data_dir>/state.db``, creating the folder when missing."""
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder / STATE_DB_NAME)
+        return cls(DataLayout(folder).state_db)
 
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""

@@ -23,10 +23,11 @@ import structlog
 
 from sarclym.node.config import Config
 from sarclym.node.delivery.ledger import DeliveryLedger, ResultId
+from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.spool import fsync_dir, write_durable
 from sarclym.node.store.state import SeriesStatus, StateDB
 from sarclym.node.worker.registry import open_registry
-from sarclym.node.worker.thumbnail import THUMBNAIL_DIR, write_thumbnail
+from sarclym.node.worker.thumbnail import write_thumbnail
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -97,7 +98,7 @@ class Processor:
         self.ledger = ledger
         self.destinations = list(destinations)
         self.notify = notify
-        self.outbox = config.storage.data_dir / "outbox"
+        self.outbox = DataLayout(config.storage.data_dir).outbox
         self._predictor: Predictor | None = None
         self._lock = threading.Lock()
 
@@ -223,7 +224,7 @@ class Processor:
         results are on their way so that it adds nothing to their latency."""
         from pydicom import dcmread
 
-        path = self.config.storage.data_dir / THUMBNAIL_DIR / f"{series_uid}.png"
+        path = DataLayout(self.config.storage.data_dir).thumbnails / f"{series_uid}.png"
         try:
             write_thumbnail(dcmread(sc_file), path)
         except Exception as exc:  # the results stand without it

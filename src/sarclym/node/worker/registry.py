@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sarclym.node.config import Config
+from sarclym.node.store.layout import DataLayout
 
 if TYPE_CHECKING:
     from sarclym.model.registry import Registry
@@ -33,7 +34,7 @@ def registry_root(config: Config, override: Path | None = None) -> Path:
         return override
     if config.model.registry_dir is not None:
         return config.model.registry_dir
-    return config.storage.data_dir / "models"
+    return DataLayout(config.storage.data_dir).models
 
 
 def open_registry(config: Config, override: Path | None = None) -> Registry:

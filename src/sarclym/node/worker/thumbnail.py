@@ -13,10 +13,8 @@ from pydicom.dataset import Dataset
 
 from sarclym.node.store.spool import write_durable
 
-__all__ = ["THUMBNAIL_DIR", "THUMBNAIL_SIZE", "write_thumbnail"]
+__all__ = ["THUMBNAIL_SIZE", "write_thumbnail"]
 
-#: Folder under ``storage.data_dir``.
-THUMBNAIL_DIR = "thumbnails"
 #: Long side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 256
 
