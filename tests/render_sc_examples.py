@@ -19,7 +19,7 @@ from PIL import Image
 
 from sarclym.model.imaging.prepare import scan_paths
 from sarclym.model.inference.predictor import DEFAULT_REGISTRY, Predictor
-from sarclym.model.registry import Registry
+from sarclym.model.inference.registry import Registry
 from sarclym.node.cli import main as cli
 from sarclym.node.results import build_sc
 

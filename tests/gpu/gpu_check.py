@@ -231,7 +231,7 @@ def _runs(exe: str | None, *args: str) -> tuple[bool, str]:
 
 def _card() -> dict[str, Any]:
     from sarclym.model.inference.predictor import DEFAULT_REGISTRY
-    from sarclym.model.registry import Registry
+    from sarclym.model.inference.registry import Registry
 
     version = Registry(DEFAULT_REGISTRY).active()
     card: dict[str, Any] = json.loads(

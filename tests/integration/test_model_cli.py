@@ -19,7 +19,7 @@ import torch
 from pydicom import dcmread
 
 from sarclym.model.inference.net import build_net
-from sarclym.model.registry import CARD_FILE, WEIGHTS_FILE, Registry
+from sarclym.model.inference.registry import CARD_FILE, WEIGHTS_FILE, Registry
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_NO_SERIES, EXIT_OK, main
 from tests.conftest import require_tool
 

@@ -12,7 +12,7 @@ import torch
 
 from sarclym.model.errors import RegistryError, SarclymModelError
 from sarclym.model.inference.net import MipNet, build_net
-from sarclym.model.registry import CARD_FILE, DISCLAIMER, WEIGHTS_FILE, Registry
+from sarclym.model.inference.registry import CARD_FILE, DISCLAIMER, WEIGHTS_FILE, Registry
 
 
 def _net(seed: int = 0, arch: str = "two_branch") -> MipNet:

@@ -22,13 +22,12 @@ from sarclym.model.inference.prediction import (
     Prediction,
     SourceInstance,
 )
-from sarclym.model.registry import LoadedModel, Registry
+from sarclym.model.inference.registry import LoadedModel, Registry
 
 __all__ = ["DEFAULT_REGISTRY", "Predictor", "resolve_device"]
 
 #: The registry shipped with the package (``sarclym/model/default_registry/``): default weights
-#: trained on the synthetic cohort. (Not ``model/registry/``: a folder beside ``registry.py`` with
-#: that name shadows the module for mypy.)
+#: trained on the synthetic cohort.
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "default_registry"
 
 
@@ -71,7 +70,7 @@ class Predictor:
     Parameters
     ----------
     loaded
-        From :meth:`~sarclym.model.registry.Registry.load` (hash already verified).
+        From :meth:`~sarclym.model.inference.registry.Registry.load` (hash already verified).
     device
         ``"cpu"`` or ``"cuda"`` (see :func:`resolve_device`).
     threshold

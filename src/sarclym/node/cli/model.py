@@ -29,7 +29,7 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
     """``sarclym-node infer PATH...``; returns the exit code."""
     from sarclym.model.imaging.prepare import scan_paths
     from sarclym.model.inference.predictor import Predictor, resolve_device
-    from sarclym.model.registry import RegistryError
+    from sarclym.model.inference.registry import RegistryError
 
     try:
         scan = scan_paths(args.paths)
@@ -125,7 +125,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     from sarclym.model.imaging.prepare import scan_paths
     from sarclym.model.inference.net import ARCHITECTURES
     from sarclym.model.inference.predictor import resolve_device
-    from sarclym.model.registry import RegistryError
+    from sarclym.model.inference.registry import RegistryError
     from sarclym.model.training.cache import build_training_set
     from sarclym.model.training.labels import check_labels, read_labels
     from sarclym.model.training.train import (
@@ -283,7 +283,7 @@ def _bayes_auc(labels_csv: Path, uids: list[str]) -> float | None:
 
 def run_model(args: argparse.Namespace, config: Config) -> int:
     """``sarclym-node model list|show|activate|rollback``."""
-    from sarclym.model.registry import RegistryError
+    from sarclym.model.inference.registry import RegistryError
 
     try:
         registry = open_registry(config, args.registry)

@@ -306,7 +306,7 @@ def series(view: SeriesView, *, csrf: str | None, retried: str | None, now: floa
 def model(config: Config) -> str:
     """The model the node runs: version, weights SHA-256, the registry's versions, the card."""
     from sarclym.model.errors import RegistryError
-    from sarclym.model.registry import CARD_FILE, render_card
+    from sarclym.model.inference.registry import CARD_FILE, render_card
     from sarclym.node.worker.registry import open_registry
 
     try:

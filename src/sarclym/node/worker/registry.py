@@ -21,7 +21,7 @@ from sarclym.node.config import Config
 from sarclym.node.store.layout import DataLayout
 
 if TYPE_CHECKING:
-    from sarclym.model.registry import Registry
+    from sarclym.model.inference.registry import Registry
 
 __all__ = ["open_registry", "registry_root"]
 
@@ -40,7 +40,7 @@ def registry_root(config: Config, override: Path | None = None) -> Path:
 def open_registry(config: Config, override: Path | None = None) -> Registry:
     """Open (and on first use seed) the node's model registry."""
     from sarclym.model.inference.predictor import DEFAULT_REGISTRY
-    from sarclym.model.registry import Registry
+    from sarclym.model.inference.registry import Registry
 
     root = registry_root(config, override)
     # Only the node's own registry is seeded; a folder named with --registry is used as it is.
