@@ -46,6 +46,7 @@ from pynetdicom.events import Event
 from structlog.testing import capture_logs
 
 from sarclym.node.config import Config, load_config
+from sarclym.node.dicom import compat
 from sarclym.node.dicom.listener import (
     Listener,
     RejectReason,
@@ -184,9 +185,9 @@ def associate(
         guard_responses(assoc)
     else:
         # pynetdicom 3.0.4 leaves the socket of a failed association open (ResourceWarning).
-        wrapped = assoc.dul.socket
-        if wrapped is not None and wrapped.socket is not None:
-            wrapped.socket.close()
+        sock = compat.association_socket(assoc)
+        if sock is not None:
+            sock.close()
     return assoc
 
 

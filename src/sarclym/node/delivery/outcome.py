@@ -31,16 +31,17 @@ sending the same bytes again cannot succeed until a person changes something.
   accepted no presentation context for; any other HTTP status; a file that is missing or not
   readable DICOM.
 
+The status codes are named once, in :class:`sarclym.node.dicom.status.StoreStatus`.
+
 Because result UIDs are deterministic (docs/design.md), sending a result again is idempotent: the
 peer sees the same instance, not a second one.
-"
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
@@ -48,6 +49,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from sarclym.node.dicom.status import FAILURE_RANGES, StoreStatus
 from sarclym.node.errors import InputError
 
 __all__ = [
@@ -56,7 +58,7 @@ __all__ = [
     "FailureKind",
     "FileFailure",
     "FileUids",
-    "StoreStatus",
+    "StoreStatus",  # defined in sarclym.node.dicom.status; re-exported for destinations
     "classify_http_status",
     "classify_store_status",
     "read_uids",
@@ -116,23 +118,6 @@ class Destination(Protocol):
         ...
 
 
-class StoreStatus(IntEnum):
-    """Named C-STORE and STOW-RS failure statuses (PS3.4 B.2.3, PS3.7 C.4, PS3.18 10.5.3)."""
-
-    PROCESSING_FAILURE = 0x0110
-    INVALID_OBJECT_INSTANCE = 0x0117
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    NOT_AUTHORISED = 0x0124
-    DUPLICATE_INVOCATION = 0x0210
-    UNRECOGNISED_OPERATION = 0x0211
-    MISTYPED_ARGUMENT = 0x0212
-    RESOURCE_LIMITATION = 0x0213
-    OUT_OF_RESOURCES = 0xA700  # 0xA7xx
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # 0xA9xx
-    CANNOT_UNDERSTAND = 0xC000  # 0xCxxx
-    CANCEL = 0xFE00
-
-
 _PERMANENT_STATUSES = frozenset(
     {
         StoreStatus.INVALID_OBJECT_INSTANCE,
@@ -141,6 +126,11 @@ _PERMANENT_STATUSES = frozenset(
         StoreStatus.UNRECOGNISED_OPERATION,
         StoreStatus.MISTYPED_ARGUMENT,
     }
+)
+#: 0xA9xx (data set does not match SOP class) and 0xCxxx (cannot understand).
+_PERMANENT_RANGES = (
+    FAILURE_RANGES[StoreStatus.SOP_CLASS_MISMATCH],
+    FAILURE_RANGES[StoreStatus.CANNOT_UNDERSTAND],
 )
 
 
@@ -162,7 +152,7 @@ def classify_store_status(status: int | None) -> FailureKind:
     """
     if status is None:
         return FailureKind.TRANSIENT
-    if 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF or status in _PERMANENT_STATUSES:
+    if any(status in codes for codes in _PERMANENT_RANGES) or status in _PERMANENT_STATUSES:
         return FailureKind.PERMANENT
     return FailureKind.TRANSIENT
 

@@ -4,7 +4,8 @@ The listener files an instance by its UIDs and counts it by Image Index against 
 Slices (docs/pet-input.md); :func:`read_header` parses only those attributes, and checks that the
 bytes really are a data set. :func:`part10_prefix` builds the preamble and file meta of the
 spool file directly (the generic writer cost as much as the rest of the bookkeeping).
-Everything here raises :class:`Refusal` with the C-STORE status the peer should get.
+Everything here raises :class:`Refusal` with the C-STORE status the peer should get
+(:class:`~sarclym.node.dicom.status.StoreStatus`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from enum import IntEnum
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from sarclym.node.dicom.compat import read_file_meta
+from sarclym.node.dicom.status import StoreStatus
 from sarclym.node.errors import Refusal
 from sarclym.node.store.spool import check_uid
 
@@ -30,7 +32,6 @@ __all__ = [
     "Header",
     "Part10Meta",
     "Refusal",
-    "StoreStatus",
     "expected_count",
     "part10_prefix",
     "read_header",
@@ -61,17 +62,6 @@ _HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_
 _LAST_HEADER_TAG = int(max(_HEADER_TAG_NUMBERS))
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE = b"\x00" * 128 + b"DICM"
-
-
-class StoreStatus(IntEnum):
-    """C-STORE response statuses of the node (PS3.4 B.2.3, PS3.7 C)."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700  # below the free-space watermark, disk full, I/O or DB error
-    SOP_CLASS_MISMATCH = 0xA900  # the data set's SOP Class UID is not the request's
-    CANNOT_DECODE = 0xC210  # the data set cannot be parsed
-    MISSING_ATTRIBUTE = 0xC212  # a UID the node files by is missing or not a valid UID
-    INSTANCE_MISMATCH = 0xC213  # the data set's SOP Instance UID is not the request's
 
 
 def expected_count(ds: Dataset) -> int | None:
@@ -218,7 +208,7 @@ def read_part10_meta(data: bytes) -> Part10Meta:
     try:
         if read_preamble(fp, False) is None:
             raise Refusal(StoreStatus.CANNOT_DECODE, "not a DICOM Part 10 file")
-        meta = _read_file_meta_info(fp)
+        meta = read_file_meta(fp)
     except Refusal:
         raise
     except Exception as exc:

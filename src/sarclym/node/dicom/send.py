@@ -3,7 +3,9 @@
 Used by ``sarclym-node synth --send`` now and by the C-STORE destination of the delivery stage.
 Every association sets TCP_NODELAY (without it each C-STORE stalls 40-50 ms on Nagle's algorithm,
 see docs/design.md), every response is checked, and an empty response (timeout, abort, garbage)
-counts as a failure, never as a success (PS3.7 9.1.1.1.9, Annex C).
+counts as a failure, never as a success (PS3.7 9.1.1.1.9, Annex C). Statuses are named in
+:mod:`~sarclym.node.dicom.status`; :func:`guard_responses` (a pynetdicom workaround, see
+:mod:`~sarclym.node.dicom.compat`) is re-exported here for every sender.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 from pydicom import dcmread
@@ -22,6 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from sarclym.node.dicom.compat import association_socket, guard_responses
+from sarclym.node.dicom.status import STORE_WARNINGS, StoreStatus
 from sarclym.node.errors import AssociationRejected, InputError
 
 __all__ = ["SendReport", "StoreFailure", "guard_responses", "send_files", "set_nodelay"]
@@ -29,8 +32,6 @@ __all__ = ["SendReport", "StoreFailure", "guard_responses", "send_files", "set_n
 log = structlog.get_logger(__name__)
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-# PS3.7 Annex C: warnings mean the object was stored (possibly coerced).
-_WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 
 
 @dataclass(frozen=True)
@@ -158,37 +159,16 @@ def send_files(
 
 def _close_failed_socket(assoc: Association) -> None:
     # pynetdicom 3.0 leaves the socket of a refused TCP connection open (ResourceWarning).
-    wrapped = assoc.dul.socket
-    if wrapped is not None and wrapped.socket is not None:
-        wrapped.socket.close()
-
-
-def guard_responses(assoc: Association) -> None:
-    """Hand DIMSE responses that the association's reactor thread took back to ``send_*``.
-
-    pynetdicom 3.0.4 pauses its reactor before ``send_c_store`` waits for the response, but the
-    reactor's ``_is_paused`` flag is briefly True while it is still running its loop; with a
-    fast peer (DCMTK, Orthanc on loopback) the reactor sometimes takes the C-STORE-RSP first,
-    logs "Received unexpected C-STORE service message" and drops it, and the sender waits a
-    whole DIMSE timeout for nothing (pynetdicom issues 435, 875). Putting the response back on
-    the DIMSE queue lets the waiting ``send_*`` call receive it.
-    """
-    serve = assoc._serve_request
-
-    def serve_or_requeue(msg: Any, context_id: int) -> None:
-        if not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+    sock = association_socket(assoc)
+    if sock is not None:
+        sock.close()
 
 
 def set_nodelay(assoc: Association) -> None:
     """Turn off Nagle's algorithm on an association's socket (docs/design.md: 40-50 ms)."""
-    wrapped = assoc.dul.socket
-    if wrapped is not None and wrapped.socket is not None:
-        wrapped.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = association_socket(assoc)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _store_one(assoc: Association, path: Path, report: SendReport, *, msg_id: int) -> None:
@@ -206,9 +186,9 @@ def _store_one(assoc: Association, path: Path, report: SendReport, *, msg_id: in
         log.warning("c-store failed", path=str(path), status=None)
         return
     status = int(status)
-    if status == 0x0000:
+    if status == StoreStatus.SUCCESS:
         report.stored += 1
-    elif status in _WARNING_STATUSES:
+    elif status in STORE_WARNINGS:
         report.stored += 1
         report.warnings += 1
     else:
