@@ -11,6 +11,8 @@ import yaml
 
 from sarclym.node import __version__
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from sarclym.node.config import CONFIG_ENV, loading
+from sarclym.node.store.state import StateDB
 
 SUBCOMMANDS = [
     "synth",
@@ -26,6 +28,13 @@ SUBCOMMANDS = [
     "dashboard-token",
     "demo",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands see no $SARCLYM_CONFIG and no ./sarclym.yaml or /etc/sarclym file."""
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setattr(loading, "SEARCH_PATH", ())
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -128,3 +137,94 @@ def test_worker_refuses_zero_threads(capsys: pytest.CaptureFixture[str]) -> None
     """A `worker` process without threads would do nothing at all: say so, exit 2."""
     assert main(["worker", "--workers", "0"]) == EXIT_BAD_INPUT
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+# Which configuration a command read, and the data folder `status` and `audit` look in.
+
+
+def _installed_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A node's configuration in a temporary "etc" folder, on the search path; its data folder
+    holds a state database. The working directory is another folder."""
+    data = tmp_path / "srv" / "node-data"
+    data.mkdir(parents=True)
+    StateDB(data / "state.db").close()
+    etc = tmp_path / "etc" / "sarclym"
+    etc.mkdir(parents=True)
+    installed = etc / "sarclym.yaml"
+    installed.write_text(f"storage:\n  data_dir: {data}\n")
+    monkeypatch.setattr(loading, "SEARCH_PATH", (Path("sarclym.yaml"), installed))
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return installed, data
+
+
+@pytest.mark.parametrize("command", ["status", "audit"])
+def test_status_and_audit_name_the_configuration_and_data_folder(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    installed, data = _installed_node(tmp_path, monkeypatch)
+    assert main([command]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[:2] == [f"configuration: {installed}", f"data folder: {data}"]
+    assert "no state database" not in captured.out
+
+
+@pytest.mark.parametrize("command", ["status", "audit"])
+def test_with_json_stdout_stays_json(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    installed, data = _installed_node(tmp_path, monkeypatch)
+    assert main([command, "--json"]) == EXIT_OK
+    captured = capsys.readouterr()
+    # Standard output stays JSON: an empty list of series, or no audit lines at all.
+    assert captured.out == ("[]\n" if command == "status" else "")
+    assert f"configuration: {installed}" in captured.err
+    assert f"data folder: {data}" in captured.err
+
+
+@pytest.mark.parametrize("command", ["status", "audit"])
+def test_without_state_database_say_how_to_name_the_nodes_configuration(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([command]) == EXIT_OK
+    captured = capsys.readouterr()
+    err, lines = captured.err.splitlines(), captured.out.splitlines()
+    assert err[0] == "configuration: embedded defaults (no configuration file found)"
+    assert err[1] == f"data folder: {tmp_path / 'var'}"
+    assert lines[0].startswith(f"no state database at {tmp_path / 'var' / 'state.db'}")
+    assert "--config FILE" in lines[1]
+    assert "SARCLYM_CONFIG=FILE" in lines[1]
+    assert "/etc/sarclym/sarclym.yaml" in lines[1]
+    assert not (tmp_path / "var").exists()  # reading creates nothing
+
+
+def test_every_command_reads_the_same_configuration_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--config, else $SARCLYM_CONFIG, else ./sarclym.yaml, else the installed file."""
+    installed, _ = _installed_node(tmp_path, monkeypatch)
+    named, explicit, local = tmp_path / "named.yaml", tmp_path / "explicit.yaml", Path.cwd()
+    for file in (named, explicit):
+        file.write_text("{}\n")
+
+    def checked(*argv: str) -> str:
+        assert main([*argv, "config", "check"]) == EXIT_OK
+        return capsys.readouterr().out.strip()
+
+    assert checked() == f"configuration OK ({installed})"
+    (local / "sarclym.yaml").write_text("{}\n")
+    assert checked() == f"configuration OK ({local / 'sarclym.yaml'})"
+    monkeypatch.setenv(CONFIG_ENV, str(named))
+    assert checked() == f"configuration OK ({named})"
+    assert checked("--config", str(explicit)) == f"configuration OK ({explicit})"

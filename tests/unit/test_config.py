@@ -1,4 +1,4 @@
-"""Configuration: defaults, file, environment overrides, and errors that name the key."""
+"""Configuration: which file, defaults, file, environment overrides, errors that name the key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from sarclym.node.config import Config, LogFormat, load_config
+from sarclym.node.config import (
+    CONFIG_ENV,
+    Config,
+    LogFormat,
+    find_config,
+    load_config,
+    loading,
+    search_order,
+)
 from sarclym.node.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sarclym.example.yaml"
@@ -135,3 +143,105 @@ def test_selection_defaults_are_the_model_rules() -> None:
     from sarclym.model.imaging.selection import DEFAULT_RULES
 
     assert Config().selection.rules() == DEFAULT_RULES
+
+
+# Which file: --config, else $SARCLYM_CONFIG, else ./sarclym.yaml, else /etc/sarclym/sarclym.yaml
+# (here a temporary stand-in: the tests never write /etc), else the embedded defaults.
+
+
+def _installed(tmp_path: Path, text: str = "storage:\n  data_dir: data\n") -> Path:
+    """A configuration where deploy/ installs it, under a temporary "etc" folder."""
+    folder = tmp_path / "etc" / "sarclym"
+    folder.mkdir(parents=True)
+    file = folder / "sarclym.yaml"
+    file.write_text(text)
+    return file
+
+
+def test_installed_config_is_found_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = _installed(tmp_path)
+    elsewhere = tmp_path / "home" / "operator"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(loading, "SEARCH_PATH", (Path("sarclym.yaml"), installed))
+
+    found = find_config(environ={})
+    assert found == installed
+    # Its relative data folder is the installed file's, not the working directory's.
+    assert load_config(found, environ={}).storage.data_dir == installed.parent / "data"
+
+
+def test_search_order_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = _installed(tmp_path)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    search = (Path("sarclym.yaml"), installed)
+    named, explicit = tmp_path / "named.yaml", tmp_path / "explicit.yaml"
+    env = {CONFIG_ENV: str(named)}
+
+    assert find_config(None, environ={}, search_path=search) == installed
+    (cwd / "sarclym.yaml").write_text("{}\n")
+    assert find_config(None, environ={}, search_path=search) == cwd / "sarclym.yaml"
+    assert find_config(None, environ=env, search_path=search) == named
+    assert find_config(explicit, environ=env, search_path=search) == explicit
+    assert find_config(str(explicit), environ=env, search_path=search) == explicit
+
+
+def test_nothing_found_is_the_embedded_defaults(tmp_path: Path) -> None:
+    search = (tmp_path / "sarclym.yaml", tmp_path / "etc" / "sarclym.yaml")
+    assert find_config(None, environ={}, search_path=search) is None
+    assert find_config(None, environ={}, search_path=()) is None
+
+
+def test_empty_names_count_as_unset(tmp_path: Path) -> None:
+    installed = _installed(tmp_path)
+    env = {CONFIG_ENV: ""}
+    assert find_config("", environ=env, search_path=(installed,)) == installed
+
+
+def test_a_named_file_that_is_missing_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    installed = _installed(tmp_path)
+    missing = tmp_path / "typo.yaml"
+    for found in (
+        find_config(missing, environ={}, search_path=(installed,)),
+        find_config(None, environ={CONFIG_ENV: str(missing)}, search_path=(installed,)),
+    ):
+        assert found == missing
+        with pytest.raises(ConfigError, match="cannot read the file") as info:
+            load_config(found, environ={})
+        assert str(missing) in str(info.value)
+
+
+def test_a_file_that_cannot_be_examined_is_returned_to_be_reported(tmp_path: Path) -> None:
+    """A folder without permission is not "no file": loading then names the file and why."""
+
+    class Locked(type(Path())):  # type: ignore[misc]
+        def is_file(self) -> bool:
+            raise PermissionError(13, "Permission denied")
+
+    locked = Locked(tmp_path / "locked" / "sarclym.yaml")
+    assert find_config(None, environ={}, search_path=(locked, _installed(tmp_path))) == locked
+
+
+def test_search_order_in_words() -> None:
+    assert search_order() == (
+        "$SARCLYM_CONFIG, else ./sarclym.yaml, else /etc/sarclym/sarclym.yaml, "
+        "else the embedded defaults"
+    )
+    assert search_order(()) == "$SARCLYM_CONFIG, else the embedded defaults"
+
+
+def test_default_search_path_is_where_deploy_installs_the_file() -> None:
+    """The systemd units, the Compose file and the Helm chart use /etc/sarclym/sarclym.yaml."""
+    deploy = EXAMPLE.parent
+    installed = Path("/etc/sarclym/sarclym.yaml")
+    search_path = loading.SEARCH_PATH
+    assert search_path == (Path("sarclym.yaml"), installed)
+    for unit in ("systemd/sarclym-node.service", "systemd/sarclym-worker@.service"):
+        assert f"SARCLYM_CONFIG={installed}" in (deploy / unit).read_text()
+    assert f":{installed}:ro" in (deploy / "compose.yaml").read_text()
+    helpers = (deploy / "helm" / "sarclym-node" / "templates" / "_helpers.tpl").read_text()
+    assert f"value: {installed}" in helpers

@@ -21,7 +21,7 @@ import structlog
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-__all__ = ["PHI_KEYS", "configure_logging", "safe_dataset_fields", "scrub_phi"]
+__all__ = ["PHI_KEYS", "configure_logging", "scrub_phi"]
 
 #: Event-dict keys that are never written, whatever their value (compared lower-case, no "_").
 PHI_KEYS = frozenset(
@@ -72,30 +72,6 @@ def scrub_phi(
             continue
         event_dict[key] = _REDACTED if _is_phi_key(key) else _redact(event_dict[key])
     return event_dict
-
-
-def safe_dataset_fields(ds: Dataset) -> dict[str, str]:
-    """The identifiers of a dataset that may be logged: UIDs, modality, SOP class.
-
-    Parameters
-    ----------
-    ds
-        Any dataset; missing attributes are left out.
-
-    Returns
-    -------
-    dict
-        ``sop_instance_uid``, ``series_instance_uid``, ``study_instance_uid``, ``modality``,
-        ``sop_class_uid`` where present. Never a name, patient ID or date.
-    """
-    fields = {
-        "sop_instance_uid": "SOPInstanceUID",
-        "series_instance_uid": "SeriesInstanceUID",
-        "study_instance_uid": "StudyInstanceUID",
-        "modality": "Modality",
-        "sop_class_uid": "SOPClassUID",
-    }
-    return {key: str(ds.get(kw)) for key, kw in fields.items() if ds.get(kw) is not None}
 
 
 def configure_logging(

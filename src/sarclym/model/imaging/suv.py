@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from sarclym.model.errors import SeriesRejected, SUVNotComputable
-from sarclym.model.imaging.volume import Volume, frame_count, functional_group_item
+from sarclym.model.imaging.volume import frame_count, functional_group_item
 
-__all__ = ["SuvConversion", "series_units", "suv_factor", "to_suv"]
+__all__ = ["SuvConversion", "series_units", "suv_factor"]
 
 GE_PET_CREATOR = "GEMS_PETD_01"
 PHILIPS_PET_CREATOR = "Philips PET Private Group"
@@ -385,32 +384,3 @@ def suv_factor(first_ds: Dataset, all_datasets: Sequence[Dataset]) -> SuvConvers
     raise SeriesRejected(
         f"Units (0054,1001) are {units or 'missing'}, not BQML, CNTS or GML.", attribute="Units"
     )
-
-
-def to_suv(
-    volume: Volume, conversion: SuvConversion | None = None, *, in_place: bool = False
-) -> np.ndarray:
-    """Return the volume in SUVbw.
-
-    Parameters
-    ----------
-    volume : Volume
-        Rescaled values of one series.
-    conversion : SuvConversion or None, optional
-        Precomputed factor; computed from ``volume.datasets`` when ``None``.
-    in_place : bool, optional
-        Scale ``volume.values`` itself instead of allocating a second float32 volume.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 SUVbw, same shape and axis order as ``volume.values``.
-    """
-    if conversion is None:
-        conversion = suv_factor(volume.datasets[0], volume.datasets)
-    factor = np.float32(conversion.factor)
-    if in_place:
-        values = volume.values
-        values *= factor
-        return values
-    return np.multiply(volume.values, factor, dtype=np.float32)

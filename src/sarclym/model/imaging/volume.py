@@ -143,11 +143,6 @@ class Volume:
     slices: tuple[SliceInfo, ...]
     datasets: tuple[Dataset, ...]
 
-    @property
-    def axial_coverage_mm(self) -> float:
-        """Extent along the slice normal including one slice step (mm)."""
-        return self.values.shape[0] * self.spacing_mm[0]
-
 
 def frame_count(ds: Dataset) -> int:
     """Number of frames, (0028,0008) *Number of Frames* (1 when absent), PS3.3 C.7.6.6."""

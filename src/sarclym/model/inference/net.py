@@ -270,5 +270,9 @@ def build_net(arch: str, *, input_size: tuple[int, int]) -> MipNet:
 
 
 def count_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters of ``net``."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    """Number of parameters of ``net``: the ``parameters`` of a model card.
+
+    Every parameter of these nets is trained (BatchNorm's running statistics are buffers, not
+    parameters), so this is also the number of trainable ones.
+    """
+    return sum(p.numel() for p in net.parameters())

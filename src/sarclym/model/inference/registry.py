@@ -43,7 +43,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from sarclym.model.errors import RegistryError
-from sarclym.model.inference.net import MipNet, build_net
+from sarclym.model.inference.net import MipNet, build_net, count_parameters
 
 __all__ = [
     "CARD_FILE",
@@ -358,7 +358,7 @@ class Registry:
             "version": name,
             "arch": net.arch,
             "input_size": list(net.input_size),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": count_parameters(net),
             "created": card.get("created", now.isoformat(timespec="seconds")),
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),

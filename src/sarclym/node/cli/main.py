@@ -15,8 +15,8 @@ Exit codes (also in ``sarclym-node --help`` and the README):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from sarclym.node.cli.exitcodes import (
     EXIT_NO_SERIES,
     EXIT_OK,
 )
-from sarclym.node.config import Config, load_config
+from sarclym.node.config import Config, find_config, load_config, search_order
 from sarclym.node.errors import (
     SarclymError,
 )
@@ -52,11 +52,19 @@ exit codes:
   3  some study had no series to analyse (infer)
   4  a destination did not confirm every object (synth --send, delivery)
 
-configuration: --config FILE or $SARCLYM_CONFIG; single keys are overridden by
-environment variables SARCLYM__<SECTION>__<KEY> (e.g. SARCLYM__LISTENER__PORT=104).
+{configuration}
 
 RESEARCH USE ONLY - NOT FOR DIAGNOSIS.
-"""
+""".format(
+    configuration=textwrap.fill(
+        f"configuration: --config FILE, else {search_order()} (`status` and `audit` print "
+        "which was read); single keys are overridden by environment variables "
+        "SARCLYM__<SECTION>__<KEY> (e.g. SARCLYM__LISTENER__PORT=104).",
+        width=88,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+)
 
 log = structlog.get_logger(__name__)
 
@@ -120,8 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        default=os.environ.get("SARCLYM_CONFIG"),
-        help="YAML configuration (default: $SARCLYM_CONFIG, else embedded defaults)",
+        help=f"YAML configuration (default: {search_order()})",
     )
     parser.add_argument("--log-level", metavar="LEVEL", help="override logging.level")
     parser.add_argument(
@@ -195,9 +202,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run the node: DICOM listener, queue, workers, delivery, health endpoint",
         description="Receive PET/CT studies by C-STORE, process every complete attenuation-"
         "corrected whole-body FDG PET series as soon as its last slice arrives, and deliver the "
-        "Secondary Capture and Structured Report to the configured destinations. Runs on the "
-        "embedded defaults without --config (AE SARCLYM, port 11112, data in ./var). SIGINT or "
-        "SIGTERM stops it after the running jobs.",
+        "Secondary Capture and Structured Report to the configured destinations. Without a "
+        "configuration file (see below) it runs on the embedded defaults (AE SARCLYM, port "
+        "11112, data in ./var). SIGINT or SIGTERM stops it after the running jobs.",
     )
     serve.add_argument(
         "--workers",
@@ -252,10 +259,11 @@ def _build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         help="the whole loop for a newcomer: synthetic studies -> node -> results table",
-        description="Generate a few synthetic PET/CT studies, start the node (embedded defaults "
-        "unless --config) with its data under --data-dir, send the studies as a scanner would "
-        "(C-STORE as STORESCU), wait for each result to be confirmed by every destination and "
-        "print study, true label, prediction, P(lymphoma) and latency.",
+        description="Generate a few synthetic PET/CT studies, start the node (on the "
+        "configuration found as below, else the embedded defaults) with its data under "
+        "--data-dir, send the studies as a scanner would (C-STORE as STORESCU), wait for each "
+        "result to be confirmed by every destination and print study, true label, prediction, "
+        "P(lymphoma) and latency.",
     )
     demo.add_argument("--cases", type=_positive_int, default=4, help="studies (default 4)")
     demo.add_argument("--seed", type=int, default=2027, help="cohort seed (default 2027)")
@@ -508,6 +516,15 @@ def _cmd_synth(args: argparse.Namespace, config: Config) -> int:
 
 
 def _configure(args: argparse.Namespace) -> Config:
+    """Find and load the configuration, then set up logging.
+
+    Every command reads its configuration here, found by
+    :func:`sarclym.node.config.find_config`. Afterwards ``args.config`` is the file that was
+    read (a :class:`~pathlib.Path`), or ``None`` for the embedded defaults: the commands that
+    say which configuration they read (``config check``, ``status``, ``audit``) take it from
+    there.
+    """
+    args.config = find_config(args.config)
     config = load_config(args.config)
     level = args.log_level or config.logging.level
     fmt = args.log_format or config.logging.format.value

@@ -1,4 +1,9 @@
-"""``sarclym-node serve``, ``worker`` and ``status``."""
+"""``sarclym-node serve``, ``worker``, ``status`` and ``audit``.
+
+``status`` and ``audit`` read the state database of the data folder of the configuration they
+found (``sarclym.node.config.find_config``): they say first which configuration and which data
+folder that was, so that reading another node's folder, or none, never looks like an idle node.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
-from sarclym.node.config import Config
+from sarclym.node.config import CONFIG_ENV, SEARCH_PATH, Config
 
 
 def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = False) -> int:
@@ -59,15 +65,42 @@ def run_serve(args: argparse.Namespace, config: Config, *, worker_only: bool = F
     return 0
 
 
-def _state_db(config: Config) -> Path | None:
-    """The node's state.db, or None (and a line saying so) when nothing was received yet."""
+def _state_db(args: argparse.Namespace, config: Config) -> Path | None:
+    """The state.db of the configuration's data folder, or None when there is none.
+
+    Prints first, on standard error, which configuration was read and which data folder it
+    names (standard output stays the report: JSON only with ``--json``, nothing for an empty
+    audit log). Without a state database it says so on standard output, with how to name the
+    node's configuration.
+
+    Parameters
+    ----------
+    args
+        The parsed command line; ``args.config`` is the file that was read, ``None`` for the
+        embedded defaults (``sarclym.node.cli.main`` sets it).
+    config
+        The configuration read from it.
+    """
     from sarclym.node.store.layout import DataLayout
 
+    _print_source(args.config, config, sys.stderr)
     db = DataLayout(config.storage.data_dir).state_db
     if not db.exists():
-        print(f"no state database at {db}: the node has not received anything yet")
+        installed = " or ".join(str(p) for p in SEARCH_PATH if p.is_absolute())
+        print(f"no state database at {db}: nothing has been received into this data folder yet")
+        print(
+            "to read a node's own, name its configuration: --config FILE or "
+            f"{CONFIG_ENV}=FILE, or install it as {installed}"
+        )
         return None
     return db
+
+
+def _print_source(source: str | Path | None, config: Config, out: TextIO) -> None:
+    """Two lines: the configuration file read (or the embedded defaults) and the data folder."""
+    read = "embedded defaults (no configuration file found)" if source is None else str(source)
+    print(f"configuration: {read}", file=out)
+    print(f"data folder: {config.storage.data_dir}", file=out)
 
 
 def run_status(args: argparse.Namespace, config: Config) -> int:
@@ -76,7 +109,7 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node.service import series_status
     from sarclym.node.store.state import StateDB
 
-    db = _state_db(config)
+    db = _state_db(args, config)
     if db is None:
         return 0
     with StateDB(db) as state, DeliveryLedger(db) as ledger:
@@ -106,7 +139,7 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node.store.audit import audit_events
     from sarclym.node.store.state import StateDB
 
-    db = _state_db(config)
+    db = _state_db(args, config)
     if db is None:
         return 0
     with StateDB(db) as state:
