@@ -34,9 +34,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 
 from sarclym.node.config import Config, load_config
-from sarclym.node.dicom import listener
+from sarclym.node.dicom import compat, listener
 from sarclym.node.dicom.listener import Listener
-from sarclym.node.store import spool
+from sarclym.node.store import durable as durable_io
 from sarclym.node.store.state import StateDB
 from tests.conftest import free_port, require_tool, wait_for_port
 from tests.unit.petfactory import make_series
@@ -85,7 +85,7 @@ def _node_receiver(*, durable: bool) -> Receiver:
         with pytest.MonkeyPatch.context() as mp:
             if not durable:
                 # Diagnostic only: what the three fsyncs per instance (file, folder, WAL) cost.
-                mp.setattr(spool.os, "fsync", lambda fd: None)
+                mp.setattr(durable_io.os, "fsync", lambda fd: None)
                 state.query("PRAGMA synchronous=OFF")
             listener.start()
             try:
@@ -107,14 +107,14 @@ def _bare_receiver(
         def on_store(event: Event) -> int:
             sop_uid = event.request.AffectedSOPInstanceUID  # type: ignore[union-attr]
             if durable:  # the same temp file, fsync, rename, folder fsync as the node's spool
-                spool.write_durable(out / f"{sop_uid}.dcm", [event.encoded_dataset()])
+                durable_io.write_durable(out / f"{sop_uid}.dcm", [event.encoded_dataset()])
                 return 0x0000
             with open(out / f"{sop_uid}.dcm", "wb") as fh:
                 fh.write(event.encoded_dataset())
             return 0x0000
 
         def on_established(event: Event) -> None:
-            event.assoc.dul._run_loop_delay = listener._DUL_POLL_S
+            compat.set_dul_loop_delay(event.assoc, listener._DUL_POLL_S)
 
         handlers = [(evt.EVT_C_STORE, on_store)]
         if node_poll:

@@ -407,7 +407,7 @@ def _stage_times(
         OrthancRestDestination,
     )
     from sarclym.node.results import build_sc, build_sr
-    from sarclym.node.store.spool import fsync_dir, write_durable
+    from sarclym.node.store.durable import fsync_dir, write_durable
 
     uri = f"file:{data_dir / 'state.db'}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:

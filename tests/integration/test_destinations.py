@@ -36,9 +36,10 @@ from sarclym.node.delivery.destinations import (
     OrthancRestDestination,
     StowRsDestination,
 )
-from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
+from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.dicom.send import send_files
 from sarclym.node.results import build_sc, build_sr
+from sarclym.node.store.records import DeliveryState
 from tests.conftest import (
     OrthancServer,
     StoreSCP,

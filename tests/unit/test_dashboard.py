@@ -27,7 +27,6 @@ from pydicom import dcmread
 
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from sarclym.node.config import Config, load_config
-from sarclym.node.delivery.ledger import DeliveryState
 from sarclym.node.errors import ConfigError
 from sarclym.node.http.auth import (
     Authenticator,
@@ -39,6 +38,7 @@ from sarclym.node.http.views import markdown_to_html
 from sarclym.node.service import Node
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.records import DeliveryState
 from sarclym.node.store.state import ReceivedInstance, SeriesStatus
 from sarclym.node.worker.processor import write_results
 from sarclym.node.worker.thumbnail import write_thumbnail

@@ -29,12 +29,10 @@ from sarclym.node.delivery.destinations import (
     classify_http_status,
     classify_store_status,
 )
-from sarclym.node.delivery.ledger import (
-    DeliveryLedger,
-    DeliveryState,
-    backoff_delay,
-)
+from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.delivery.records import backoff_delay
 from sarclym.node.errors import ConfigError
+from sarclym.node.store.records import DeliveryState
 
 T0 = 1_000_000.0
 

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from sarclym.node.store import spool as spool_module
+from sarclym.node.store import durable as durable_module
+from sarclym.node.store.durable import TEMP_SUFFIX, write_durable
 from sarclym.node.store.spool import (
-    TEMP_SUFFIX,
     Spool,
     SpoolError,
     SpoolFull,
     check_uid,
     is_valid_uid,
-    write_durable,
 )
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "2.25.3"
@@ -105,9 +104,9 @@ def test_durable_write_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         real_replace(src, dst)
 
     spool = Spool(tmp_path, min_free_mb=0)
-    monkeypatch.setattr(spool_module.os, "open", fake_open)
-    monkeypatch.setattr(spool_module.os, "fsync", fake_fsync)
-    monkeypatch.setattr(spool_module.os, "replace", fake_replace)
+    monkeypatch.setattr(durable_module.os, "open", fake_open)
+    monkeypatch.setattr(durable_module.os, "fsync", fake_fsync)
+    monkeypatch.setattr(durable_module.os, "replace", fake_replace)
     spool.write(STUDY, SERIES, SOP, [b"x"])
     series_dir = str(spool.root / STUDY / SERIES)
     assert calls == [
@@ -148,7 +147,7 @@ def test_disk_full_while_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "fsync", no_space)
+    monkeypatch.setattr(durable_module.os, "fsync", no_space)
     with pytest.raises(SpoolFull, match="disk full"):
         spool.write(STUDY, SERIES, SOP, [b"x"])
     monkeypatch.undo()
@@ -161,7 +160,7 @@ def test_other_io_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def denied(src: object, dst: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(spool_module.os, "replace", denied)
+    monkeypatch.setattr(durable_module.os, "replace", denied)
     with pytest.raises(SpoolError, match="cannot store") as info:
         spool.write(STUDY, SERIES, SOP, [b"x"])
     assert not isinstance(info.value, SpoolFull)

@@ -77,7 +77,7 @@ class Refusal(SarclymError):
     Parameters
     ----------
     status
-        The DIMSE status (a :class:`sarclym.node.dicom.part10.StoreStatus`).
+        The DIMSE status (a :class:`sarclym.node.dicom.status.StoreStatus`).
     reason
         Why, for the log and the response's (0000,0902) *Error Comment*; never PHI.
     """

@@ -16,7 +16,6 @@ CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import os
@@ -43,9 +42,10 @@ from sarclym.node.delivery.local_orthanc import answers as orthanc_answers
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.http.dashboard import Dashboard
 from sarclym.node.http.metrics import StateCollector
-from sarclym.node.store.audit import record_event
 from sarclym.node.store.layout import DataLayout
-from sarclym.node.store.state import SeriesStatus, StateDB
+from sarclym.node.store.records import SeriesStatus
+from sarclym.node.store.retention import prune_spool
+from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import Processor
 
 if TYPE_CHECKING:
@@ -62,11 +62,6 @@ TASK_NAME = "sarclym.process_series"
 
 #: First and longest nap (s) of an idle worker between two looks at the SQLite queue.
 _QUEUE_POLL_S = (0.05, 0.25)
-
-
-_PRUNED_TABLE = """
-    CREATE TABLE IF NOT EXISTS pruned_series (series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)
-"""
 
 
 def make_queue(config: Config) -> Huey:
@@ -97,11 +92,7 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
     """The most recent series, newest first, with status, reason and deliveries of results."""
-    rows = state.query(
-        "SELECT series_uid, study_uid, modality, status, status_reason, instance_count, "
-        "last_received FROM series ORDER BY last_received DESC LIMIT ?",
-        (limit,),
-    )
+    records = state.recent_series(limit=limit)
     deliveries: dict[str, list[dict[str, Any]]] = {}
     for rec in ledger.records():
         deliveries.setdefault(rec.result.series_uid, []).append(
@@ -114,16 +105,16 @@ def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> l
         )
     return [
         {
-            "series_instance_uid": row["series_uid"],
-            "study_instance_uid": row["study_uid"],
-            "modality": row["modality"],
-            "status": row["status"],
-            "reason": row["status_reason"],
-            "instances": row["instance_count"],
-            "last_received": row["last_received"],
-            "deliveries": deliveries.get(row["series_uid"], []),
+            "series_instance_uid": record.series_uid,
+            "study_instance_uid": record.study_uid,
+            "modality": record.modality,
+            "status": record.status.value,
+            "reason": record.status_reason,
+            "instances": record.instance_count,
+            "last_received": record.last_received,
+            "deliveries": deliveries.get(record.series_uid, []),
         }
-        for row in rows
+        for record in records
     ]
 
 
@@ -155,9 +146,8 @@ class Node:
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateDB.in_data_dir(data_dir)
-        self.ledger = DeliveryLedger(
-            DataLayout(data_dir).state_db, policy=config.destinations.retry
-        )
+        # One connection to state.db for the whole process: the ledger shares it.
+        self.ledger = DeliveryLedger(self.state, policy=config.destinations.retry)
         self.deliverer = Deliverer(self.ledger, _default_destinations(config))
         self.processor = Processor(
             config,
@@ -251,37 +241,9 @@ class Node:
         hours = self.config.storage.retention_hours
         if hours is None:
             return deleted
-        cutoff = (time.time() if now is None else now) - hours * 3600.0
-        self.state.ensure_schema("retention", [[_PRUNED_TABLE]])
-        rows = self.state.query(
-            "SELECT s.series_uid FROM series s LEFT JOIN pruned_series p USING (series_uid) "
-            "WHERE s.status IN ('done', 'skipped') AND s.status_changed <= ? "
-            "AND p.series_uid IS NULL",
-            (cutoff,),
+        deleted += prune_spool(
+            self.state, self.config.storage.data_dir, retention_hours=hours, now=now
         )
-        data_dir = self.config.storage.data_dir
-        for row in rows:
-            folders = set()
-            files = 0
-            for instance in self.state.series_instances(row["series_uid"]):
-                if instance.path:
-                    path = data_dir / instance.path
-                    if path.exists():
-                        path.unlink()
-                        files += 1
-                    folders.add(path.parent)
-            deleted += files
-            for folder in folders:
-                with contextlib.suppress(OSError):  # not empty: other series of the study
-                    folder.rmdir()
-                    folder.parent.rmdir()
-            with self.state.transaction() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO pruned_series (series_uid, pruned_at) VALUES (?, ?)",
-                    (row["series_uid"], time.time()),
-                )
-                detail = {"files": files, "retention_hours": hours}
-                record_event(conn, row["series_uid"], "pruned", detail=detail)
         if deleted:
             log.info("retention: files deleted", files=deleted)
         return deleted

@@ -11,8 +11,9 @@ import structlog
 from sarclym.node.cli.exitcodes import EXIT_DELIVERY, EXIT_OK
 from sarclym.node.config import Config
 from sarclym.node.delivery.destinations import build_destinations
-from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryState
+from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.records import DeliveryState
 
 log = structlog.get_logger(__name__)
 

@@ -1,12 +1,13 @@
 """``sarclym-node demo``: the whole loop in one command, for a newcomer.
 
-Generates a few synthetic PET/CT studies, starts the node on the effective configuration (embedded
-defaults unless ``--config``) with its data under ``--data-dir``, sends each study as a scanner
-would (C-STORE, calling AE ``STORESCU`` from 127.0.0.1, the default allow-list entry), waits for
-each result to be confirmed by every destination, and prints a table: study, true label (the
-generator's), predicted label, P(lymphoma), and the latency from the last C-STORE response to
-the result confirmed. Results also go to a local Orthanc: one already running at
-``service.local_orthanc_url``, or a private one the demo starts when Orthanc is installed.
+Generates a few synthetic PET/CT studies, starts the node on the effective configuration (the
+file :func:`sarclym.node.config.find_config` finds, else the embedded defaults) with its data
+under ``--data-dir``, sends each study as a scanner would (C-STORE, calling AE ``STORESCU`` from
+127.0.0.1, the default allow-list entry), waits for each result to be confirmed by every
+destination, and prints a table: study, true label (the generator's), predicted label,
+P(lymphoma), and the latency from the last C-STORE response to the result confirmed. Results
+also go to a local Orthanc: one already running at ``service.local_orthanc_url``, or a private
+one the demo starts when Orthanc is installed.
 ``--keep`` leaves the node (and that Orthanc) running for a look at the dashboard.
 """
 
@@ -24,6 +25,8 @@ from sarclym.node.delivery.local_orthanc import LocalOrthanc, answers, find_orth
 from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import DeliveryError, InputError
 from sarclym.node.http.dashboard import dashboard_url, login_hint
+from sarclym.node.store.audit import series_result
+from sarclym.node.store.records import SeriesResult
 
 if TYPE_CHECKING:
     from sarclym.node.service import Node
@@ -125,9 +128,9 @@ def _local_orthanc(
 
 def _send_studies(
     args: argparse.Namespace, config: Config, node: Node, cohort: Any
-) -> list[tuple[str, str, str, float]]:
-    """Send each study as a scanner would; (study, status, reason, latency) of each."""
-    rows = []
+) -> list[tuple[str, str, SeriesResult | None, float]]:
+    """Send each study as a scanner would; (study, status, result, latency) of each."""
+    rows: list[tuple[str, str, SeriesResult | None, float]] = []
     port = node.listener.port
     print(f"node listening as {config.listener.ae_title} on port {port}; sending studies ...")
     if node.dashboard is not None:
@@ -145,20 +148,25 @@ def _send_studies(
             raise DeliveryError(f"the node did not store every instance: {report.failures}")
         sent = time.perf_counter()
         uid = study.written.ac_series_uid
-        status, reason = _wait_done(node, uid, args.timeout)
-        rows.append((study.written.study_instance_uid, status, reason, time.perf_counter() - sent))
+        status, _ = _wait_done(node, uid, args.timeout)
+        latency = time.perf_counter() - sent
+        result = series_result(node.state, uid) if status == "done" else None
+        rows.append((study.written.study_instance_uid, status, result, latency))
     return rows
 
 
-def _print_table(rows: list[tuple[str, str, str, float]], truth: dict[str, Any]) -> None:
+def _print_table(
+    rows: list[tuple[str, str, SeriesResult | None, float]], truth: dict[str, Any]
+) -> None:
     print()
     print(f"{'study':<14} {'truth':<12} {'prediction':<12} {'P(lymphoma)':>11} {'latency':>8}")
-    for study_uid, status, reason, latency in rows:
+    for study_uid, _status, result, latency in rows:
         label = truth[study_uid]["label"]
         predicted, probability = "-", "-"
-        if status == "done" and reason:
-            predicted = reason.split(" ", 1)[0]
-            probability = reason.split("P(lymphoma) ", 1)[1].split(")", 1)[0]
+        if result is not None:
+            predicted = result.label
+            if result.probability_lymphoma is not None:
+                probability = f"{result.probability_lymphoma:.3f}"
         print(
             f"...{study_uid[-10:]:<11} {label:<12} {predicted:<12} {probability:>11} "
             f"{latency:>7.2f}s"

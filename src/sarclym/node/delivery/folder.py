@@ -12,7 +12,7 @@ from sarclym.node.delivery.outcome import (
     FileUids,
     readable,
 )
-from sarclym.node.store.spool import fsync_dir, write_durable
+from sarclym.node.store.durable import make_dirs, write_durable
 
 __all__ = ["FolderDestination"]
 
@@ -67,9 +67,7 @@ class FolderDestination:
 
 
 def _durable_copy(source: Path, target: Path, root: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent, root=root)  # the study and series folders, synced into parents
     with source.open("rb") as src:
         write_durable(target, iter(lambda: src.read(1 << 20), b""))
-    # The folders the copy may have created are durable only once their parents are synced.
-    for folder in (target.parent.parent, root):
-        fsync_dir(folder)

@@ -1,92 +1,17 @@
-"""The delivery ledger's records: result ids, delivery states, due and prunable deliveries,
-pass reports, and the retry backoff."""
+"""The delivery ledger's policy records: what a pass did, and the retry backoff.
+
+The rows themselves (result ids, delivery states, due and prunable deliveries) are the store's:
+:mod:`sarclym.node.store.records`.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
 
 from sarclym.node.config import JitterMode, RetryPolicy
 
-__all__ = [
-    "DeliveryRecord",
-    "DeliveryState",
-    "DueDelivery",
-    "PassReport",
-    "PrunableResult",
-    "ResultId",
-    "backoff_delay",
-]
-
-
-class DeliveryState(str, Enum):
-    """Where a result stands with one destination."""
-
-    PENDING = "pending"  # not confirmed yet; tried again at next_attempt_at
-    DELIVERED = "delivered"  # the destination confirmed every file
-    DEAD = "dead"  # dead letter: a permanent failure, or max_attempts used up
-
-
-@dataclass(frozen=True)
-class ResultId:
-    """Which result a delivery is of: the source series and the model version that made it.
-
-    Stored in the ledger as ``"<SeriesInstanceUID>/<model version>"`` (:meth:`__str__`), read
-    back with :meth:`parse`; nothing else builds or splits that text.
-    """
-
-    series_uid: str
-    model_version: str
-
-    def __str__(self) -> str:
-        return f"{self.series_uid}/{self.model_version}"
-
-    @classmethod
-    def parse(cls, text: str) -> ResultId:
-        """The id of a ledger row's ``result_id`` text."""
-        series_uid, _, model_version = text.partition("/")
-        return cls(series_uid, model_version)
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    """One row of the ledger, for status displays."""
-
-    result_id: str  # str(ResultId)
-    destination: str
-    state: DeliveryState
-    attempts: int
-    next_attempt_at: float | None
-    last_error: str | None
-    confirmed: int
-    total: int
-    updated_at: float
-    delivered_at: float | None
-
-    @property
-    def result(self) -> ResultId:
-        """:attr:`result_id` as a :class:`ResultId`."""
-        return ResultId.parse(self.result_id)
-
-
-@dataclass(frozen=True)
-class DueDelivery:
-    """A pending delivery whose time has come, with the files not confirmed yet."""
-
-    result_id: str
-    destination: str
-    attempts: int
-    files: tuple[Path, ...]
-
-
-@dataclass(frozen=True)
-class PrunableResult:
-    """A result every destination confirmed: its outbox files may go."""
-
-    result_id: str
-    files: tuple[Path, ...]
+__all__ = ["PassReport", "backoff_delay"]
 
 
 @dataclass

@@ -5,8 +5,9 @@ their SHA-256 (``dashboard.users[].token_sha256``). A presented token is hashed 
 with every user's hash in constant time (:func:`hmac.compare_digest`, all users each time).
 
 With no user configured, the node creates one admin token at first start in
-``<data_dir>/dashboard-admin.token`` (mode 0600, written to a temporary file, fsynced and linked
-into place, so a crash never leaves half a token) and reuses it on later starts; the log names
+``<data_dir>/dashboard-admin.token`` (mode 0600, created with
+:func:`~sarclym.node.store.durable.create_durable`, so a crash never leaves half a token and two
+processes starting at once agree on one) and reuses it on later starts; the log names
 the file, never the token.
 
 A login opens a session: a random 256-bit id in an ``HttpOnly; SameSite=Strict`` cookie, kept
@@ -32,8 +33,8 @@ from pydantic import ValidationError
 
 from sarclym.node.config import Config, DashboardUser
 from sarclym.node.errors import InputError
+from sarclym.node.store.durable import create_durable
 from sarclym.node.store.layout import DataLayout
-from sarclym.node.store.spool import fsync_dir
 
 __all__ = [
     "ADMIN_USER",
@@ -49,7 +50,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-#: The bootstrap admin token, inside ``storage.data_dir``.
 #: The user name of the bootstrap admin token.
 ADMIN_USER = "admin"
 #: More live sessions than this: the oldest are dropped.
@@ -117,24 +117,9 @@ def ensure_admin_token(path: Path) -> str:
         The file cannot be read or written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        token = mint_token()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, (token + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process made one meanwhile: use that one
-            fsync_dir(path.parent)
-            log.info("dashboard admin token created (user admin)", token_file=str(path))
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+    # Another process may create it meanwhile: then the first one's token is everybody's.
+    if not path.exists() and create_durable(path, (mint_token() + "\n").encode("ascii")):
+        log.info("dashboard admin token created (user admin)", token_file=str(path))
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         os.chmod(path, 0o600)

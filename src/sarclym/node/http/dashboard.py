@@ -35,22 +35,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
 from sarclym.node import __version__
 from sarclym.node.config import Config
-from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryRecord, DeliveryState
+from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.http import views as h
 from sarclym.node.http.auth import Authenticator, Principal, Session, admin_token_path
-from sarclym.node.store.audit import AuditEvent, audit_events
+from sarclym.node.store.audit import STATUS_EVENTS, AuditEvent, audit_events
 from sarclym.node.store.layout import DataLayout
-from sarclym.node.store.state import SeriesRecord, SeriesStatus, StateDB
-
-if TYPE_CHECKING:
-    pass
+from sarclym.node.store.records import (
+    DeliveryRecord,
+    DeliveryState,
+    SeriesRecord,
+    SeriesResult,
+    SeriesStatus,
+)
+from sarclym.node.store.state import StateDB
 
 __all__ = [
     "Dashboard",
@@ -67,8 +71,6 @@ _MAX_BODY = 64 * 1024
 _UID = r"([0-9]+(?:\.[0-9]+)+)"
 _SERIES_PAGE = re.compile(rf"^/dashboard/series/{_UID}$")
 _THUMBNAIL = re.compile(rf"^/dashboard/thumbnails/{_UID}\.png$")
-_REASON = re.compile(r"^(\w+) \(P\(lymphoma\) ([0-9.]+)\), model (\S+)")
-_STAGES = ("complete", "queued", "processing", "done", "skipped", "failed")
 _SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
@@ -135,10 +137,6 @@ def _safe_next(value: str | None) -> str:
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
         return value
     return "/dashboard/"
-
-
-def _series_record(row: Any) -> SeriesRecord:
-    return SeriesRecord(**{**dict(row), "status": SeriesStatus(row["status"])})
 
 
 class Dashboard:
@@ -402,14 +400,16 @@ class Dashboard:
         self, record: SeriesRecord, deliveries: Mapping[str, list[DeliveryRecord]]
     ) -> h.SeriesView:
         events = list(reversed(audit_events(self.state, series_uid=record.series_uid, limit=300)))
+        lifecycle = {s.value for s in STATUS_EVENTS}
         stages: dict[str, float] = {"received": record.first_received}
         for event in events:
-            if event.event in _STAGES:
+            if event.event in lifecycle:
                 stages[event.event] = event.at  # the latest run counts
-        if "complete" not in stages and record.completed_at is not None:
-            stages["complete"] = record.completed_at
+        complete = SeriesStatus.COMPLETE.value
+        if complete not in stages and record.completed_at is not None:
+            stages[complete] = record.completed_at
         final = record.status.value
-        if final in ("done", "skipped", "failed") and final not in stages:
+        if record.status.finished and final not in stages:
             stages[final] = record.status_changed
         return h.SeriesView(
             record=record,
@@ -422,53 +422,44 @@ class Dashboard:
 
     @staticmethod
     def _result(record: SeriesRecord, events: list[AuditEvent]) -> h.ResultView | None:
+        """The result of the latest "done" event that names one (a state.db from before the
+        audit log got those events from its status reasons when it was migrated)."""
         if record.status is not SeriesStatus.DONE:
             return None
-        done = [e for e in events if e.event == "done" and "label" in e.detail]
-        if done:
-            detail = done[-1].detail
-            probability = detail.get("probability_lymphoma")
-            return h.ResultView(
-                label=str(detail["label"]),
-                probability_lymphoma=None if probability is None else float(probability),
-                model_version=detail.get("model_version"),
-                weights_sha256=detail.get("weights_sha256"),
-            )
-        match = _REASON.match(record.status_reason or "")  # a state.db from before the audit log
-        if match is None:
-            return None
-        return h.ResultView(match.group(1), float(match.group(2)), match.group(3))
+        for event in reversed(events):
+            if event.event == SeriesStatus.DONE.value:
+                result = SeriesResult.from_detail(event.detail)
+                if result is not None:
+                    return h.ResultView(
+                        label=result.label,
+                        probability_lymphoma=result.probability_lymphoma,
+                        model_version=result.model_version,
+                        weights_sha256=result.weights_sha256,
+                    )
+        return None
 
-    def _recent(self, status: str | None, limit: int) -> list[h.SeriesView]:
-        rows = self.state.query(
-            "SELECT * FROM series WHERE (? IS NULL OR status = ?) "
-            "ORDER BY last_received DESC LIMIT ?",
-            (status, status, limit),
-        )
+    def _recent(self, status: SeriesStatus | None, limit: int) -> list[h.SeriesView]:
+        records = self.state.recent_series(status, limit=limit)
         deliveries = self._deliveries_by_series()
-        return [self._view(_series_record(row), deliveries) for row in rows]
+        return [self._view(record, deliveries) for record in records]
 
     # -- page bodies ---------------------------------------------------------------------------
 
     def _overview(self, request: Request, session: Session | None) -> tuple[str, str]:
         from sarclym.node.http.pages import overview
 
-        status = request.query.get("status")
-        if status not in {s.value for s in SeriesStatus}:
-            status = None
-        counts = {
-            row[0]: row[1]
-            for row in self.state.query("SELECT status, COUNT(*) FROM series GROUP BY status")
-        }
+        wanted = request.query.get("status")
+        status = SeriesStatus(wanted) if wanted in {s.value for s in SeriesStatus} else None
+        counts = self.state.status_counts()
         views = self._recent(status, 200)
-        failed = [] if status else self._recent(SeriesStatus.FAILED.value, 20)
-        title = "Studies and series" + (f": {status}" if status else "")
-        return title, overview(views, failed, counts, status)
+        failed = [] if status else self._recent(SeriesStatus.FAILED, 20)
+        title = "Studies and series" + (f": {status.value}" if status else "")
+        return title, overview(views, failed, counts, status.value if status else None)
 
     def _results(self, request: Request, session: Session | None) -> tuple[str, str]:
         from sarclym.node.http.pages import results
 
-        return "Results", results(self._recent(SeriesStatus.DONE.value, 60))
+        return "Results", results(self._recent(SeriesStatus.DONE, 60))
 
     def _deliveries(self, request: Request, session: Session | None) -> tuple[str, str]:
         from sarclym.node.http.pages import deliveries

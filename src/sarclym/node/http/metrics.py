@@ -18,8 +18,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sarclym.node.store.audit import latest_event_times
+from sarclym.node.store.records import SeriesStatus
+
 if TYPE_CHECKING:
-    from sarclym.node.delivery.ledger import DeliveryLedger, DeliveryRecord
+    from sarclym.node.delivery.ledger import DeliveryLedger
+    from sarclym.node.store.records import DeliveryRecord, SeriesTimes
     from sarclym.node.store.state import StateDB
 
 __all__ = ["LATENCY_BUCKETS_S", "STAGES", "StateCollector", "histogram_buckets"]
@@ -52,11 +56,11 @@ class StateCollector(Collector):
         instances = CounterMetricFamily(
             "sarclym_instances_received", "Distinct instances received (C-STORE and STOW-RS)."
         )
-        total = self.state.query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM instances")
-        instances.add_metric([], float(total[0]["n"]))
+        count, size = self.state.instance_totals()
+        instances.add_metric([], float(count))
         yield instances
         received_bytes = CounterMetricFamily("sarclym_received_bytes", "Bytes of those instances.")
-        received_bytes.add_metric([], float(total[0]["b"]))
+        received_bytes.add_metric([], float(size))
         yield received_bytes
 
         series = GaugeMetricFamily(
@@ -64,8 +68,8 @@ class StateCollector(Collector):
             "Series by status (receiving, complete, queued, processing, done, skipped, failed).",
             labels=["status"],
         )
-        for row in self.state.query("SELECT status, COUNT(*) AS n FROM series GROUP BY status"):
-            series.add_metric([row["status"]], float(row["n"]))
+        for status, n in self.state.status_counts().items():
+            series.add_metric([status.value], float(n))
         yield series
 
         deliveries = GaugeMetricFamily(
@@ -83,10 +87,8 @@ class StateCollector(Collector):
         yield deliveries
 
         # Last instance of the series received -> result confirmed by the destination.
-        last = {
-            row["series_uid"]: float(row["last_received"])
-            for row in self.state.query("SELECT series_uid, last_received FROM series")
-        }
+        times = self.state.series_times()
+        last = {t.series_uid: t.last_received for t in times}
         latency = HistogramMetricFamily(
             "sarclym_result_latency_seconds",
             "Last instance of a series received -> its result confirmed by a destination.",
@@ -104,9 +106,9 @@ class StateCollector(Collector):
             latency.add_metric([destination], buckets, total_s)
         yield latency
 
-        yield self._stages(records)
+        yield self._stages(times, records)
 
-    def _stages(self, records: Sequence[DeliveryRecord]) -> Metric:
+    def _stages(self, times: Sequence[SeriesTimes], records: Sequence[DeliveryRecord]) -> Metric:
         """Per-stage latency histograms, from the series table and the audit log."""
         stages = HistogramMetricFamily(
             "sarclym_stage_seconds",
@@ -118,26 +120,24 @@ class StateCollector(Collector):
         )
         values: dict[str, list[float]] = {s: [] for s in STAGES}
         # The latest event of each kind per series (a re-queued series counts its last run).
-        at: dict[str, dict[str, float]] = {}
-        for row in self.state.query(
-            "SELECT series_uid, event, MAX(at) AS at FROM audit WHERE event IN "
-            "('complete', 'processing', 'done', 'skipped', 'failed') GROUP BY series_uid, event"
-        ):
-            at.setdefault(row["series_uid"], {})[row["event"]] = float(row["at"])
-        for row in self.state.query(
-            "SELECT series_uid, first_received, last_received, completed_at FROM series "
-            "WHERE completed_at IS NOT NULL"
-        ):
-            events = at.get(row["series_uid"], {})
-            values["receive"].append(row["last_received"] - row["first_received"])
-            values["complete"].append(row["completed_at"] - row["last_received"])
-            if "processing" in events and "complete" in events:
-                values["queue"].append(events["processing"] - events["complete"])
-            ended = [events[e] for e in ("done", "skipped", "failed") if e in events]
-            if "processing" in events and ended:
-                values["process"].append(max(ended) - events["processing"])
+        ended = tuple(s for s in SeriesStatus if s.finished)
+        at = latest_event_times(
+            self.state, (SeriesStatus.COMPLETE, SeriesStatus.PROCESSING, *ended)
+        )
+        for series in times:
+            if series.completed_at is None:
+                continue
+            events = at.get(series.series_uid, {})
+            values["receive"].append(series.last_received - series.first_received)
+            values["complete"].append(series.completed_at - series.last_received)
+            taken = events.get(SeriesStatus.PROCESSING)
+            if taken is not None and SeriesStatus.COMPLETE in events:
+                values["queue"].append(taken - events[SeriesStatus.COMPLETE])
+            finished = [events[s] for s in ended if s in events]
+            if taken is not None and finished:
+                values["process"].append(max(finished) - taken)
         for rec in records:
-            done = at.get(rec.result.series_uid, {}).get("done")
+            done = at.get(rec.result.series_uid, {}).get(SeriesStatus.DONE)
             if rec.delivered_at is not None and done is not None:
                 values["deliver"].append(rec.delivered_at - done)
         for stage in STAGES:

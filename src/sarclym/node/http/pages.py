@@ -11,7 +11,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sarclym.node.delivery.ledger import DeliveryRecord
 from sarclym.node.http.views import (
     SeriesView,
     badge,
@@ -28,14 +27,13 @@ from sarclym.node.http.views import (
     table,
     thumbnail,
 )
-from sarclym.node.store.audit import AuditEvent
+from sarclym.node.store.audit import STATUS_EVENTS, AuditEvent
+from sarclym.node.store.records import DeliveryRecord, SeriesStatus
 
 if TYPE_CHECKING:
     from sarclym.node.config import Config
 
 __all__ = ["audit", "deliveries", "model", "overview", "results", "series"]
-
-_ORDER = ("receiving", "complete", "queued", "processing", "done", "skipped", "failed")
 
 
 def _timeline(view: SeriesView) -> str:
@@ -43,7 +41,7 @@ def _timeline(view: SeriesView) -> str:
     last = view.record.last_received
     chips = [
         f"<span>{esc(stage)} {esc(offset(max(view.stages[stage] - last, 0.0)))}</span>"
-        for stage in ("complete", "queued", "processing", "done", "skipped", "failed")
+        for stage in (s.value for s in STATUS_EVENTS)
         if stage in view.stages
     ]
     return f'<div class="chips">{"".join(chips)}</div>'
@@ -109,14 +107,14 @@ def _series_row(view: SeriesView) -> str:
 def overview(
     views: Sequence[SeriesView],
     failed: Sequence[SeriesView],
-    counts: Mapping[str, int],
+    counts: Mapping[SeriesStatus, int],
     status: str | None,
 ) -> str:
     """Recent series grouped by study; failed series first; counts by status as filters."""
     links = [f'<a href="/dashboard/">{badge("all")} {sum(counts.values())}</a>']
     links += [
-        f'<a href="/dashboard/?status={esc(s)}">{badge(s)} {counts[s]}</a>'
-        for s in _ORDER
+        f'<a href="/dashboard/?status={esc(s.value)}">{badge(s.value)} {counts[s]}</a>'
+        for s in SeriesStatus
         if s in counts
     ]
     parts = [f'<p class="summary">{"".join(links)}</p>']
@@ -168,7 +166,7 @@ def results(views: Sequence[SeriesView]) -> str:
             f'<p class="muted">weights {esc(sha[:12] + "…" if sha else "?")}</p>'
             f"<p>study {short_uid(record.study_uid)}<br>series "
             f"{series_link(record.series_uid)}</p>"
-            f'<p class="muted">done {esc(stamp(view.stages.get("done")))}</p>'
+            f'<p class="muted">done {esc(stamp(view.stages.get(SeriesStatus.DONE.value)))}</p>'
             f"{_delivery_chips(view)}</div>"
         )
     if not cards:

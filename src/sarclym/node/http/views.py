@@ -18,9 +18,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from sarclym.node.delivery.ledger import DeliveryRecord
 from sarclym.node.store.audit import AuditEvent
-from sarclym.node.store.state import SeriesRecord
+from sarclym.node.store.records import DeliveryRecord, SeriesRecord
 
 __all__ = [
     "CSP",
@@ -113,7 +112,7 @@ def esc(value: object) -> str:
 
 @dataclass(frozen=True)
 class ResultView:
-    """The prediction of a DONE series, from its audit "done" event or its status reason."""
+    """The prediction of a DONE series, from its audit "done" event."""
 
     label: str
     probability_lymphoma: float | None

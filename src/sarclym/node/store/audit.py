@@ -19,6 +19,11 @@ retry      an operator re-armed a delivery                       ``cli``, ``dash
 pruned     spool files of the series removed (retention)         node process
 ========== ===================================================== ==============================
 
+The event names are the enums' values: :class:`~sarclym.node.store.records.SeriesStatus` for the
+lifecycle (complete to failed), :class:`~sarclym.node.store.records.DeliveryState` for delivered
+and dead, :class:`SeriesEvent` for the rest. The ``done`` event carries the result
+(:class:`~sarclym.node.store.records.SeriesResult`: label, probability, model, weights).
+
 What is recorded: UIDs (Study, Series), AE titles, destination names, host names and process
 ids, model version and weights hash, reasons. Never a patient's name, ID or birth date, nor
 anything read from the data set beyond its UIDs, Modality and SOP Class.
@@ -31,53 +36,51 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from sarclym.node.store.records import DeliveryState, SeriesResult, SeriesStatus
 
 if TYPE_CHECKING:
     from sarclym.node.store.state import StateDB
 
 __all__ = [
     "AUDIT_EVENTS",
-    "AUDIT_MIGRATIONS",
+    "STATUS_EVENTS",
     "AuditEvent",
+    "SeriesEvent",
     "audit_events",
+    "latest_event_times",
     "process_actor",
     "record_event",
+    "series_result",
 ]
 
+
+class SeriesEvent(str, Enum):
+    """Audit events that are neither a series status nor a delivery state."""
+
+    RECEIVED = "received"  # the first instance of the series is durable
+    RETRY = "retry"  # an operator re-armed a delivery
+    PRUNED = "pruned"  # retention removed the series' spool files
+
+
+#: The statuses whose entry is audited (all but RECEIVING: "received" says when it began).
+STATUS_EVENTS: tuple[SeriesStatus, ...] = tuple(
+    s for s in SeriesStatus if s is not SeriesStatus.RECEIVING
+)
+
 #: Every event name, in the order a series goes through them.
-AUDIT_EVENTS = (
-    "received",
-    "complete",
-    "queued",
-    "processing",
-    "done",
-    "skipped",
-    "failed",
-    "delivered",
-    "dead",
-    "retry",
-    "pruned",
+AUDIT_EVENTS: tuple[str, ...] = (
+    SeriesEvent.RECEIVED.value,
+    *(s.value for s in STATUS_EVENTS),
+    DeliveryState.DELIVERED.value,
+    DeliveryState.DEAD.value,
+    SeriesEvent.RETRY.value,
+    SeriesEvent.PRUNED.value,
 )
-
-#: Each statement idempotent: the delivery ledger, which opens its own connection to state.db,
-#: runs them too.
-AUDIT_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS audit (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        at          REAL NOT NULL,
-        series_uid  TEXT NOT NULL,
-        event       TEXT NOT NULL,
-        actor       TEXT NOT NULL,
-        detail      TEXT NOT NULL DEFAULT '{}'   -- JSON object
-    )""",
-    "CREATE INDEX IF NOT EXISTS audit_by_series ON audit (series_uid, at)",
-)
-
-#: For :meth:`StateDB.ensure_schema` (component ``"audit"``).
-AUDIT_MIGRATIONS: tuple[tuple[str, ...], ...] = (AUDIT_SCHEMA,)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def process_actor() -> str:
 def record_event(
     conn: sqlite3.Connection,
     series_uid: str,
-    event: str,
+    event: SeriesStatus | DeliveryState | SeriesEvent | str,
     *,
     actor: str | None = None,
     detail: Mapping[str, Any] | None = None,
@@ -115,7 +118,7 @@ def record_event(
     series_uid
         (0020,000E) *Series Instance UID* of the series the event is about.
     event
-        One of :data:`AUDIT_EVENTS`.
+        One of :data:`AUDIT_EVENTS` (an enum member or its value).
     actor
         Who: a calling AE title, ``"cli"``, ``"dashboard:<user>"``; this process by default.
     detail
@@ -126,14 +129,15 @@ def record_event(
     ValueError
         ``event`` is not one of :data:`AUDIT_EVENTS`.
     """
-    if event not in AUDIT_EVENTS:
-        raise ValueError(f"audit event must be one of {', '.join(AUDIT_EVENTS)}, not {event!r}")
+    name = event.value if isinstance(event, Enum) else event
+    if name not in AUDIT_EVENTS:
+        raise ValueError(f"audit event must be one of {', '.join(AUDIT_EVENTS)}, not {name!r}")
     conn.execute(
         "INSERT INTO audit (at, series_uid, event, actor, detail) VALUES (?, ?, ?, ?, ?)",
         (
             time.time() if now is None else now,
             series_uid,
-            event,
+            name,
             actor or process_actor(),
             json.dumps(dict(detail or {}), sort_keys=True, default=str),
         ),
@@ -175,3 +179,39 @@ def audit_events(
         )
         for row in state.query(sql, params)
     ]
+
+
+def latest_event_times(
+    state: StateDB, statuses: Iterable[SeriesStatus]
+) -> dict[str, dict[SeriesStatus, float]]:
+    """When each series last entered each of ``statuses`` (a re-queued series: its last run).
+
+    Returns
+    -------
+    dict
+        ``{series_uid: {status: POSIX seconds}}``, only the statuses a series went through.
+    """
+    wanted = [SeriesStatus(s) for s in statuses]
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    times: dict[str, dict[SeriesStatus, float]] = {}
+    for row in state.query(
+        f"SELECT series_uid, event, MAX(at) AS at FROM audit WHERE event IN ({marks}) "
+        "GROUP BY series_uid, event",
+        [s.value for s in wanted],
+    ):
+        times.setdefault(row["series_uid"], {})[SeriesStatus(row["event"])] = float(row["at"])
+    return times
+
+
+def series_result(state: StateDB, series_uid: str) -> SeriesResult | None:
+    """The result of the series' latest ``done`` event that names one, or None."""
+    for row in state.query(
+        "SELECT detail FROM audit WHERE series_uid = ? AND event = ? ORDER BY at DESC, id DESC",
+        (series_uid, SeriesStatus.DONE.value),
+    ):
+        result = SeriesResult.from_detail(json.loads(row["detail"]))
+        if result is not None:
+            return result
+    return None

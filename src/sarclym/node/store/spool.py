@@ -4,39 +4,32 @@ Layout ``<data_dir>/spool/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID
 safe file names once they match the UI value representation (PS3.5 9.1: digits and dots, at most
 64 characters), so every UID is checked before it becomes part of a path.
 
-A file is durable before anyone is told it is stored: it is written under a temporary name in
-its final folder, flushed and fsynced, renamed over the final name (atomic on POSIX), and the
-folder is fsynced so that the rename itself survives a power cut. Folders created on the way are
-fsynced into their parents the same way. A reader therefore sees either no file or a whole one.
+A file is durable before anyone is told it is stored (:mod:`sarclym.node.store.durable`: a
+temporary name in its final folder, fsync, rename, folder fsync; folders created on the way are
+fsynced into their parents). A reader therefore sees either no file or a whole one.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sarclym.node.errors import SpoolError, SpoolFull
+from sarclym.node.store.durable import TEMP_SUFFIX, make_dirs, write_durable
 from sarclym.node.store.layout import DataLayout
 
 __all__ = [
-    "TEMP_SUFFIX",
     "Spool",
     "SpoolError",
     "SpoolFull",
     "check_uid",
-    "fsync_dir",
     "is_valid_uid",
-    "write_durable",
 ]
-
-#: Suffix of files being written; a file with it is never a received instance.
-TEMP_SUFFIX = ".tmp"
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -77,54 +70,6 @@ def check_uid(value: str, keyword: str) -> str:
     if not is_valid_uid(value):
         raise ValueError(f"{keyword} is not a valid UID (PS3.5 9.1): {value[:80]!r}")
     return value
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder, so that entries created or renamed in it survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
-    """Write ``chunks`` to ``path`` atomically and durably; ``path``'s folder must exist.
-
-    Temporary file in the same folder, write, fsync, ``os.replace`` onto ``path``, fsync of the
-    folder. On any error the temporary file is removed and ``path`` is left as it was.
-
-    Parameters
-    ----------
-    path
-        Final file name.
-    chunks
-        The content, in order.
-
-    Returns
-    -------
-    int
-        Bytes written.
-
-    Raises
-    ------
-    OSError
-        Writing, syncing or renaming failed (``ENOSPC`` when the disk is full).
-    """
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}{TEMP_SUFFIX}")
-    size = 0
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in chunks:
-                size += fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return size
 
 
 class Spool:
@@ -260,12 +205,5 @@ class Spool:
                 return
             if len(self._durable_dirs) >= _DIR_CACHE_SIZE:
                 self._durable_dirs.clear()
-            levels = []
-            for level in (folder, *folder.parents):
-                if level == self.data_dir:
-                    break
-                levels.append(level)
-            for level in reversed(levels):
-                level.mkdir(exist_ok=True)
-                fsync_dir(level.parent)
+            make_dirs(folder, root=self.data_dir)
             self._durable_dirs.add(folder)

@@ -1,8 +1,10 @@
 """The state database (``<data_dir>/state.db``): what arrived, and which series are complete.
 
-One SQLite file in WAL mode, shared by the modules of the node; each module owns its tables and
-creates them through :meth:`StateDB.ensure_schema` with its own version counter, so that later
-migrations can run per module. This module owns ``instances`` and ``series``.
+One SQLite file in WAL mode and the node's one owner of it: :class:`StateDB` holds the
+connection, the transactions and the versioned schema of every table (:mod:`.schema`, one version
+counter per component, migrated at open). Each store module owns its tables' statements: this
+one ``instances`` and ``series``; :mod:`.audit`, :mod:`.deliveries` and :mod:`.retention` theirs.
+Nothing outside ``sarclym.node.store`` writes SQL: other layers call the named methods.
 
 Durability: ``synchronous=FULL``, so a committed row survives a power cut; the listener answers a
 C-STORE with Success only after :meth:`StateDB.record_instance` returned. Instance rows are the
@@ -29,14 +31,25 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from enum import Enum
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sarclym.node.errors import StateError
-from sarclym.node.store.audit import AUDIT_MIGRATIONS, record_event
+from sarclym.node.store.audit import SeriesEvent, record_event
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.records import (
+    InstanceOutcome,
+    InstanceRecord,
+    ReceivedInstance,
+    SeriesRecord,
+    SeriesStatus,
+    SeriesTimes,
+    StudySummary,
+    instance_from_row,
+    series_from_row,
+)
+from sarclym.node.store.schema import COMPONENTS
 
 __all__ = [
     "InstanceOutcome",
@@ -44,51 +57,11 @@ __all__ = [
     "ReceivedInstance",
     "SeriesRecord",
     "SeriesStatus",
+    "SeriesTimes",
     "StateDB",
     "StateError",
     "StudySummary",
 ]
-
-_COMPONENT = "receive"
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE series (
-            series_uid      TEXT PRIMARY KEY,
-            study_uid       TEXT NOT NULL,
-            modality        TEXT,
-            sop_class_uid   TEXT,
-            expected_count  INTEGER,           -- NumberOfSlices x NumberOfTimeSlices, or NULL
-            indexed_count   INTEGER NOT NULL DEFAULT 0,  -- distinct ImageIndex in 1..expected
-            instance_count  INTEGER NOT NULL DEFAULT 0,  -- distinct SOP instances
-            byte_count      INTEGER NOT NULL DEFAULT 0,
-            first_received  REAL NOT NULL,
-            last_received   REAL NOT NULL,     -- any arrival, duplicates included
-            status          TEXT NOT NULL,
-            status_reason   TEXT,
-            status_changed  REAL NOT NULL,
-            completed_at    REAL
-        )""",
-        "CREATE INDEX series_by_status ON series (status, last_received)",
-        "CREATE INDEX series_by_study ON series (study_uid)",
-        """CREATE TABLE instances (
-            sop_instance_uid TEXT PRIMARY KEY,
-            series_uid       TEXT NOT NULL REFERENCES series (series_uid),
-            study_uid        TEXT NOT NULL,
-            sop_class_uid    TEXT NOT NULL,
-            transfer_syntax  TEXT NOT NULL,
-            modality         TEXT,
-            image_index      INTEGER,
-            path             TEXT NOT NULL,     -- relative to storage.data_dir
-            size             INTEGER NOT NULL,
-            calling_ae       TEXT,
-            received_at      REAL NOT NULL,     -- first arrival
-            last_received    REAL NOT NULL,     -- latest arrival (a resend)
-            copies           INTEGER NOT NULL DEFAULT 1
-        )""",
-        "CREATE INDEX instances_by_series ON instances (series_uid, image_index)",
-    ),
-)
-
 
 _INSERT_SERIES = """
     INSERT INTO series (series_uid, study_uid, modality, sop_class_uid, first_received,
@@ -109,110 +82,6 @@ _UPDATE_SERIES = """
     WHERE series_uid = :series_uid"""
 
 
-class SeriesStatus(str, Enum):
-    """Where a series stands. The listener sets RECEIVING and COMPLETE; later stages the rest."""
-
-    RECEIVING = "receiving"  # instances arriving, not known to be complete
-    COMPLETE = "complete"  # all expected instances (or quiet time): ready for selection
-    QUEUED = "queued"  # a job was queued for it
-    PROCESSING = "processing"
-    DONE = "done"  # results made
-    SKIPPED = "skipped"  # not analysed, with a reason (CT, NAC, MIP, other tracer...)
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """What the listener knows about an instance it has made durable in the spool."""
-
-    sop_instance_uid: str
-    series_uid: str
-    study_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    path: str  # relative to storage.data_dir
-    size: int
-    modality: str | None = None
-    image_index: int | None = None  # (0054,1330) Image Index
-    expected_count: int | None = None  # (0054,0081) x (0054,0101), None when absent
-    calling_ae: str | None = None
-
-
-@dataclass(frozen=True)
-class InstanceOutcome:
-    """The effect of :meth:`StateDB.record_instance`."""
-
-    new: bool  # False: this SOP Instance UID was already recorded (nothing changed but times)
-    series_complete_now: bool  # True for exactly one instance per series: the completing one
-    series_uid: str  # the series the instance belongs to (the first one recorded, for resends)
-    received: int  # distinct instances of the series so far
-    expected: int | None
-    series_status: SeriesStatus
-
-
-@dataclass(frozen=True)
-class SeriesRecord:
-    """One row of ``series``."""
-
-    series_uid: str
-    study_uid: str
-    modality: str | None
-    sop_class_uid: str | None
-    expected_count: int | None
-    indexed_count: int
-    instance_count: int
-    byte_count: int
-    first_received: float
-    last_received: float
-    status: SeriesStatus
-    status_reason: str | None
-    status_changed: float
-    completed_at: float | None
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """One row of ``instances``."""
-
-    sop_instance_uid: str
-    series_uid: str
-    study_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    modality: str | None
-    image_index: int | None
-    path: str
-    size: int
-    calling_ae: str | None
-    received_at: float
-    last_received: float
-    copies: int
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    """A study as the ``status`` command shows it."""
-
-    study_uid: str
-    series_count: int
-    instance_count: int
-    byte_count: int
-    modalities: tuple[str, ...]
-    first_received: float
-    last_received: float
-    series_by_status: dict[str, int]
-
-
-def _series(row: sqlite3.Row) -> SeriesRecord:
-    values = dict(row)
-    values["status"] = SeriesStatus(values["status"])
-    return SeriesRecord(**values)
-
-
-def _instance(row: sqlite3.Row) -> InstanceRecord:
-    return InstanceRecord(**dict(row))
-
-
 class StateDB:
     """The node's SQLite state database.
 
@@ -226,7 +95,8 @@ class StateDB:
     Notes
     -----
     One connection shared by all threads of the process behind a re-entrant lock (pynetdicom
-    runs every association in its own thread); other processes open their own ``StateDB`` and
+    runs every association in its own thread; the worker threads and the deliverer use the same
+    ``StateDB``, the ledger through :mod:`.deliveries`); other processes open their own and
     SQLite's file locking serialises writers. Use :meth:`transaction` for anything that writes.
 
     Raises
@@ -251,8 +121,8 @@ class StateDB:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
         try:
-            self.ensure_schema(_COMPONENT, _MIGRATIONS)
-            self.ensure_schema("audit", AUDIT_MIGRATIONS)
+            for component, migrations in COMPONENTS:
+                self.ensure_schema(component, migrations)
         except BaseException:
             self._conn.close()
             raise
@@ -322,20 +192,30 @@ class StateDB:
             self._conn.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Run one read-only statement and return all rows."""
+        """Run one read-only statement and return all rows.
+
+        For the store's own modules, tests and diagnostics: code outside
+        ``sarclym.node.store`` calls the named methods instead (``tests/unit/test_store.py``
+        checks that no SQL is written elsewhere).
+        """
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
     def ensure_schema(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
         """Bring the tables of ``component`` to ``len(migrations)``; return the old version.
 
+        Opening a :class:`StateDB` runs this for every component of :mod:`.schema`; tests and
+        later modules may call it for tables of their own.
+
         Parameters
         ----------
         component
-            Name of the owning module (``"receive"``, ``"jobs"``, ``"deliveries"``...).
+            Name of the owning module (``"receive"``, ``"audit"``, ``"deliveries"``...).
         migrations
             ``migrations[i]`` holds the SQL statements that take version ``i`` to ``i + 1``.
-            Steps already applied are skipped; each step runs in its own transaction.
+            Steps already applied are skipped. Each step runs in its own transaction, which
+            reads the version again first: two processes opening the same new file migrate it
+            once, the second finds each step done.
 
         Raises
         ------
@@ -347,17 +227,22 @@ class StateDB:
                 "CREATE TABLE IF NOT EXISTS schema_versions "
                 "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
-            row = conn.execute(
-                "SELECT version FROM schema_versions WHERE component = ?", (component,)
-            ).fetchone()
-        old = 0 if row is None else int(row[0])
-        if old > len(migrations):
-            raise StateError(
-                f"{self.path}: schema of {component!r} is version {old}, this node knows "
-                f"{len(migrations)}; run a newer sarclym-node or restore a matching backup"
-            )
-        for version in range(old, len(migrations)):
+        old: int | None = None
+        while True:
             with self.transaction() as conn:
+                row = conn.execute(
+                    "SELECT version FROM schema_versions WHERE component = ?", (component,)
+                ).fetchone()
+                version = 0 if row is None else int(row[0])
+                old = version if old is None else old
+                if version > len(migrations):
+                    raise StateError(
+                        f"{self.path}: schema of {component!r} is version {version}, this node "
+                        f"knows {len(migrations)}; run a newer sarclym-node or restore a "
+                        "matching backup"
+                    )
+                if version == len(migrations):
+                    return old
                 for statement in migrations[version]:
                     conn.execute(statement)
                 conn.execute(
@@ -365,7 +250,6 @@ class StateDB:
                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
                     (component, version + 1),
                 )
-        return old
 
     def schema_version(self, component: str) -> int:
         """Version of ``component``'s tables; 0 when it never created any."""
@@ -384,11 +268,16 @@ class StateDB:
     def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
         """The recorded instance, or None."""
         rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     def instance_paths(self) -> set[str]:
         """The spool paths of every recorded instance (relative to ``storage.data_dir``)."""
         return {row[0] for row in self.query("SELECT path FROM instances WHERE path != ''")}
+
+    def instance_totals(self) -> tuple[int, int]:
+        """Distinct instances recorded and their bytes, all series together."""
+        row = self.query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances")[0]
+        return int(row[0]), int(row[1])
 
     def series_instances(self, series_uid: str) -> list[InstanceRecord]:
         """Instances of a series, by Image Index (those without one last), then arrival."""
@@ -397,7 +286,7 @@ class StateDB:
             "ORDER BY image_index IS NULL, image_index, received_at",
             (series_uid,),
         )
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     def record_instance(
         self, inst: ReceivedInstance, *, now: float | None = None
@@ -431,7 +320,7 @@ class StateDB:
                 record_event(
                     conn,
                     inst.series_uid,
-                    "received",
+                    SeriesEvent.RECEIVED,
                     actor=inst.calling_ae or None,
                     detail={"modality": inst.modality, "sop_class_uid": inst.sop_class_uid},
                     now=now,
@@ -517,7 +406,7 @@ class StateDB:
     def series(self, series_uid: str) -> SeriesRecord | None:
         """The series, or None when nothing of it was received."""
         rows = self.query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
-        return _series(rows[0]) if rows else None
+        return series_from_row(rows[0]) if rows else None
 
     def series_with_status(
         self, status: SeriesStatus | str, *, limit: int | None = None
@@ -527,7 +416,32 @@ class StateDB:
             "SELECT * FROM series WHERE status = ? ORDER BY status_changed LIMIT ?",
             (SeriesStatus(status).value, -1 if limit is None else limit),
         )
-        return [_series(r) for r in rows]
+        return [series_from_row(r) for r in rows]
+
+    def recent_series(
+        self, status: SeriesStatus | str | None = None, *, limit: int = 200
+    ) -> list[SeriesRecord]:
+        """The series with the latest arrivals, newest first; only those in ``status`` if given
+        (a :class:`SeriesStatus` or its value, else ValueError)."""
+        value = None if status is None else SeriesStatus(status).value
+        rows = self.query(
+            "SELECT * FROM series WHERE (? IS NULL OR status = ?) "
+            "ORDER BY last_received DESC LIMIT ?",
+            (value, value, limit),
+        )
+        return [series_from_row(r) for r in rows]
+
+    def status_counts(self) -> dict[SeriesStatus, int]:
+        """How many series are in each status (statuses without any series left out)."""
+        rows = self.query("SELECT status, COUNT(*) FROM series GROUP BY status")
+        return {SeriesStatus(row[0]): int(row[1]) for row in rows}
+
+    def series_times(self) -> list[SeriesTimes]:
+        """Arrival and completion times of every series (for the metrics)."""
+        rows = self.query(
+            "SELECT series_uid, first_received, last_received, completed_at FROM series"
+        )
+        return [SeriesTimes(**dict(row)) for row in rows]
 
     def complete_series(self, *, limit: int | None = None) -> list[SeriesRecord]:
         """Series that are COMPLETE and not yet taken further, oldest completion first."""
@@ -560,7 +474,7 @@ class StateDB:
         rows = self.query(
             sql + " ORDER BY last_received", (SeriesStatus.RECEIVING.value, now - older_than_s)
         )
-        return [_series(r) for r in rows]
+        return [series_from_row(r) for r in rows]
 
     def mark_series(
         self,
@@ -644,7 +558,7 @@ class StateDB:
             ).fetchall()
             facts["senders"] = {row["ae"]: row["n"] for row in senders}
         facts.update(detail or {})
-        record_event(conn, series_uid, status.value, actor=actor, detail=facts, now=now)
+        record_event(conn, series_uid, status, actor=actor, detail=facts, now=now)
 
     # -- studies ------------------------------------------------------------------------------
 

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sarclym.node.config import Config
-from sarclym.node.delivery.ledger import DeliveryLedger, ResultId
+from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.store.durable import make_dirs, write_durable
 from sarclym.node.store.layout import DataLayout
-from sarclym.node.store.spool import fsync_dir, write_durable
-from sarclym.node.store.state import SeriesStatus, StateDB
+from sarclym.node.store.records import ResultId, SeriesResult, SeriesStatus
+from sarclym.node.store.state import StateDB
 from sarclym.node.worker.registry import open_registry
 from sarclym.node.worker.thumbnail import write_thumbnail
 
@@ -197,24 +198,26 @@ class Processor:
         self.notify()
         clock.lap("results")  # SC and SR built, written durably, handed to delivery
         self._write_thumbnail(files[0], series_uid)
+        result = SeriesResult(
+            label=prediction.label,
+            probability_lymphoma=round(float(prediction.probability_lymphoma), 4),
+            model_version=prediction.model.version,
+            weights_sha256=prediction.model.weights_sha256,
+        )
         return (
             SeriesStatus.DONE,
+            # In words, for people; the dashboard reads the result from the audit detail.
             f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
             f"model {prediction.model.version}",
-            {
-                "label": prediction.label,
-                "probability_lymphoma": round(float(prediction.probability_lymphoma), 4),
-                "model_version": prediction.model.version,
-                "weights_sha256": prediction.model.weights_sha256,
-                "results": [p.name for p in files],
-                "stage_ms": clock.laps,
-            },
+            {**result.detail(), "results": [p.name for p in files], "stage_ms": clock.laps},
         )
 
     def _write_results(
         self, prediction: Any, datasets: Sequence[Dataset], created: dt.datetime
     ) -> list[Path]:
         folder = self.outbox / prediction.study_instance_uid / prediction.series_instance_uid
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder.parent, root=self.outbox)  # the study folder, synced into the outbox
         return write_results(
             prediction, datasets, folder, created=created, kind=self.config.service.sr_kind
         )
@@ -246,7 +249,9 @@ def write_results(
     """Build the SC and the SR of a prediction and write them durably into ``folder``.
 
     Files ``SC_<SOPInstanceUID>.dcm`` then ``SR_<SOPInstanceUID>.dcm`` (the order to send them
-    in: the SR references the SC), each fsynced and renamed into place, the folder synced.
+    in: the SR references the SC), each written with
+    :func:`~sarclym.node.store.durable.write_durable` (fsynced, renamed into place, the folder
+    synced); ``folder`` is created when missing and synced into its parent.
     """
     from pydicom.filebase import DicomBytesIO
 
@@ -254,7 +259,8 @@ def write_results(
 
     sc = build_sc(prediction, datasets, created=created)
     sr = build_sr(prediction, datasets, sc, created=created, kind=kind)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder, root=folder.parent)
     files = []
     for name, ds in (("SC", sc), ("SR", sr)):
         buffer = DicomBytesIO()
@@ -262,5 +268,4 @@ def write_results(
         path = folder / f"{name}_{ds.SOPInstanceUID}.dcm"
         write_durable(path, [buffer.getvalue()])
         files.append(path)
-    fsync_dir(folder.parent)
     return files

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from sarclym.node.store.spool import write_durable
+from sarclym.node.store.durable import write_durable
 
 __all__ = ["THUMBNAIL_SIZE", "write_thumbnail"]
 

@@ -1,0 +1,165 @@
+"""The schema of state.db: every table, as versioned migrations per component.
+
+:class:`~sarclym.node.store.state.StateDB` brings each component to the last version listed here
+when it opens the file (:meth:`~sarclym.node.store.state.StateDB.ensure_schema`), in the order of
+:data:`COMPONENTS`. ``migrations[i]`` takes a component from version ``i`` to ``i + 1``; a step is
+never edited once released, a change is a new step.
+
+======================= =========================================== ==========================
+component               tables                                      module
+======================= =========================================== ==========================
+``receive``             ``series``, ``instances``                   :mod:`.state`
+``audit``               ``audit``                                   :mod:`.audit`
+``deliveries``          ``delivery_results``, ``deliveries``        :mod:`.deliveries`
+``retention``           ``pruned_series``                           :mod:`.retention`
+======================= =========================================== ==========================
+
+Earlier versions of the node created some tables outside this scheme, with ``CREATE ... IF NOT
+EXISTS`` and no version row: the delivery ledger (its own connection) the ``audit``,
+``delivery_results`` and ``deliveries`` tables, the retention sweep ``pruned_series`` (version 1,
+lazily). The first step of those components therefore keeps ``IF NOT EXISTS``: on such a file it
+finds the tables in place, rows and all, and only records the version.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AUDIT_MIGRATIONS",
+    "COMPONENTS",
+    "DELIVERY_MIGRATIONS",
+    "RECEIVE_MIGRATIONS",
+    "RETENTION_MIGRATIONS",
+    "Migrations",
+]
+
+#: ``migrations[i]``: the SQL statements from version ``i`` to ``i + 1``.
+Migrations = tuple[tuple[str, ...], ...]
+
+RECEIVE_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE series (
+            series_uid      TEXT PRIMARY KEY,
+            study_uid       TEXT NOT NULL,
+            modality        TEXT,
+            sop_class_uid   TEXT,
+            expected_count  INTEGER,           -- NumberOfSlices x NumberOfTimeSlices, or NULL
+            indexed_count   INTEGER NOT NULL DEFAULT 0,  -- distinct ImageIndex in 1..expected
+            instance_count  INTEGER NOT NULL DEFAULT 0,  -- distinct SOP instances
+            byte_count      INTEGER NOT NULL DEFAULT 0,
+            first_received  REAL NOT NULL,
+            last_received   REAL NOT NULL,     -- any arrival, duplicates included
+            status          TEXT NOT NULL,
+            status_reason   TEXT,
+            status_changed  REAL NOT NULL,
+            completed_at    REAL
+        )""",
+        "CREATE INDEX series_by_status ON series (status, last_received)",
+        "CREATE INDEX series_by_study ON series (study_uid)",
+        """CREATE TABLE instances (
+            sop_instance_uid TEXT PRIMARY KEY,
+            series_uid       TEXT NOT NULL REFERENCES series (series_uid),
+            study_uid        TEXT NOT NULL,
+            sop_class_uid    TEXT NOT NULL,
+            transfer_syntax  TEXT NOT NULL,
+            modality         TEXT,
+            image_index      INTEGER,
+            path             TEXT NOT NULL,     -- relative to storage.data_dir
+            size             INTEGER NOT NULL,
+            calling_ae       TEXT,
+            received_at      REAL NOT NULL,     -- first arrival
+            last_received    REAL NOT NULL,     -- latest arrival (a resend)
+            copies           INTEGER NOT NULL DEFAULT 1
+        )""",
+        "CREATE INDEX instances_by_series ON instances (series_uid, image_index)",
+    ),
+)
+
+# Version 2 of the audit log: a DONE series of a file from before the audit log has no "done"
+# event, only its status reason, which the worker wrote as
+# "<label> (P(lymphoma) <p>), model <version>". That text is parsed here, once, into the facts
+# the worker now records in the event (sarclym.node.store.records.SeriesResult), so that nothing
+# parses a reason at run time. Series with another reason, or with a "done" event that names a
+# label, are left alone. Uses SQLite's JSON functions (built in since 3.38; the image's
+# Debian bookworm has 3.40).
+_P = " (P(lymphoma) "
+_MODEL = "), model "
+_BACKFILL_DONE = f"""
+    INSERT INTO audit (at, series_uid, event, actor, detail)
+    SELECT status_changed, series_uid, 'done', 'sarclym-node schema migration',
+        json_object('reason', reason, 'label', label, 'probability_lymphoma', CAST(p AS REAL),
+                    'model_version', substr(rest, 1, instr(rest || ' ', ' ') - 1))
+    FROM (
+        SELECT series_uid, status_changed, status_reason AS reason,
+            substr(status_reason, 1, instr(status_reason, '{_P}') - 1) AS label,
+            substr(status_reason, instr(status_reason, '{_P}') + {len(_P)},
+                   instr(status_reason, '{_MODEL}') - instr(status_reason, '{_P}') - {len(_P)})
+                AS p,
+            substr(status_reason, instr(status_reason, '{_MODEL}') + {len(_MODEL)}) AS rest
+        FROM series s
+        WHERE status = 'done'
+          AND instr(status_reason, '{_P}') > 1
+          AND instr(status_reason, '{_MODEL}') > instr(status_reason, '{_P}')
+          AND NOT EXISTS (
+              SELECT 1 FROM audit a WHERE a.series_uid = s.series_uid AND a.event = 'done'
+              AND json_extract(a.detail, '$.label') IS NOT NULL
+          )
+    )
+    WHERE label NOT GLOB '*[^A-Za-z0-9_]*' AND p != '' AND p NOT GLOB '*[^0-9.]*'
+      AND rest NOT GLOB ' *' AND rest != ''
+    ORDER BY status_changed, series_uid
+"""
+
+AUDIT_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE IF NOT EXISTS audit (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            at          REAL NOT NULL,
+            series_uid  TEXT NOT NULL,
+            event       TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            detail      TEXT NOT NULL DEFAULT '{}'   -- JSON object
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_by_series ON audit (series_uid, at)",
+    ),
+    (_BACKFILL_DONE,),
+)
+
+DELIVERY_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE IF NOT EXISTS delivery_results (
+            result_id   TEXT PRIMARY KEY,
+            files       TEXT NOT NULL,            -- JSON list of paths, in sending order
+            created_at  REAL NOT NULL,
+            pruned_at   REAL                      -- outbox files removed
+        )""",
+        """CREATE TABLE IF NOT EXISTS deliveries (
+            result_id       TEXT NOT NULL REFERENCES delivery_results(result_id) ON DELETE CASCADE,
+            destination     TEXT NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,                 -- NULL unless pending
+            last_error      TEXT,
+            confirmed       TEXT NOT NULL DEFAULT '[]',  -- JSON list of paths confirmed
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL,
+            delivered_at    REAL,
+            PRIMARY KEY (result_id, destination)
+        )""",
+        "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at)",
+    ),
+)
+
+RETENTION_MIGRATIONS: Migrations = (
+    (
+        "CREATE TABLE IF NOT EXISTS pruned_series "
+        "(series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)",
+    ),
+)
+
+#: Every component, in the order :class:`StateDB` migrates them (``audit`` reads ``series``).
+COMPONENTS: tuple[tuple[str, Migrations], ...] = (
+    ("receive", RECEIVE_MIGRATIONS),
+    ("audit", AUDIT_MIGRATIONS),
+    ("deliveries", DELIVERY_MIGRATIONS),
+    ("retention", RETENTION_MIGRATIONS),
+)
