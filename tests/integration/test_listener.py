@@ -307,9 +307,10 @@ def test_whole_study_stored_and_ac_series_completes_at_its_last_slice(
         - 132
         - 12
     )  # preamble + DICM, and the group length element itself
-    (summary,) = node.state.recent_studies()
-    assert summary.instance_count == len(order)
-    assert summary.modalities == ("CT", "PT")
+    series = node.state.recent_series()
+    assert {s.study_uid for s in series} == {sent.StudyInstanceUID}
+    assert sum(s.instance_count for s in series) == len(order)
+    assert sorted({s.modality for s in series}) == ["CT", "PT"]
 
 
 def test_shuffled_over_two_concurrent_associations_with_duplicates(

@@ -305,19 +305,18 @@ def test_series_instances_in_index_order(db: StateDB) -> None:
     assert first.transfer_syntax == EXPLICIT
 
 
-def test_recent_studies(db: StateDB) -> None:
+def test_recent_series_and_lookups(db: StateDB) -> None:
     db.record_instance(ct(1), now=10.0)
     for i in (1, 2, 3, 4):
         db.record_instance(pet(i), now=20.0 + i)
     db.record_instance(pet(1, series="7.7.7", study="7.7"), now=5.0)
-    newest, older = db.recent_studies(limit=5)
-    assert newest.study_uid == STUDY
-    assert (newest.series_count, newest.instance_count, newest.byte_count) == (2, 5, 4500)
-    assert newest.modalities == ("CT", "PT")
-    assert (newest.first_received, newest.last_received) == (10.0, 24.0)
-    assert newest.series_by_status == {"complete": 1, "receiving": 1}
+    pet_series, ct_series, older = db.recent_series(limit=5)
+    assert {pet_series.study_uid, ct_series.study_uid} == {STUDY}
+    assert (pet_series.instance_count, ct_series.instance_count) == (4, 1)
+    assert (ct_series.modality, pet_series.modality) == ("CT", "PT")
+    assert {pet_series.status.value, ct_series.status.value} == {"complete", "receiving"}
     assert older.study_uid == "7.7"
-    assert db.recent_studies(limit=1) == [newest]
+    assert db.recent_series(limit=1) == [pet_series]
     assert db.has_instance("1.2.3.4.1")
     assert not db.has_instance("1.2.3.4.9")
     assert db.series("0.0") is None

@@ -94,11 +94,6 @@ class DeliveryOutcome:
         """True when the destination confirmed every file it was given."""
         return not self.failures
 
-    @property
-    def permanent(self) -> bool:
-        """True when some file failed for a reason that a retry cannot fix."""
-        return any(f.kind is FailureKind.PERMANENT for f in self.failures)
-
     @classmethod
     def all_failed(cls, paths: Sequence[Path], kind: FailureKind, reason: str) -> DeliveryOutcome:
         """Every file failed for the same reason (refused connection, HTTP error)."""

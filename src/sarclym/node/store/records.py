@@ -28,7 +28,6 @@ __all__ = [
     "SeriesResult",
     "SeriesStatus",
     "SeriesTimes",
-    "StudySummary",
     "instance_from_row",
     "series_from_row",
 ]
@@ -153,20 +152,6 @@ class InstanceRecord:
     received_at: float
     last_received: float
     copies: int
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    """A study as the ``status`` command shows it."""
-
-    study_uid: str
-    series_count: int
-    instance_count: int
-    byte_count: int
-    modalities: tuple[str, ...]
-    first_received: float
-    last_received: float
-    series_by_status: dict[str, int]
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ from sarclym.node.store.records import (
     SeriesRecord,
     SeriesStatus,
     SeriesTimes,
-    StudySummary,
     instance_from_row,
     series_from_row,
 )
@@ -60,7 +59,6 @@ __all__ = [
     "SeriesTimes",
     "StateDB",
     "StateError",
-    "StudySummary",
 ]
 
 _INSERT_SERIES = """
@@ -559,39 +557,3 @@ class StateDB:
             facts["senders"] = {row["ae"]: row["n"] for row in senders}
         facts.update(detail or {})
         record_event(conn, series_uid, status, actor=actor, detail=facts, now=now)
-
-    # -- studies ------------------------------------------------------------------------------
-
-    def recent_studies(self, limit: int = 20) -> list[StudySummary]:
-        """The studies with the latest arrivals, newest first (for ``sarclym-node status``)."""
-        rows = self.query(
-            "SELECT study_uid, COUNT(*) AS series_count, SUM(instance_count) AS instance_count, "
-            "SUM(byte_count) AS byte_count, GROUP_CONCAT(DISTINCT modality) AS modalities, "
-            "MIN(first_received) AS first_received, MAX(last_received) AS last_received "
-            "FROM series GROUP BY study_uid ORDER BY MAX(last_received) DESC LIMIT ?",
-            (limit,),
-        )
-        if not rows:
-            return []
-        studies = [r["study_uid"] for r in rows]
-        by_status: dict[str, dict[str, int]] = {uid: {} for uid in studies}
-        marks = ",".join("?" * len(studies))
-        for row in self.query(
-            f"SELECT study_uid, status, COUNT(*) FROM series WHERE study_uid IN ({marks}) "
-            "GROUP BY study_uid, status",
-            studies,
-        ):
-            by_status[row[0]][row[1]] = row[2]
-        return [
-            StudySummary(
-                study_uid=r["study_uid"],
-                series_count=r["series_count"],
-                instance_count=r["instance_count"],
-                byte_count=r["byte_count"],
-                modalities=tuple(sorted(filter(None, (r["modalities"] or "").split(",")))),
-                first_received=r["first_received"],
-                last_received=r["last_received"],
-                series_by_status=by_status[r["study_uid"]],
-            )
-            for r in rows
-        ]
