@@ -16,19 +16,14 @@ CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db
 
 from __future__ import annotations
 
-import hmac
-import json
 import os
 import shutil
 import threading
 import time
-from email.parser import BytesParser
-from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.delivery.deliverer import Deliverer
@@ -42,6 +37,8 @@ from sarclym.node.delivery.local_orthanc import answers as orthanc_answers
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.http.dashboard import Dashboard
 from sarclym.node.http.metrics import StateCollector
+from sarclym.node.http.server import HttpServer
+from sarclym.node.http.stow import StowReceiver
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import SeriesStatus
 from sarclym.node.store.retention import prune_spool
@@ -73,21 +70,6 @@ def make_queue(config: Config) -> Huey:
         return RedisHuey("sarclym", url=url)
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey("sarclym", filename=str(DataLayout(config.storage.data_dir).queue_db))
-
-
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    """The request body, with Content-Length or chunked transfer encoding (as requests sends)."""
-    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        chunks: list[bytes] = []
-        while True:
-            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            chunks.append(handler.rfile.read(size))
-            handler.rfile.readline()  # the CRLF after each chunk
-    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
 
 
 def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
@@ -161,7 +143,7 @@ class Node:
         self.listener = Listener(config, self.state, on_series_complete=self._on_complete)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._http: ThreadingHTTPServer | None = None
+        self._http: HttpServer | None = None
         self._metrics_registry = CollectorRegistry()
         self._metrics_registry.register(StateCollector(self.state, self.ledger))
         self._consumer: Any = None
@@ -299,7 +281,14 @@ class Node:
         sweeper.start()
         self._threads.append(sweeper)
         if self.config.service.http_port:
-            self._start_http()
+            self._http = HttpServer(
+                self.config.service.http_host,
+                self.config.service.http_port,
+                probes=self,
+                stow=StowReceiver(self.config.service.stow_token, self.listener.ingest_part10),
+                dashboard=self.dashboard,
+            )
+            self._http.start()
         log.info(
             "node started",
             ae_title=self.config.listener.ae_title,
@@ -315,8 +304,7 @@ class Node:
         if not self.worker_only:
             self.listener.stop()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
         if self._consumer is not None:
             self._consumer.stop(graceful=True)
         for thread in self._threads:
@@ -341,6 +329,10 @@ class Node:
     def status(self) -> dict[str, Any]:
         """Recent series and their deliveries, for GET /status."""
         return {"series": series_status(self.state, self.ledger)}
+
+    def listener_running(self) -> bool:
+        """Liveness (``/healthz``): the DICOM listener runs."""
+        return self.listener.is_running
 
     def metrics(self) -> bytes:
         """The Prometheus exposition of :class:`~sarclym.node.http.metrics.StateCollector`."""
@@ -370,112 +362,3 @@ class Node:
             except Exception:
                 checks["model"] = False
         return checks
-
-    def stow(self, authorization: str, content_type: str, body: bytes) -> tuple[int, Any]:
-        """Store the instances of a STOW-RS request; return (HTTP status, DICOM JSON reply).
-
-        PS3.18 10.5: 200 when every instance was stored, 202 when some failed, 409 when all
-        failed (each failure with its C-STORE-like status in FailureReason), 401 without the
-        configured bearer token, 403 when STOW-RS receive is off, 415 for another media type.
-        """
-        token = self.config.service.stow_token
-        if token is None:
-            return 403, {"error": "STOW-RS receive is off (service.stow_token not set)"}
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(authorization.encode(), expected.encode()):
-            return 401, {"error": "missing or wrong bearer token"}
-        if not content_type.lower().startswith("multipart/related"):
-            return 415, {"error": 'expected multipart/related; type="application/dicom"'}
-        message = BytesParser(policy=email_policy).parsebytes(
-            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-        )
-        stored: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        for part in message.iter_parts():
-            data = part.get_payload(decode=True)
-            if not isinstance(data, bytes):
-                continue
-            outcome = self.listener.ingest_part10(data, source="STOW-RS")
-            item: dict[str, dict[str, Any]] = {
-                "00081150": {"vr": "UI", "Value": [outcome.sop_class_uid]},
-                "00081155": {"vr": "UI", "Value": [outcome.sop_instance_uid]},
-            }
-            if outcome.status == 0:
-                stored.append(item)
-            else:
-                item["00081197"] = {"vr": "US", "Value": [int(outcome.status)]}
-                failed.append(item)
-                log.warning(
-                    "stow-rs instance refused",
-                    status=f"0x{outcome.status:04X}",
-                    reason=outcome.reason,
-                )
-        reply: dict[str, Any] = {}
-        if stored:
-            reply["00081199"] = {"vr": "SQ", "Value": stored}
-        if failed:
-            reply["00081198"] = {"vr": "SQ", "Value": failed}
-        code = 200 if not failed else 202 if stored else 409
-        return code, reply
-
-    def _start_http(self) -> None:
-        node = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                if node.dashboard is not None and node.dashboard.handle(self):
-                    return
-                if self.path.rstrip("/") not in ("/dicom-web/studies", "/studies"):
-                    self.send_error(404)
-                    return
-                body = _read_body(self)
-                code, reply = node.stow(
-                    self.headers.get("Authorization", ""),
-                    self.headers.get("Content-Type", ""),
-                    body,
-                )
-                data = json.dumps(reply).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/dicom+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._reply(200, node.metrics(), CONTENT_TYPE_LATEST)
-                    return
-                if path in ("/health", "/healthz"):
-                    # Liveness: the process serves and its listener runs.
-                    ok = node.listener.is_running
-                    body: dict[str, Any] = {
-                        "status": "ok" if ok else "listener down",
-                        "research_use_only": True,
-                    }
-                elif path == "/readyz":
-                    checks = node.readiness()
-                    ok = all(checks.values())
-                    body = {"status": "ok" if ok else "not ready", "checks": checks}
-                elif node.dashboard is not None and node.dashboard.handle(self):
-                    return  # /status and the dashboard pages, behind its login
-                else:
-                    self.send_error(404)
-                    return
-                self._reply(200 if ok else 503, json.dumps(body).encode(), "application/json")
-
-            def _reply(self, code: int, data: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(
-            (self.config.service.http_host, self.config.service.http_port), Handler
-        )
-        thread = threading.Thread(target=self._http.serve_forever, name="sarclym-http", daemon=True)
-        thread.start()

@@ -1,5 +1,4 @@
-"""The node's HTTP side.
-
-The dashboard (``dashboard``: routes; ``auth``: login and sessions; ``pages`` and ``views``:
-HTML) and the Prometheus metrics (``metrics``).
+"""The node's HTTP side: one server (``server``: liveness, readiness, metrics, STOW-RS,
+dashboard), STOW-RS receive (``stow``), the dashboard (``dashboard``: routes; ``auth``: login
+and sessions; ``pages`` and ``views``: HTML) and the Prometheus metrics (``metrics``).
 """
