@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import io
 import socket
+import struct
 import tomllib
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -19,18 +20,26 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_preamble
 from pydicom.filewriter import write_dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_ECHO_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from sarclym.node.dicom.compat import (
     PYDICOM_CHECKED,
     PYNETDICOM_CHECKED,
     association_socket,
+    decode_pdu,
+    end_request_wait,
+    guard_dimse_decoding,
     guard_responses,
+    queue_pdu,
     read_file_meta,
+    replace_pdu_reader,
     set_dul_loop_delay,
 )
 from sarclym.node.dicom.contexts import VERIFICATION
@@ -194,3 +203,162 @@ def test_read_file_meta_of_no_file_meta_is_empty() -> None:
     fp = io.BytesIO(b"\x08\x00\x16\x00UI\x02\x001\x00")
     assert len(read_file_meta(fp)) == 0
     assert fp.tell() == 0
+
+
+# -- replace_pdu_reader, decode_pdu, queue_pdu: DULServiceProvider._read_pdu_data, ----------
+# -- _decode_pdu, _recv_pdu -----------------------------------------------------------------
+
+
+def _item(item_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def _associate_rq(calling: str = "COMPATSCU") -> bytes:
+    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing Verification, written by hand."""
+    context = (
+        bytes([1, 0, 0, 0]) + _item(0x30, VERIFICATION.encode()) + _item(0x40, b"1.2.840.10008.1.2")
+    )
+    body = struct.pack(">HH", 1, 0) + b"COMPAT".ljust(16) + calling.encode().ljust(16) + bytes(32)
+    body += _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context)
+    body += _item(0x50, _item(0x51, struct.pack(">I", 16384)))
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+_A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
+
+
+@pytest.fixture
+def connected() -> Iterator[tuple[Association, socket.socket]]:
+    """An acceptor association on one end of a socket pair (its DUL not started), the peer."""
+    ours, peer = socket.socketpair()
+    assoc = Association(AE(ae_title="COMPAT"), "acceptor")
+    assoc.set_socket(AssociationSocket(assoc, client_socket=ours))
+    try:
+        yield assoc, peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_pynetdicom_reads_whatever_length_a_header_announces() -> None:
+    # What replace_pdu_reader works around: its reader takes the header's length, unchecked.
+    source = inspect.getsource(DULServiceProvider._read_pdu_data)
+    assert "self.socket.recv(pdu_length)" in source
+    assert "self._recv_pdu.put(pdu)" in source
+
+
+def test_replaced_reader_is_what_the_dul_calls_for_data(
+    connected: tuple[Association, socket.socket],
+) -> None:
+    assoc, peer = connected
+    assert "self._read_pdu_data()" in inspect.getsource(DULServiceProvider._is_transport_event)
+    calls: list[bytes] = []
+    sock = association_socket(assoc)
+    assert sock is not None
+    replace_pdu_reader(assoc, lambda: calls.append(sock.recv(64)))
+    assert not assoc.dul._is_transport_event()  # nothing to read: the reader is not called
+    peer.sendall(_A_RELEASE_RQ)
+    deadline = 100
+    while not assoc.dul._is_transport_event() and deadline:  # data has crossed the pair
+        deadline -= 1
+    assert calls == [_A_RELEASE_RQ]
+
+
+def test_decode_pdu_decodes_and_notifies_like_the_dul(
+    connected: tuple[Association, socket.socket],
+) -> None:
+    assoc, _ = connected
+    seen: list[str] = []
+    assoc.bind(evt.EVT_DATA_RECV, lambda event: seen.append("data"))
+    assoc.bind(evt.EVT_PDU_RECV, lambda event: seen.append(type(event.pdu).__name__))
+    pdu, event = decode_pdu(assoc, bytearray(_A_RELEASE_RQ))
+    assert isinstance(pdu, A_RELEASE_RQ)
+    assert event == "Evt12"
+    pdu, event = decode_pdu(assoc, bytearray(_associate_rq()))
+    assert isinstance(pdu, A_ASSOCIATE_RQ)
+    assert event == "Evt6"
+    assert seen == ["data", "A_RELEASE_RQ", "data", "A_ASSOCIATE_RQ"]
+    with pytest.raises(KeyError):
+        decode_pdu(assoc, bytearray(b"\x09\x00\x00\x00\x00\x00"))  # no such PDU type
+
+
+def test_queued_pdu_is_what_the_state_machine_takes(
+    connected: tuple[Association, socket.socket],
+) -> None:
+    assoc, _ = connected
+    dul = assoc.dul
+    assert dul.event_queue.get(False) == "Evt5"  # the connection, queued by AssociationSocket
+    dul.state_machine.do_action("Evt5")  # AE-5: Sta2, awaiting the A-ASSOCIATE-RQ
+    assert dul.state_machine.current_state == "Sta2"
+    pdu, event = decode_pdu(assoc, bytearray(_associate_rq(calling="PETCT1")))
+    queue_pdu(assoc, pdu, event)
+    queued = dul.event_queue.get(False)
+    assert queued == "Evt6"
+    dul.state_machine.do_action(queued)  # AE-6 takes the PDU from _recv_pdu
+    assert dul.state_machine.current_state == "Sta3"
+    primitive = dul.to_user_queue.get(False)
+    assert isinstance(primitive, A_ASSOCIATE)
+    assert str(primitive.calling_ae_title).strip() == "PETCT1"
+
+
+# -- end_request_wait: the acceptor's wait in Association.run_reactor ----------------------
+
+
+def test_acceptor_waits_for_its_request_on_the_user_queue() -> None:
+    source = inspect.getsource(Association.run_reactor)
+    assert "primitive = self.dul.receive_pdu(wait=True, timeout=self.acse_timeout)" in source
+    assert "if primitive is None:" in source
+    assert "to_user_queue.get(" in inspect.getsource(DULServiceProvider.receive_pdu)
+
+
+def test_end_request_wait_ends_the_acceptor_thread(
+    connected: tuple[Association, socket.socket],
+) -> None:
+    assoc, peer = connected
+    assoc.acse_timeout = None  # wait for the request for ever, unless ended
+    assoc.start()
+    peer.close()  # the connection closes without a request
+    end_request_wait(assoc)
+    assoc.join(60)  # bounded only so that a broken shim fails rather than hangs
+    assert not assoc.is_alive()
+    assert not assoc.dul.is_alive()
+    assert assoc.requestor.primitive is None  # no request was ever taken
+
+
+# -- guard_dimse_decoding: DIMSEServiceProvider.receive_primitive on the DUL thread ---------
+
+
+def _one_byte_pdv() -> P_DATA:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[1, b""]]  # no message control header
+    return primitive
+
+
+def test_dimse_decoding_is_what_dt_2_calls_and_it_raises_on_bad_pdvs() -> None:
+    # What the shim works around: an exception in the state machine's action ends the DUL.
+    assert "dul.assoc.dimse.receive_primitive(" in inspect.getsource(fsm.DT_2)
+    with pytest.raises(IndexError):
+        _idle_association().dimse.receive_primitive(_one_byte_pdv())
+
+
+def test_guard_dimse_decoding_reports_instead_of_raising() -> None:
+    assoc = _idle_association()
+    errors: list[Exception] = []
+    guard_dimse_decoding(assoc, errors.append)
+    assoc.dimse.receive_primitive(_one_byte_pdv())
+    assert [type(e) for e in errors] == [IndexError]
+    # A well-formed message still goes through to the reactor's queue.
+    assoc = _idle_association()
+    guard_dimse_decoding(assoc, errors.append)
+    request = C_ECHO()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = VERIFICATION
+    message = C_ECHO_RQ()
+    message.primitive_to_message(request)
+    for primitive in message.encode_msg(1, 16384):
+        assoc.dimse.receive_primitive(primitive)
+    context_id, received = assoc.dimse.get_msg(block=False)
+    assert context_id == 1
+    assert isinstance(received, C_ECHO)
+    assert received.MessageID == 7
+    assert len(errors) == 1

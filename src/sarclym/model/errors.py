@@ -4,7 +4,9 @@ One tree; everything the model package raises on purpose derives from
 :class:`SarclymModelError`::
 
     SarclymModelError(Exception)
-     +-- SeriesRejected              the series is not analysed (reason, attribute)
+     +-- SeriesRejected              the series is not analysed (reason, attribute), e.g. a
+     |    |                          slice without (7FE0,0010) Pixel Data (the reason names the
+     |    |                          instance)
      |    +-- SUVNotComputable       a quantity SUVbw needs is missing or invalid
      |    +-- GeometryError          gaps, oblique orientation, duplicate positions,
      |                               inconsistent spacing or size

@@ -10,6 +10,15 @@ COMPLETE, or QUEUED/PROCESSING for longer than ``service.lease_seconds``, are qu
 Result UIDs and dates are deterministic (source series, model version, completion time), so a
 re-run rewrites identical files and re-delivery never duplicates.
 
+The queue write can fail after the series was marked QUEUED (queue.db on a full disk: "database
+or disk is full"; Redis down). Then the series has no job, and the queue itself says so: the
+sweeper compares the QUEUED series with the queue's pending jobs every second and queues again
+each one without a job (:meth:`Node.requeue_lost`), so a series waits for the queue to take
+writes again, not for its lease. A job queued twice is harmless (the second finds the series
+no longer QUEUED). The sweeper also removes, at start and every
+:data:`TEMP_SWEEP_INTERVAL_S`, the temporary files no live writer owns (a ``kill -9`` left them:
+:func:`~sarclym.node.store.durable.remove_orphaned_temp`).
+
 Series are judged one by one as they complete: each AC whole-body FDG PET series gets results;
 CT, NAC, derived MIP series and the like are SKIPPED with the reason in state.db.
 """
@@ -20,6 +29,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -36,9 +46,10 @@ from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.delivery.local_orthanc import answers as orthanc_answers
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.http.dashboard import Dashboard
-from sarclym.node.http.metrics import StateCollector
-from sarclym.node.http.server import HttpServer
+from sarclym.node.http.metrics import RefusalCollector, RefusalCounter, StateCollector
+from sarclym.node.http.server import HttpLimits, HttpServer
 from sarclym.node.http.stow import StowReceiver
+from sarclym.node.store.durable import remove_orphaned_temp
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import SeriesStatus
 from sarclym.node.store.retention import prune_spool
@@ -59,6 +70,13 @@ TASK_NAME = "sarclym.process_series"
 
 #: First and longest nap (s) of an idle worker between two looks at the SQLite queue.
 _QUEUE_POLL_S = (0.05, 0.25)
+
+#: A QUEUED series without a job is queued again once it has been QUEUED this long (s): the
+#: moment between marking a series QUEUED and writing its job is not a lost job.
+REQUEUE_AFTER_S = 1.0
+
+#: How often the sweeper removes orphaned temporary files from the data folder (s).
+TEMP_SWEEP_INTERVAL_S = 600
 
 
 def make_queue(config: Config) -> Huey:
@@ -140,12 +158,22 @@ class Node:
         )
         self.huey = make_queue(config)
         self._task = self.huey.task(name=TASK_NAME)(self.processor.process)
-        self.listener = Listener(config, self.state, on_series_complete=self._on_complete)
+        #: Refused instances, for ``sarclym_refused_instances_total``; the listener counts
+        #: into it (``Listener(..., on_refused=self.refusals.count)``).
+        self.refusals = RefusalCounter()
+        self.listener = Listener(
+            config,
+            self.state,
+            on_series_complete=self._on_complete,
+            on_refused=self.refusals.count,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._http: HttpServer | None = None
         self._metrics_registry = CollectorRegistry()
         self._metrics_registry.register(StateCollector(self.state, self.ledger))
+        self._metrics_registry.register(RefusalCollector(self.refusals))
+        self._queue_write_failing = False
         self._consumer: Any = None
         self.dashboard: Dashboard | None = None
         if not worker_only and config.service.http_port:
@@ -158,11 +186,90 @@ class Node:
     def enqueue(
         self, series_uid: str, *, from_status: SeriesStatus = SeriesStatus.COMPLETE
     ) -> bool:
-        """Mark a series QUEUED (compare-and-set) and put its job on the queue."""
+        """Mark a series QUEUED (compare-and-set) and put its job on the queue.
+
+        Returns
+        -------
+        bool
+            True when this call marked the series QUEUED. When the queue write then fails, the
+            failure is logged and the series stays QUEUED without a job until
+            :meth:`requeue_lost` finds it (within a second or two of the queue taking writes
+            again); nothing is raised into the listener's association thread.
+        """
         if not self.state.mark_series(series_uid, SeriesStatus.QUEUED, expected_status=from_status):
             return False
-        self._task(series_uid)
+        self._put_job(series_uid)
         return True
+
+    def _put_job(self, series_uid: str) -> bool:
+        """Write the job of ``series_uid`` to the queue; False (logged) when the write fails."""
+        try:
+            self._task(series_uid)
+        except Exception as exc:  # the back-end's own: sqlite3.OperationalError, redis errors
+            # Said once when writes start failing; the sweeper's retries each second are quiet.
+            (log.debug if self._queue_write_failing else log.warning)(
+                "queue write failed: the series is queued again once the queue takes writes",
+                series_instance_uid=series_uid,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._queue_write_failing = True
+            return False
+        if self._queue_write_failing:
+            self._queue_write_failing = False
+            log.info("queue writes work again", series_instance_uid=series_uid)
+        return True
+
+    def requeue_lost(self, now: float | None = None) -> int:
+        """Queue again each QUEUED series that has no job in the queue; return how many.
+
+        The queue's pending jobs are the record of which series have a job: a series QUEUED for
+        :data:`REQUEUE_AFTER_S` or longer whose Series Instance UID no pending job carries lost
+        its queue write (full disk, Redis restarted). Its job is written again; its status is
+        not touched (still QUEUED, its lease still counting).
+        """
+        now = time.time() if now is None else now
+        queued = [
+            record.series_uid
+            for record in self.state.series_with_status(SeriesStatus.QUEUED)
+            if now - record.status_changed >= REQUEUE_AFTER_S
+        ]
+        if not queued:
+            return 0
+        try:
+            pending = {
+                str(task.args[0])
+                for task in self.huey.pending()
+                if task.name == self._task.name and task.args
+            }
+        except Exception as exc:  # the queue cannot be read: /readyz says so; try next time
+            log.debug("queue not readable", error=f"{type(exc).__name__}: {exc}")
+            return 0
+        lost = [uid for uid in queued if uid not in pending]
+        requeued = 0
+        for uid in lost:
+            if not self._put_job(uid):
+                break  # the queue still takes no writes: the next sweep tries again
+            log.warning("queued series had no job: queued again", series_instance_uid=uid)
+            requeued += 1
+        return requeued
+
+    def remove_orphaned_temp(self, *, spool: bool = True) -> int:
+        """Remove the temporary files in the data folder that no live writer owns.
+
+        The spool (``spool=True``), the outbox, the thumbnails, the folder destination's
+        default target and the data folder itself (the dashboard's admin token): every place a
+        durable write of the node puts a temporary file. Safe beside live writers of this and
+        other processes sharing the folder (they hold a lock on their temporary files).
+        """
+        layout = DataLayout(self.config.storage.data_dir)
+        folders: list[Path] = [layout.outbox, layout.thumbnails, layout.results]
+        if spool:
+            folders.insert(0, layout.spool)
+        removed = remove_orphaned_temp(layout.root, recursive=False)
+        removed += sum(remove_orphaned_temp(folder) for folder in folders)
+        if removed:
+            log.warning("orphaned temporary files removed", files=removed)
+        return removed
 
     def _on_complete(self, series_uid: str) -> None:
         # Runs in the association's thread before the C-STORE response of the last slice.
@@ -196,6 +303,7 @@ class Node:
         for record in self.state.complete_series():
             self.enqueue(record.series_uid)
         now = time.time()
+        self.requeue_lost(now)
         for status in (SeriesStatus.QUEUED, SeriesStatus.PROCESSING):
             for record in self.state.series_with_status(status):
                 if now - record.status_changed >= self.config.service.lease_seconds:
@@ -238,6 +346,8 @@ class Node:
                 self.sweep()
                 if ticks % 60 == 1:
                     self.prune()
+                if ticks % TEMP_SWEEP_INTERVAL_S == 0:
+                    self.remove_orphaned_temp()
             except Exception:
                 log.exception("sweep failed")
 
@@ -245,6 +355,9 @@ class Node:
 
     def start(self, *, worker_threads: int | None = None) -> None:
         """Start everything (non-blocking): recovery, workers, deliverer, listener, HTTP."""
+        # What a killed writer left: this process owns none of it, and a live writer of another
+        # process sharing the folder holds its lock. The listener clears the spool as it starts.
+        self.remove_orphaned_temp(spool=self.worker_only)
         if not self.worker_only:
             recovered = self.recover()
             if recovered:
@@ -285,7 +398,12 @@ class Node:
                 self.config.service.http_host,
                 self.config.service.http_port,
                 probes=self,
-                stow=StowReceiver(self.config.service.stow_token, self.listener.ingest_part10),
+                limits=HttpLimits.from_config(self.config.service),
+                stow=StowReceiver(
+                    self.config.service.stow_token,
+                    self.listener.ingest_part10,
+                    max_instance=self.config.listener.max_dataset_mb * 2**20,
+                ),
                 dashboard=self.dashboard,
             )
             self._http.start()

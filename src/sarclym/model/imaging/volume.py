@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -33,6 +34,7 @@ __all__ = [
     "build_volume",
     "frame_count",
     "functional_group_item",
+    "has_pixel_data",
     "read_geometry",
 ]
 
@@ -413,6 +415,55 @@ def _native_frame(
     return np.frombuffer(data, dtype=dtype, count=rows * cols, offset=offset).reshape(rows, cols)
 
 
+#: (7FE0,0010) *Pixel Data*, (7FE0,0008) *Float Pixel Data*, (7FE0,0009) *Double Float Pixel
+#: Data*: an image carries exactly one of them (PS3.3 C.7.6.3).
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def has_pixel_data(ds: Dataset) -> bool:
+    """Whether ``ds`` has a non-empty (7FE0,0010) *Pixel Data* (or float pixel data) element.
+
+    Looks at the element only: a value still on disk (read with ``defer_size``) is not read,
+    its encoded length decides (undefined for encapsulated data: present).
+    """
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword not in ds:
+            continue
+        elem = ds.get_item(keyword, keep_deferred=True)
+        if isinstance(elem, RawDataElement):
+            return elem.length != 0
+        return elem.value is not None and len(elem.value) > 0
+    return False
+
+
+def _check_pixel_data(geometry: SliceGeometry, sources: Sequence[Dataset]) -> None:
+    """Refuse the series when any instance lacks pixel data, naming the first one.
+
+    A whole-body MIP made without one of its slices is a different image: a slice missing
+    inside the volume leaves a gap (which :func:`read_geometry` refuses as well), one at either
+    end a shorter scan than the one acquired and announced (docs/pet-input.md).
+    """
+    nz = len(geometry.slices)
+    missing: dict[int, int] = {}  # dataset index -> 1-based slice number along the normal
+    for number, info in enumerate(geometry.slices, start=1):
+        if info.dataset_index not in missing and not has_pixel_data(sources[info.dataset_index]):
+            missing[info.dataset_index] = number
+    if not missing:
+        return
+    first = min(missing, key=missing.__getitem__)
+    uid = next(s.sop_instance_uid for s in geometry.slices if s.dataset_index == first)
+    where = f"slice {missing[first]} of {nz} along the slice normal"
+    if len(missing) == 1:
+        which = f"in instance {uid} ({where})"
+    else:
+        which = f"in {len(missing)} of {len(sources)} instances (first: {uid}, {where})"
+    raise SeriesRejected(
+        f"PixelData (7FE0,0010) is missing {which}: without it the volume has a gap or is "
+        "shorter than the scan, and MIPs made without it are a different image.",
+        attribute="PixelData",
+    )
+
+
 def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int], header: Dataset) -> np.ndarray:
     """Decode one frame of (7FE0,0010) *Pixel Data*, without caching it on the dataset."""
     meta = getattr(ds, "file_meta", None)
@@ -467,7 +518,8 @@ def build_volume(datasets: Sequence[Dataset], *, geometry: SliceGeometry | None 
     GeometryError
         See :func:`read_geometry`.
     SeriesRejected
-        Pixel data missing, of unexpected shape or not decodable.
+        Pixel data missing (in any one instance: the reason names (7FE0,0010) and the first
+        such instance), of unexpected shape or not decodable.
     """
     if geometry is None:
         geometry = read_geometry(datasets)
@@ -478,6 +530,7 @@ def build_volume(datasets: Sequence[Dataset], *, geometry: SliceGeometry | None 
         )
     else:
         sources = datasets
+    _check_pixel_data(geometry, sources)
     nz, ny, nx = geometry.shape
     values = np.empty((nz, ny, nx), dtype=np.float32)
     for k, info in enumerate(geometry.slices):

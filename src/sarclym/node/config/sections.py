@@ -112,10 +112,44 @@ class ListenerConfig(Frozen):
     )
     tls: TlsConfig | None = Field(default=None, description="DICOM TLS; None: plain TCP.")
     max_pdu: Annotated[int, Field(ge=0)] = Field(
-        default=262144, description="Largest P-DATA PDU the node accepts, in bytes; 0: no limit."
+        default=262144,
+        description="Largest P-DATA PDU the node accepts, in bytes (the Maximum Length it "
+        "announces, PS3.8 D.1); a larger PDU aborts the association (A-ABORT) before its body is "
+        "read. 0: no limit.",
+    )
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=16,
+        description="Associations accepted at once; one more is rejected (A-ASSOCIATE-RJ "
+        "rejected-transient, local-limit-exceeded). Only requests that pass the allow-list count, "
+        "and connections that have not sent a complete A-ASSOCIATE-RQ do not.",
+    )
+    max_pending_connections: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=64,
+        description="Connections held at once that have not yet completed their association "
+        "request (TLS handshake and A-ASSOCIATE-RQ); one more closes the oldest of them.",
+    )
+    artim_seconds: Annotated[float, Field(gt=0, le=120)] = Field(
+        default=10.0,
+        description="ARTIM (PS3.8 9.1.5): seconds from connection to a complete A-ASSOCIATE-RQ, "
+        "TLS handshake included, after which the connection is closed; also how long the node "
+        "waits for a peer to close after an A-ABORT or A-RELEASE.",
     )
     extra_sop_classes: tuple[DicomUid, ...] = Field(
         default=(), description="Private storage SOP classes to accept beside the standard ones."
+    )
+    max_dataset_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
+        default=512,
+        description="Largest data set one C-STORE or STOW-RS instance may carry, in MiB, as "
+        "received and once inflated (Deflated Explicit VR Little Endian); a larger one is "
+        "answered 0xA700 and nothing is kept, and no more than this is held in memory for it. "
+        "The default holds a 512x512 PET slice a thousand times over, or a whole-body Enhanced "
+        "PET series.",
+    )
+    max_inflation_ratio: Annotated[float, Field(ge=1, le=2000)] = Field(
+        default=100.0,
+        description="A deflated data set may inflate to at most this many times its size once "
+        "it is over 16 MiB inflated (a blank image deflates about 1000:1); beyond, 0xA700 and "
+        "nothing is kept, the inflation stopped at the limit.",
     )
 
 
@@ -253,6 +287,18 @@ class ServiceConfig(Frozen):
         default=None,
         description="Bearer token that STOW-RS senders must present (POST /dicom-web/studies on "
         "the HTTP endpoint). None: STOW-RS receive is off.",
+    )
+    http_read_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="HTTP endpoint: the longest wait for one read from a client, and the "
+        "longest the request line and headers may take in all; a client that stops sending "
+        "is answered 408 and dropped.",
+    )
+    stow_max_body_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
+        default=2048,
+        description="Largest STOW-RS request body in MiB (a larger one is answered 413, before "
+        "it is read when Content-Length declares it). The default takes a whole-body PET/CT "
+        "study in one request; the body is stored part by part, one part in memory.",
     )
     local_orthanc_url: str | None = Field(
         default="http://127.0.0.1:8042",

@@ -15,24 +15,36 @@ function                       private attribute
 :func:`association_socket`     ``Association.dul.socket.socket`` (pynetdicom, internal)
 :func:`guard_responses`        ``Association._serve_request``, ``DIMSEServiceProvider.msg_queue``
 :func:`read_file_meta`         ``pydicom.filereader._read_file_meta_info``
+:func:`replace_pdu_reader`     ``DULServiceProvider._read_pdu_data``
+:func:`decode_pdu`             ``DULServiceProvider._decode_pdu``
+:func:`queue_pdu`              ``DULServiceProvider._recv_pdu``
+:func:`end_request_wait`       ``Association.run_reactor``'s wait for the A-ASSOCIATE-RQ
+:func:`guard_dimse_decoding`   ``DIMSEServiceProvider.receive_primitive`` as the DUL calls it
 =============================  ==============================================================
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, cast
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
 from pynetdicom.association import Association
+from pynetdicom.pdu import PDU
 
 __all__ = [
     "PYDICOM_CHECKED",
     "PYNETDICOM_CHECKED",
     "association_socket",
+    "decode_pdu",
+    "end_request_wait",
+    "guard_dimse_decoding",
     "guard_responses",
+    "queue_pdu",
     "read_file_meta",
+    "replace_pdu_reader",
     "set_dul_loop_delay",
 ]
 
@@ -134,3 +146,130 @@ def read_file_meta(fp: BinaryIO) -> FileMetaDataset:
         The group 0002 elements; empty when there are none.
     """
     return _read_file_meta_info(fp)
+
+
+def replace_pdu_reader(assoc: Association, reader: Callable[[], None]) -> None:
+    """Make an association's DUL read each incoming PDU with ``reader`` instead of its own.
+
+    pynetdicom's reader takes a PDU's length from its 6-byte header and then reads that many
+    bytes, however many (up to 4 GiB) and however slowly (no time limit: a request that stops
+    half way holds the connection and its threads for good). The listener reads with its own
+    (:class:`~sarclym.node.dicom.pdu_reader.PduReader`): within the negotiated maximum length,
+    the association request within ARTIM.
+
+    Checked on pynetdicom 3.0.4: the DUL reactor (``run_reactor``) calls
+    ``_is_transport_event``, which calls ``self._read_pdu_data()`` (no arguments, result unused)
+    whenever the socket has data to read, in any state. The reader reads one PDU and puts its
+    state machine event on ``event_queue`` (and the decoded PDU where :func:`queue_pdu` puts
+    it), or an event alone: ``"Evt17"`` (transport closed), ``"Evt19"`` (invalid PDU).
+
+    Parameters
+    ----------
+    assoc
+        An association whose DUL has not started reading (EVT_CONN_OPEN on the acceptor side).
+    reader
+        Called by the DUL thread for each PDU there is data for.
+    """
+    assoc.dul._read_pdu_data = reader  # type: ignore[method-assign]
+
+
+def decode_pdu(assoc: Association, data: bytearray) -> tuple[PDU, str]:
+    """Decode one whole PDU as pynetdicom's own reader does; the PDU and its event.
+
+    Decoding through the DUL keeps pynetdicom's notifications: ``EVT_DATA_RECV`` before and
+    ``EVT_PDU_RECV`` after decoding, as for every PDU it reads itself.
+
+    Checked on pynetdicom 3.0.4: ``DULServiceProvider._decode_pdu(bytestream)`` fires
+    ``EVT_DATA_RECV``, picks the PDU class by the first byte (``dul._PDU_TYPES``), decodes,
+    fires ``EVT_PDU_RECV`` and returns ``(pdu, event)``, the event being ``"Evt6"``
+    (A-ASSOCIATE-RQ), ``"Evt10"`` (P-DATA-TF), ``"Evt12"`` (A-RELEASE-RQ), and so on.
+
+    Parameters
+    ----------
+    assoc
+        The association the PDU came on.
+    data
+        The PDU, header included.
+
+    Raises
+    ------
+    Exception
+        Whatever pynetdicom's decoder raises for bytes it cannot decode (``KeyError`` for an
+        unknown type, ``struct.error``, ``ValueError``, ...): the caller refuses the PDU.
+    """
+    pdu, event = assoc.dul._decode_pdu(data)
+    return pdu, event
+
+
+def queue_pdu(assoc: Association, pdu: PDU, event: str) -> None:
+    """Hand a decoded PDU to the association's state machine, as pynetdicom's reader does.
+
+    Checked on pynetdicom 3.0.4: ``_read_pdu_data`` ends with ``event_queue.put(event)`` and
+    ``_recv_pdu.put(pdu)``; the state machine's action for the event (AE-6 for an
+    A-ASSOCIATE-RQ, DT-2 for a P-DATA-TF, ...) takes the PDU with ``dul._recv_pdu.get(False)``.
+
+    Parameters
+    ----------
+    assoc
+        The association the PDU came on.
+    pdu, event
+        What :func:`decode_pdu` returned.
+    """
+    dul = assoc.dul
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(cast(Any, pdu))  # one of the PDU classes that decode_pdu returns
+
+
+def end_request_wait(assoc: Association) -> None:
+    """End an acceptor's wait for an A-ASSOCIATE-RQ that can no longer come.
+
+    pynetdicom's acceptor thread waits ``acse_timeout`` for the request, even once the
+    connection is closed; with its DUL thread that is two threads per connection for that long
+    (a flood of connections that close at once would pile them up). The node calls this when
+    such a connection closes before a request was read, and when the listener stops.
+
+    Checked on pynetdicom 3.0.4: ``Association.run_reactor`` (acceptor) waits with
+    ``self.dul.receive_pdu(wait=True, timeout=self.acse_timeout)``, which returns what it takes
+    from ``dul.to_user_queue``; ``None`` is what it returns on a timeout, and the thread then
+    kills the association (stopping the DUL thread once it is idle, in Sta1), closes the socket
+    if still open, and ends.
+
+    Parameters
+    ----------
+    assoc
+        An acceptor whose connection has closed (or is being closed) before any request.
+    """
+    assoc.dul.to_user_queue.put(cast(Any, None))
+
+
+def guard_dimse_decoding(assoc: Association, on_error: Callable[[Exception], None]) -> None:
+    """Catch what pynetdicom's DIMSE decoding raises on a malformed P-DATA-TF.
+
+    pynetdicom decodes the PDVs of each P-DATA-TF into a DIMSE message on the DUL thread, in
+    its state machine's action, where nothing catches an error: a PDV of one byte, a command
+    set without (0000,0100) *Command Field* or with a truncated element ends the DUL thread
+    with a traceback, and the peer gets no A-ABORT. The node hands the error to ``on_error``
+    instead (which refuses the PDU: A-ABORT).
+
+    Checked on pynetdicom 3.0.4: the action DT-2 (Sta6 + Evt10, on the DUL thread) calls
+    ``dul.assoc.dimse.receive_primitive(pdu.to_primitive())``, which decodes with
+    ``DIMSEMessage.decode_msg`` (``IndexError``, ``AttributeError``, ``struct.error``, ...).
+
+    Parameters
+    ----------
+    assoc
+        The association, before its first P-DATA-TF (EVT_CONN_OPEN). Other wrappers of
+        ``receive_primitive`` may be added after this one (they then run first).
+    on_error
+        Called on the DUL thread with the exception; the message is dropped.
+    """
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+
+    def receive_or_report(primitive: Any) -> None:
+        try:
+            receive(primitive)
+        except Exception as exc:  # pynetdicom's decoder on hostile bytes: any error at all
+            on_error(exc)
+
+    dimse.receive_primitive = receive_or_report  # type: ignore[method-assign]

@@ -3,19 +3,27 @@
 Every storage SOP class pynetdicom knows (PET, Enhanced PET, CT, SC, SR, ...) plus a few private
 ones scanners route with whole studies, in uncompressed and the common compressed transfer
 syntaxes, and Verification. The peer's first proposed transfer syntax wins (:func:`in_peer_order`),
-so the encoded data set is stored as received, never transcoded.
+so the encoded data set is stored as received, never transcoded. The private ones are registered
+with pynetdicom's Storage Service (:func:`storage_contexts`): pynetdicom aborts the association
+on a C-STORE of a SOP class it has no service for.
 """
 
 from __future__ import annotations
 
-from pynetdicom import AllStoragePresentationContexts, build_context
+import functools
+
+from pydicom.uid import UID
+from pynetdicom import AllStoragePresentationContexts, build_context, register_uid
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
 __all__ = [
     "PRIVATE_STORAGE_CLASSES",
     "TRANSFER_SYNTAXES",
     "VERIFICATION",
     "in_peer_order",
+    "is_image_storage",
     "storage_contexts",
 ]
 
@@ -52,6 +60,10 @@ VERIFICATION = "1.2.840.10008.1.1"
 def storage_contexts(extra_sop_classes: tuple[str, ...] = ()) -> list[PresentationContext]:
     """Presentation contexts for Verification and every storage SOP class.
 
+    Registers the private classes and ``extra_sop_classes`` with pynetdicom's Storage Service
+    (:func:`pynetdicom.register_uid`, once per UID and process) so that a C-STORE of them reaches
+    the listener's handler.
+
     Parameters
     ----------
     extra_sop_classes
@@ -65,6 +77,9 @@ def storage_contexts(extra_sop_classes: tuple[str, ...] = ()) -> list[Presentati
     """
     uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     uids += [u for u in (*PRIVATE_STORAGE_CLASSES, *extra_sop_classes) if u not in uids]
+    for uid in uids:
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, "SarclymStorage_" + uid.replace(".", "_"), StorageServiceClass)
     contexts = [build_context(VERIFICATION)]
     contexts += [build_context(uid, list(TRANSFER_SYNTAXES)) for uid in dict.fromkeys(uids)]
     return contexts
@@ -104,3 +119,22 @@ def in_peer_order(
         syntaxes = [ts for ts in proposed if ts in allowed]
         contexts.append(build_context(uid, syntaxes + [ts for ts in allowed if ts not in syntaxes]))
     return contexts
+
+
+@functools.cache
+def _image_storage_classes() -> frozenset[str]:
+    return frozenset(
+        str(cx.abstract_syntax)
+        for cx in AllStoragePresentationContexts
+        if "Image Storage" in UID(str(cx.abstract_syntax)).name
+    )
+
+
+def is_image_storage(sop_class_uid: str) -> bool:
+    """Whether a storage SOP class is an image: its IOD has the Image Pixel Module, whose
+    (7FE0,0010) *Pixel Data* is Type 1 (PS3.3 C.7.6.3).
+
+    The classes pydicom names "... Image Storage" (PET, Enhanced PET, CT, MR, SC, ...); not
+    Segmentation, Parametric Map or RT Dose, whose pixel data is checked only when present.
+    """
+    return sop_class_uid in _image_storage_classes()

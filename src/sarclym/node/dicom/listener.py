@@ -8,13 +8,16 @@ stored as it was sent, never transcoded.
 Peers are checked when they ask to associate (PS3.8 7.1.1.3, :mod:`~sarclym.node.dicom.peers`):
 the called AE must be ours and the calling AE (optionally with its host) must be allowed, else
 A-ASSOCIATE-RJ rejected-permanent from the service user, reason 7 (called AE not recognized) or 3
-(calling AE not recognized).
+(calling AE not recognized). What a connection may cost before and under an association (ARTIM,
+waiting connections, the number of associations, PDU sizes, TLS handshakes off the accepting
+thread) is bounded in :mod:`~sarclym.node.dicom.transport`.
 
-A C-STORE is answered Success only once the instance is durable in the spool and recorded in
-state.db (PS3.4 B.2.3); the instance that completes a series triggers ``on_series_complete``
-before its response is sent. Failures map to the statuses in
-:class:`~sarclym.node.dicom.status.StoreStatus`. Each association's counters are logged in one
-line when it closes.
+A C-STORE is answered Success only once the data set parsed whole to its last byte
+(:mod:`~sarclym.node.dicom.integrity`), its SOP class is its presentation context's, and the
+instance is durable in the spool and recorded in state.db (PS3.4 B.2.3); the instance that
+completes a series triggers ``on_series_complete`` before its response is sent. Failures map to
+the statuses in :class:`~sarclym.node.dicom.status.StoreStatus`. Each association's counters are
+logged in one line when it closes.
 
 This module's public names include those of ``contexts``, ``peers``, ``part10`` and ``status``
 that callers have always imported from here.
@@ -22,11 +25,10 @@ that callers have always imported from here.
 
 from __future__ import annotations
 
+import functools
 import io
-import socket
 import socketserver
 import sqlite3
-import ssl
 import threading
 import time
 import weakref
@@ -43,9 +45,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.transport import ThreadedAssociationServer
 
-from sarclym.node.config import Config, TlsConfig
+from sarclym.node.config import Config
 from sarclym.node.dicom.compat import set_dul_loop_delay
 from sarclym.node.dicom.contexts import (
     PRIVATE_STORAGE_CLASSES,
@@ -55,6 +56,7 @@ from sarclym.node.dicom.contexts import (
     storage_contexts,
 )
 from sarclym.node.dicom.part10 import (
+    DatasetLimits,
     Header,
     Part10Meta,
     Refusal,
@@ -65,6 +67,8 @@ from sarclym.node.dicom.part10 import (
 )
 from sarclym.node.dicom.peers import RejectReason, check_peer
 from sarclym.node.dicom.status import StoreStatus
+from sarclym.node.dicom.store_guard import BoundedDataSet, guard_store_requests
+from sarclym.node.dicom.transport import LOCAL_LIMIT_EXCEEDED, ListenerServer, tls_context
 from sarclym.node.errors import ConfigError
 from sarclym.node.store.spool import Spool, SpoolError, SpoolFull
 from sarclym.node.store.state import ReceivedInstance, StateDB, StateError
@@ -85,7 +89,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-_HANDSHAKE_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed by the accept loop
 _DUL_POLL_S = 0.0002  # pynetdicom's DUL reactor nap (its default: 1 ms); see _on_established
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
@@ -112,51 +115,6 @@ class _AssocStats:
     failed: int = 0
     bytes: int = 0
     outcome: str = "closed"
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with TCP_NODELAY and a bounded TLS handshake.
-
-    pynetdicom wraps accepted sockets in TLS inside the accept loop with no time limit, so one
-    silent client would stop every other peer from connecting; here the handshake gets
-    ``_HANDSHAKE_TIMEOUT_S``.
-    """
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        sock, address = self.socket.accept()
-        # docs/design.md (TCP_NODELAY): Nagle's algorithm costs 40-50 ms per C-STORE response.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is None:
-            return sock, address
-        sock.settimeout(_HANDSHAKE_TIMEOUT_S)
-        try:
-            tls = self.ssl_context.wrap_socket(sock, server_side=True)
-        except OSError as exc:  # ssl.SSLError, timeout, reset: socketserver skips the request
-            sock.close()
-            log.warning("tls handshake failed", peer=address[0], reason=str(exc))
-            raise
-        tls.settimeout(None)
-        return tls, address
-
-
-def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        problem = f"cannot load {tls.cert_file} with {tls.key_file}: {exc}"
-        raise ConfigError([f"listener.tls.cert_file: {problem}"], "listener") from exc
-    if tls.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=tls.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                [f"listener.tls.ca_file: cannot load {tls.ca_file}: {exc}"], "listener"
-            ) from exc
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    return context
 
 
 class Listener:
@@ -187,12 +145,14 @@ class Listener:
         config: Config,
         state: StateDB,
         on_series_complete: Callable[[str], None] | None = None,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config.listener
         self.state = state
         self.spool = Spool(config.storage.data_dir, min_free_mb=config.storage.min_free_mb)
         self.on_series_complete = on_series_complete
-        self._server: _Server | None = None
+        self.on_refused = on_refused
+        self._server: ListenerServer | None = None
         self._thread: threading.Thread | None = None
         self._stats: weakref.WeakKeyDictionary[Association, _AssocStats] = (
             weakref.WeakKeyDictionary()
@@ -232,7 +192,7 @@ class Listener:
         if self._server is not None:
             raise RuntimeError("the listener is already started")
         cfg = self.config
-        ssl_context = _tls_context(cfg.tls) if cfg.tls is not None else None
+        ssl_context = tls_context(cfg.tls) if cfg.tls is not None else None
         self.spool.remove_stale_temp()
         self.reindex_spool()
         ae = AE(ae_title=cfg.ae_title)
@@ -252,8 +212,9 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         try:
+            # Connections, ARTIM, TLS handshakes, association count, PDU limits: transport.py.
             server = cast(
-                _Server,
+                ListenerServer,
                 ae.make_server(
                     (cfg.host, cfg.port),
                     # Each association gets its own contexts in _on_requested; pynetdicom
@@ -261,7 +222,8 @@ class Listener:
                     contexts=[build_context(VERIFICATION)],
                     ssl_context=ssl_context,
                     evt_handlers=handlers,
-                    server_class=_Server,
+                    server_class=ListenerServer,
+                    config=cfg,
                 ),
             )
         except OSError as exc:
@@ -287,15 +249,18 @@ class Listener:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, abort open associations and wait for their threads (idempotent)."""
+        """Stop accepting, close the connections that have no association yet (not waiting
+        for their ARTIM), abort open associations and wait for their threads (idempotent)."""
         server, self._server = self._server, None
         if server is None:
             return
         # socketserver's shutdown, then close: pynetdicom's own shutdown() expects the server
         # to be registered with the AE by start_server().
         socketserver.BaseServer.shutdown(server)
+        # Silent connections and TLS handshakes are closed, not waited for (up to ARTIM).
+        server.close_unadmitted()
         server.server_close()
-        assocs = server.active_associations
+        assocs = server.admitted()
         for assoc in assocs:
             assoc.abort()
         deadline = time.monotonic() + timeout
@@ -319,9 +284,23 @@ class Listener:
         calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
         address = assoc.requestor.address
         reason = check_peer(self.config, calling_ae=calling, called_ae=called, address=address)
+        server = self._server
+        if reason is None and (server is None or not server.admit(assoc)):
+            log.warning(
+                "association rejected",
+                calling_ae=calling,
+                called_ae=called,
+                peer=address,
+                reason="local_limit_exceeded",
+                max_associations=self.config.max_associations,
+            )
+            assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
         if reason is None:
             requested = rq.presentation_context_definition_list
             assoc.acceptor.supported_contexts = in_peer_order(requested, self._syntaxes)
+            self._guard_store(assoc)
             return
         log.warning(
             "association rejected",
@@ -381,18 +360,63 @@ class Listener:
 
     # -- C-STORE ----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _limits(self) -> DatasetLimits:
+        """How large a received data set may be (``listener.max_dataset_mb``,
+        ``listener.max_inflation_ratio``)."""
+        return DatasetLimits(
+            max_bytes=self.config.max_dataset_mb * 2**20,
+            max_inflation_ratio=self.config.max_inflation_ratio,
+        )
+
+    @functools.cached_property
+    def _storage_classes(self) -> frozenset[str]:
+        """The storage SOP classes the node accepts (STOW-RS has no presentation contexts)."""
+        contexts = storage_contexts(self.config.extra_sop_classes)
+        return frozenset(str(cx.abstract_syntax) for cx in contexts) - {VERIFICATION}
+
+    def _guard_store(self, assoc: Association) -> None:
+        """Bound each C-STORE data set in memory and answer an unsupported SOP class with 0x0122
+        rather than let pynetdicom abort the association (:mod:`~sarclym.node.dicom.store_guard`).
+
+        Called from ``_on_requested`` for an accepted peer, before the A-ASSOCIATE-AC.
+        """
+
+        def refused(request: C_STORE) -> None:
+            self._log_refusal(
+                self._stats_for(assoc),
+                Refusal(
+                    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                    "SOP Class UID not accepted on this association",
+                ),
+                str(request.AffectedSOPInstanceUID),
+            )
+
+        guard_store_requests(
+            assoc, max_dataset_bytes=self._limits.max_bytes, on_unsupported=refused
+        )
+
+    def _log_refusal(self, stats: _AssocStats, refusal: Refusal, sop_instance: str) -> None:
+        stats.failed += 1
+        self._count_refusal(refusal)
+        stats.log.warning(
+            "c-store refused",
+            status=f"0x{refusal.status:04X}",
+            reason=refusal.reason,
+            sop_instance_uid=sop_instance,
+        )
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        if self.on_refused is not None:  # counted in memory: the log may be what is full
+            self.on_refused(int(refusal.status))
+
     def _on_store(self, event: Event) -> int | Dataset:
         stats = self._stats_for(event.assoc)
         try:
             status = self._store(event, stats)
         except Refusal as refusal:
-            stats.failed += 1
-            stats.log.warning(
-                "c-store refused",
-                status=f"0x{refusal.status:04X}",
-                reason=refusal.reason,
-                sop_instance_uid=str(cast(C_STORE, event.request).AffectedSOPInstanceUID),
-            )
+            sop_instance = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+            self._log_refusal(stats, refusal, sop_instance)
             rsp = Dataset()
             rsp.Status = int(refusal.status)
             rsp.ErrorComment = refusal.reason[:_ERROR_COMMENT_MAX]
@@ -401,13 +425,32 @@ class Listener:
 
     def _store(self, event: Event, stats: _AssocStats) -> StoreStatus:
         request = cast(C_STORE, event.request)
-        data = cast(io.BytesIO, request.DataSet).getvalue()  # the data set as sent
         sop_class, sop_instance = (
             str(request.AffectedSOPClassUID),
             str(request.AffectedSOPInstanceUID),
         )
+        received = request.DataSet
+        if isinstance(received, BoundedDataSet) and received.exceeded:
+            raise Refusal(
+                StoreStatus.OUT_OF_RESOURCES,
+                f"data set of {received.received} bytes exceeds listener.max_dataset_mb "
+                f"({self.config.max_dataset_mb} MiB)",
+            )
+        if sop_class != str(event.context.abstract_syntax):
+            # PS3.4 B.2.3 / PS3.7 C.5.2: a class negotiated on another context does not match
+            # this one; a class not negotiated at all is not supported on this association.
+            if sop_class in {str(cx.abstract_syntax) for cx in event.assoc.accepted_contexts}:
+                raise Refusal(
+                    StoreStatus.SOP_CLASS_MISMATCH,
+                    "SOP Class UID differs from the presentation context's",
+                )
+            raise Refusal(
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "SOP Class UID not accepted on this association",
+            )
+        data = cast(io.BytesIO, received).getvalue()  # the data set as sent
         syntax = str(event.context.transfer_syntax)
-        header = read_header(data, syntax, sop_class, sop_instance)
+        header = read_header(data, syntax, sop_class, sop_instance, limits=self._limits)
         calling = event.assoc.requestor.ae_title.strip()
         # Part 10: preamble and file meta made here, then the data set as sent.
         prefix = part10_prefix(sop_class, sop_instance, syntax, calling)
@@ -438,11 +481,21 @@ class Listener:
             meta = read_part10_meta(data)
             if not meta.syntax:
                 raise Refusal(StoreStatus.CANNOT_DECODE, "file meta lacks TransferSyntaxUID")
+            if meta.sop_class not in self._storage_classes:
+                raise Refusal(
+                    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                    "MediaStorageSOPClassUID is not a storage SOP class the node accepts",
+                )
             header = read_header(
-                data[meta.offset :], meta.syntax, meta.sop_class, meta.sop_instance
+                data[meta.offset :],
+                meta.syntax,
+                meta.sop_class,
+                meta.sop_instance,
+                limits=self._limits,
             )
             status = self._keep(header, [data], meta.syntax, source, stats)
-        except Refusal as refusal:
+        except Refusal as refusal:  # the caller logs it (http/stow.py: "stow-rs instance refused")
+            self._count_refusal(refusal)
             return Ingested(
                 StoreStatus(refusal.status), refusal.reason, meta.sop_class, meta.sop_instance
             )
@@ -469,7 +522,11 @@ class Listener:
                 data = path.read_bytes()
                 meta = read_part10_meta(data)
                 header = read_header(
-                    data[meta.offset :], meta.syntax, meta.sop_class, meta.sop_instance
+                    data[meta.offset :],
+                    meta.syntax,
+                    meta.sop_class,
+                    meta.sop_instance,
+                    limits=self._limits,
                 )
                 source = meta.source_ae or "spool"
                 self._record(header, meta.syntax, source, stats, path=relative, size=len(data))

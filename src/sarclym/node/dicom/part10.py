@@ -1,8 +1,10 @@
 """What the listener reads from a received data set, and the Part 10 file meta it writes.
 
 The listener files an instance by its UIDs and counts it by Image Index against Number of
-Slices (docs/pet-input.md); :func:`read_header` parses only those attributes, and checks that the
-bytes really are a data set. :func:`part10_prefix` builds the preamble and file meta of the
+Slices (docs/pet-input.md). :func:`read_header` walks the whole data set once, element header by
+element header (:mod:`~sarclym.node.dicom.integrity`), so that Success means the data set is
+whole: every element to the last byte, the pixel data as long as the image says; it decodes only
+the dozen attributes it needs. :func:`part10_prefix` builds the preamble and file meta of the
 spool file directly (the generic writer cost as much as the rest of the bookkeeping).
 Everything here raises :class:`Refusal` with the C-STORE status the peer should get
 (:class:`~sarclym.node.dicom.status.StoreStatus`).
@@ -10,25 +12,35 @@ Everything here raises :class:`Refusal` with the C-STORE status the peer should 
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
-import zlib
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filereader import read_preamble
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from sarclym.node.dicom.compat import read_file_meta
+from sarclym.node.dicom.contexts import is_image_storage
+from sarclym.node.dicom.integrity import (
+    DatasetLimits,
+    Incomplete,
+    TooLarge,
+    Walk,
+    check_pixel_data,
+    inflate,
+    walk,
+)
 from sarclym.node.dicom.status import StoreStatus
 from sarclym.node.errors import Refusal
 from sarclym.node.store.spool import check_uid
 
 __all__ = [
+    "Attributes",
+    "DatasetLimits",
     "Header",
     "Part10Meta",
     "Refusal",
@@ -44,28 +56,20 @@ _SINGLE_INSTANCE_PET = frozenset(
         "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
     }
 )
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesType",
-    "NumberOfSlices",
-    "NumberOfTimeSlices",
-    "NumberOfRRIntervals",
-    "NumberOfTimeSlots",
-    "ImageIndex",
-]
 _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in _HEADER_TAGS]
-_LAST_HEADER_TAG = int(max(_HEADER_TAG_NUMBERS))
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
-def expected_count(ds: Dataset) -> int | None:
+class Attributes(Protocol):
+    """What :func:`expected_count` reads attributes through: ``Dataset.get`` by keyword."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
+def expected_count(ds: Attributes) -> int | None:
     """Number of instances a PET series will have, from one of its instances; None if unknown.
+
+    ``ds`` is a :class:`~pydicom.dataset.Dataset` or anything read by keyword the same way.
 
     (0054,0081) *Number of Slices*, times (0054,0101) *Number of Time Slices* for DYNAMIC
     series, times (0054,0061) *Number of R-R Intervals* and (0054,0071) *Number of Time Slots*
@@ -107,52 +111,135 @@ class Header:
     expected: int | None
 
 
-def _raw_uid(ds: Dataset, keyword: str) -> str | None:
-    """A UID as sent, without pydicom's value conversion (which warns on invalid UIDs)."""
-    tag = Tag(keyword)
-    if tag not in ds:
-        return None
-    value = ds.get_item(tag).value
-    if isinstance(value, bytes):
-        value = value.decode("ascii", errors="replace")
-    text = "" if value is None else str(value).rstrip("\0 ").strip()
-    return text or None
+# (tag, standard VR) of the attributes read from every received data set; values of VR UN or
+# Implicit VR are read as the standard VR.
+_WANTED: dict[str, tuple[int, bytes]] = {
+    "SOPClassUID": (0x00080016, b"UI"),
+    "SOPInstanceUID": (0x00080018, b"UI"),
+    "Modality": (0x00080060, b"CS"),
+    "StudyInstanceUID": (0x0020000D, b"UI"),
+    "SeriesInstanceUID": (0x0020000E, b"UI"),
+    "SamplesPerPixel": (0x00280002, b"US"),
+    "PhotometricInterpretation": (0x00280004, b"CS"),
+    "NumberOfFrames": (0x00280008, b"IS"),
+    "Rows": (0x00280010, b"US"),
+    "Columns": (0x00280011, b"US"),
+    "BitsAllocated": (0x00280100, b"US"),
+    "SeriesType": (0x00541000, b"CS"),
+    "NumberOfRRIntervals": (0x00540061, b"US"),
+    "NumberOfTimeSlots": (0x00540071, b"US"),
+    "NumberOfSlices": (0x00540081, b"US"),
+    "NumberOfTimeSlices": (0x00540101, b"US"),
+    "ImageIndex": (0x00541330, b"US"),
+}
+_WANTED_TAGS = frozenset(tag for tag, _ in _WANTED.values())
+_BINARY_INTS = {b"US": "H", b"SS": "h", b"UL": "I", b"SL": "i"}
 
 
-def _parse(data: bytes, transfer_syntax: str) -> Dataset:
-    """The attributes in ``_HEADER_TAGS`` of an encoded data set (no file meta).
+@dataclass(frozen=True)
+class _Encoding:
+    implicit_vr: bool
+    little_endian: bool
+    deflated: bool
+    encapsulated: bool
 
-    pydicom reads leniently; two checks make sure the bytes really are a data set: no element
-    length may run past the end, and no wanted value may be shorter than its length.
+
+@functools.lru_cache(maxsize=64)
+def _encoding(transfer_syntax: str) -> _Encoding:
+    """How a transfer syntax encodes a data set; :class:`Refusal` for a UID that is not one."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_private:
+        reason = f"transfer syntax {transfer_syntax} is not one the node reads"
+        raise Refusal(StoreStatus.CANNOT_DECODE, reason)
+    return _Encoding(
+        syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated, syntax.is_encapsulated
+    )
+
+
+class _Values:
+    """The wanted attributes of one data set, decoded on demand (no PHI among them)."""
+
+    def __init__(self, found: dict[int, tuple[bytes | None, bytes]], little_endian: bool) -> None:
+        self.found = found
+        self.order = "<" if little_endian else ">"
+
+    def _raw(self, keyword: str) -> tuple[bytes, bytes] | None:
+        tag, standard = _WANTED[keyword]
+        item = self.found.get(tag)
+        if item is None or not item[1]:
+            return None
+        vr, raw = item
+        return (standard if vr in (None, b"UN") else vr), raw
+
+    def text(self, keyword: str) -> str | None:
+        """The first value of a text attribute, without padding; None if absent or empty."""
+        item = self._raw(keyword)
+        if item is None:
+            return None
+        text = item[1].decode("ascii", errors="replace").split("\\")[0].strip("\0 ")
+        return text or None
+
+    def integer(self, keyword: str) -> int | None:
+        """The first value of an integer attribute (US, SS, UL, SL, IS as sent); None if absent.
+
+        Raises
+        ------
+        ValueError
+            Neither binary nor IS, or not a number; the message names the attribute.
+        """
+        item = self._raw(keyword)
+        if item is None:
+            return None
+        vr, raw = item
+        tag = f"{keyword} ({_WANTED[keyword][0] >> 16:04X},{_WANTED[keyword][0] & 0xFFFF:04X})"
+        code = _BINARY_INTS.get(vr)
+        if code is not None:
+            if len(raw) < struct.calcsize(code):
+                raise ValueError(f"{tag}: {len(raw)} bytes, too short for VR {vr.decode()}")
+            return int(struct.unpack_from(self.order + code, raw)[0])
+        if vr != b"IS":
+            raise ValueError(f"{tag}: VR {vr.decode('ascii', 'replace')}, expected an integer")
+        text = raw.decode("ascii", errors="replace").split("\\")[0].strip("\0 ")
+        if not text:
+            return None
+        try:
+            number = float(text)  # IS as pydicom reads it: "2", "+2", "2.0"
+        except ValueError:
+            raise ValueError(f"{tag}: not an integer string") from None
+        if not number.is_integer():
+            raise ValueError(f"{tag}: not an integer string")
+        return int(number)
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """As ``Dataset.get``, for :func:`expected_count`."""
+        standard = _WANTED[keyword][1]
+        value = self.text(keyword) if standard in (b"UI", b"CS") else self.integer(keyword)
+        return default if value is None else value
+
+
+def _walk(data: bytes, transfer_syntax: str, limits: DatasetLimits) -> tuple[_Values, Walk]:
+    """Walk a whole received data set (inflating a deflated one within ``limits``).
 
     Raises
     ------
-    ValueError
-        The data set is malformed (pydicom's own errors propagate as they are).
+    Refusal
+        0xA700 beyond ``limits``; 0xC210 when it is not whole (:class:`Incomplete`).
     """
-    syntax = UID(transfer_syntax)
-    if syntax.is_deflated:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)  # PS3.5 A.5: raw deflate, no header
-    fp = io.BytesIO(data)
-    # Elements come in tag order: nothing after (0054,1330) Image Index is needed.
-    ds = read_dataset(
-        fp,
-        syntax.is_implicit_VR,
-        syntax.is_little_endian,
-        stop_when=lambda tag, vr, length: tag.real > _LAST_HEADER_TAG,  # int compare: fast
-        specific_tags=_HEADER_TAG_NUMBERS,
-    )
-    if fp.tell() > len(data):
-        raise ValueError("an element length runs past the end of the data set")
-    for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
-        if (
-            isinstance(elem, RawDataElement)
-            and elem.length != _UNDEFINED_LENGTH
-            and len(elem.value or b"") < elem.length
-        ):
-            raise ValueError(f"element {tag} is truncated")
-    return ds
+    encoding = _encoding(transfer_syntax)
+    try:
+        limits.check_size(len(data))
+        encoded: bytes | bytearray = inflate(data, limits) if encoding.deflated else data
+        found = walk(
+            encoded,
+            implicit_vr=encoding.implicit_vr,
+            little_endian=encoding.little_endian,
+            wanted=_WANTED_TAGS,
+        )
+    except TooLarge as exc:
+        raise Refusal(StoreStatus.OUT_OF_RESOURCES, str(exc)) from None
+    except Incomplete as exc:
+        raise Refusal(StoreStatus.CANNOT_DECODE, f"data set not whole: {exc}") from None
+    return _Values(found.values, encoding.little_endian), found
 
 
 def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
@@ -225,9 +312,23 @@ def read_part10_meta(data: bytes) -> Part10Meta:
 
 
 def read_header(
-    data: bytes, transfer_syntax: str, request_sop_class: str, request_sop_instance: str
+    data: bytes,
+    transfer_syntax: str,
+    request_sop_class: str,
+    request_sop_instance: str,
+    *,
+    limits: DatasetLimits,
 ) -> Header:
-    """Parse the identifying attributes of a received data set; raise :class:`Refusal`.
+    """Check that a received data set is whole and read what the node files it by.
+
+    One pass over every element header (:func:`~sarclym.node.dicom.integrity.walk`), then the
+    checks, each a :class:`Refusal` with its status and a reason that names the attribute:
+
+    - larger than ``limits`` (as received, or once inflated): 0xA700;
+    - not whole: an element, item or sequence cut short or malformed, pixel data shorter than
+      the image needs or missing from an image: 0xC210;
+    - SOP Class, SOP Instance, Study or Series Instance UID missing or not a valid UID: 0xC212;
+    - SOP Class UID not the request's: 0xA900; SOP Instance UID not the request's: 0xC213.
 
     Parameters
     ----------
@@ -237,24 +338,37 @@ def read_header(
         The presentation context's transfer syntax.
     request_sop_class, request_sop_instance
         Affected SOP Class and Instance UIDs of the C-STORE request.
+    limits
+        How large the data set may be (``listener.max_dataset_mb``,
+        ``listener.max_inflation_ratio``).
     """
+    values, found = _walk(data, transfer_syntax, limits)
     try:
-        ds = _parse(data, transfer_syntax)
-        uids = {keyword: _raw_uid(ds, keyword) for keyword in _UID_KEYWORDS}
-        modality = ds.get("Modality")
+        uids = {keyword: values.text(keyword) for keyword in _UID_KEYWORDS}
+        if not any(uids.values()):
+            # Every instance has these in groups 0008/0020: bytes without any are not a data set.
+            raise Refusal(StoreStatus.CANNOT_DECODE, "data set cannot be decoded (no UIDs found)")
+        sop_class = uids["SOPClassUID"] or ""
+        check_pixel_data(
+            found.pixel,
+            image=is_image_storage(sop_class)
+            or (values.integer("Rows") is not None and values.integer("Columns") is not None),
+            encapsulated=_encoding(transfer_syntax).encapsulated,
+            rows=values.integer("Rows"),
+            columns=values.integer("Columns"),
+            samples=values.integer("SamplesPerPixel"),
+            bits=values.integer("BitsAllocated"),
+            frames=values.integer("NumberOfFrames"),
+            photometric=values.text("PhotometricInterpretation"),
+        )
         # Enhanced PET: the one instance is the whole series, index 1 of 1.
-        single = uids["SOPClassUID"] in _SINGLE_INSTANCE_PET
-        index = 1 if single else ds.get("ImageIndex")
-        image_index = None if index is None else int(index)
-        expected = expected_count(ds)
-    except Exception as exc:  # any parser error means the same to the peer: undecodable
-        # The exception text may quote element values (PHI): the log gets its type only.
-        raise Refusal(
-            StoreStatus.CANNOT_DECODE, f"data set cannot be decoded ({type(exc).__name__})"
-        ) from exc
-    if not any(uids.values()):
-        # Every instance has these in groups 0008/0020: bytes without any are not a data set.
-        raise Refusal(StoreStatus.CANNOT_DECODE, "data set cannot be decoded (no UIDs found)")
+        image_index = 1 if sop_class in _SINGLE_INSTANCE_PET else values.integer("ImageIndex")
+        expected = expected_count(values)
+        modality = values.text("Modality")
+    except Incomplete as exc:
+        raise Refusal(StoreStatus.CANNOT_DECODE, f"data set not whole: {exc}") from None
+    except ValueError as exc:  # the message names the attribute, never its value
+        raise Refusal(StoreStatus.CANNOT_DECODE, f"data set cannot be decoded: {exc}") from None
     for keyword, value in uids.items():
         if not value:
             raise Refusal(StoreStatus.MISSING_ATTRIBUTE, f"{keyword} missing")
@@ -267,11 +381,11 @@ def read_header(
     if uids["SOPInstanceUID"] != request_sop_instance:
         raise Refusal(StoreStatus.INSTANCE_MISMATCH, "SOPInstanceUID differs from the request")
     return Header(
-        sop_class_uid=uids["SOPClassUID"] or "",
+        sop_class_uid=sop_class,
         sop_instance_uid=uids["SOPInstanceUID"] or "",
         study_uid=uids["StudyInstanceUID"] or "",
         series_uid=uids["SeriesInstanceUID"] or "",
-        modality=str(modality) if modality else None,
+        modality=modality,
         image_index=image_index,
         expected=expected,
     )

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 from sarclym.node.config import ListenerConfig
 
-__all__ = ["RejectReason", "check_peer"]
+__all__ = ["RejectReason", "check_peer", "host_is_named"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -102,3 +102,51 @@ def check_peer(
         if peer.ae_title == calling and (peer.host is None or _same_host(peer.host, address)):
             return None
     return RejectReason.CALLING_AE_NOT_RECOGNIZED
+
+
+def host_is_named(config: ListenerConfig, address: str, *, resolve: bool = True) -> bool | None:
+    """Whether an association from ``address`` could be accepted, judging by its host alone.
+
+    True with ``allow_any_peer``, or when an allowed peer names no host or names this one. The
+    listener asks before the association request arrives, to close the connections of hosts
+    that no allowed peer names first when too many connections wait (their request would be
+    rejected anyway: A-ASSOCIATE-RJ, calling AE not recognized).
+
+    Parameters
+    ----------
+    config
+        The listener's configuration (allow-list).
+    address
+        IP address the connection came from.
+    resolve
+        Whether host names of the allow-list may be resolved (a DNS query, cached 30 s).
+
+    Returns
+    -------
+    bool or None
+        None when ``resolve`` is False and only a host name of the allow-list could still
+        name ``address``.
+    """
+    if config.allow_any_peer:
+        return True
+    undecided = False
+    for peer in config.allowed_peers:
+        if peer.host is None:
+            return True
+        if not resolve and _is_host_name(peer.host):
+            undecided = True
+        elif _same_host(peer.host, address):
+            return True
+    return None if undecided else False
+
+
+def _is_host_name(host: str) -> bool:
+    """Whether an allow-list host is a name (resolved), not an address or a network."""
+    try:
+        if "/" in host:
+            ipaddress.ip_network(host, strict=False)
+        else:
+            ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False

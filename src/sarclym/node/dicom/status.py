@@ -32,6 +32,7 @@ class StoreStatus(IntEnum):
 
     # -- answered by the listener -----------------------------------------------------------
     SUCCESS = 0x0000  # durable in the spool and recorded in state.db; also C-ECHO
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # class not accepted on the association (C-STORE, STOW-RS)
     OUT_OF_RESOURCES = 0xA700  # 0xA7xx: below the free-space watermark, disk full, I/O or DB error
     SOP_CLASS_MISMATCH = 0xA900  # 0xA9xx: the data set's SOP Class UID is not the request's
     CANNOT_UNDERSTAND = 0xC000  # 0xCxxx; the listener answers the more specific codes below
@@ -48,7 +49,6 @@ class StoreStatus(IntEnum):
     # -- read from peers (send side): failures and cancel ------------------------------------
     PROCESSING_FAILURE = 0x0110
     INVALID_OBJECT_INSTANCE = 0x0117
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
     NOT_AUTHORISED = 0x0124
     DUPLICATE_INVOCATION = 0x0210
     UNRECOGNISED_OPERATION = 0x0211

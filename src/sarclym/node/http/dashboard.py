@@ -67,7 +67,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 COOKIE = "sarclym_session"
-_MAX_BODY = 64 * 1024
 _UID = r"([0-9]+(?:\.[0-9]+)+)"
 _SERIES_PAGE = re.compile(rf"^/dashboard/series/{_UID}$")
 _THUMBNAIL = re.compile(rf"^/dashboard/thumbnails/{_UID}\.png$")
@@ -187,22 +186,20 @@ class Dashboard:
             return False
         return path in ("/", "/login", "/logout", "/dashboard") or path.startswith("/dashboard/")
 
-    def handle(self, handler: BaseHTTPRequestHandler) -> bool:
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes = b"") -> bool:
         """Answer the request if its path is the dashboard's; return whether it was.
 
         Called from the node's HTTP handler for every GET and POST it does not serve itself.
+        ``body`` is a POST's form, read by the server within its bounds (strict framing, read
+        timeout, 64 KiB: :mod:`sarclym.node.http._body`), which answers a bad one itself.
         """
         url = urlsplit(handler.path)
         if not self.handles(url.path):
             return False
         form: dict[str, str] = {}
         if handler.command == "POST":
-            length = int(handler.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
-                self._write(handler, _json(413, {"error": "request body too large"}))
-                return True
-            body = handler.rfile.read(length).decode("utf-8", "replace")
-            form = {k: v[-1] for k, v in parse_qs(body).items()}
+            text = body.decode("utf-8", "replace")
+            form = {k: v[-1] for k, v in parse_qs(text).items()}
         request = Request(
             method=handler.command,
             path=url.path,

@@ -3,10 +3,18 @@
 Every figure is computed from the durable state (instances, series, delivery ledger), not from
 in-process counters: the numbers survive restarts, and one ``serve`` reports the work of every
 ``worker`` process sharing its data folder. No label carries a UID or anything about a patient.
+
+One exception, :class:`RefusalCounter`: the instances the listener refused (C-STORE and STOW-RS)
+are counted in the process, because a refusal is often exactly the moment nothing can be
+written (0xA700: the disk is full, state.db is not writable, and the log may share that disk).
+``sarclym_refused_instances_total`` therefore starts at zero with each ``serve`` (Prometheus'
+``rate()`` and ``increase()`` take counter resets in their stride).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sarclym.node.dicom.status import FAILURE_RANGES, StoreStatus
 from sarclym.node.store.audit import latest_event_times
 from sarclym.node.store.records import SeriesStatus
 
@@ -26,7 +35,15 @@ if TYPE_CHECKING:
     from sarclym.node.store.records import DeliveryRecord, SeriesTimes
     from sarclym.node.store.state import StateDB
 
-__all__ = ["LATENCY_BUCKETS_S", "STAGES", "StateCollector", "histogram_buckets"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "STAGES",
+    "RefusalCollector",
+    "RefusalCounter",
+    "StateCollector",
+    "histogram_buckets",
+    "refusal_reason",
+]
 
 #: The stages of ``sarclym_stage_seconds``, in the order a series goes through them.
 STAGES = ("receive", "complete", "queue", "process", "deliver")
@@ -144,3 +161,63 @@ class StateCollector(Collector):
             buckets, total_s = histogram_buckets(max(0.0, v) for v in values[stage])
             stages.add_metric([stage], buckets, total_s)
         return stages
+
+
+def refusal_reason(status: int) -> str:
+    """The reason category of a refusal status: the :class:`StoreStatus` name, lower case.
+
+    A code inside a range of PS3.4 B.2.3 (0xA7xx, 0xA9xx, 0xCxxx) without a name of its own is
+    named by its range (``0xA701``: ``out_of_resources``); any other code is ``other``.
+    """
+    try:
+        return StoreStatus(status).name.lower()
+    except ValueError:
+        pass
+    for member, codes in FAILURE_RANGES.items():
+        if status in codes:
+            return member.name.lower()
+    return "other"
+
+
+class RefusalCounter:
+    """Instances the node refused since this process started, by DIMSE status.
+
+    The listener calls :meth:`count` once per refused C-STORE or STOW-RS instance, with the
+    status it answered; :class:`RefusalCollector` exposes the counts. Thread-safe (each
+    association runs in its own thread) and never raises: counting must not add a failure to a
+    refusal.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[int] = Counter()
+
+    def count(self, status: int) -> None:
+        """Count one refused instance answered with ``status``."""
+        with self._lock:
+            self._counts[int(status)] += 1
+
+    def counts(self) -> dict[int, int]:
+        """Status -> refused instances, a copy."""
+        with self._lock:
+            return dict(self._counts)
+
+
+class RefusalCollector(Collector):
+    """``sarclym_refused_instances_total{status="0xA700", reason="out_of_resources"}``."""
+
+    def __init__(self, counter: RefusalCounter) -> None:
+        self.counter = counter
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "sarclym_refused_instances",
+            "Instances refused (C-STORE and STOW-RS) since the node started, by the DIMSE "
+            "status answered and its reason category (out_of_resources: below the free-space "
+            "watermark, disk full, state.db not writable; cannot_decode, missing_attribute, "
+            "instance_mismatch, sop_class_mismatch, sop_class_not_supported: the data set).",
+            labels=["status", "reason"],
+        )
+        for status, n in sorted(self.counter.counts().items()):
+            refused.add_metric([f"0x{status:04X}", refusal_reason(status)], float(n))
+        yield refused

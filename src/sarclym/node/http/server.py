@@ -11,23 +11,59 @@
 
 The server knows the running node only through :class:`Probes`, so it sits below the service
 that builds it (docs/design.md).
+
+Bounds (:class:`HttpLimits`, from the ``service`` section): one thread per connection and one
+request per connection (HTTP/1.0 replies), so a slow or stuck client holds only its own thread,
+and the probes keep answering beside it. Each read waits at most
+``service.http_read_timeout_seconds``, and the request line and headers must be complete within
+that time in all; a client that stops sending is answered 408 and dropped. Every body is read by
+:mod:`sarclym.node.http._body` (strict ``Content-Length`` and chunk parsing: 400; too large:
+413 before reading; STOW-RS bodies up to ``service.stow_max_body_mb``, dashboard forms up to
+64 KiB). A refusal is a JSON ``{"error": "<reason>"}``; when the body was not read, the
+connection closes after a bounded lingering read so that the sender gets the answer, not a reset.
+No request raises out of the handler (an unexpected error is logged and answered 500).
+
+Why the standard library's ``ThreadingHTTPServer`` and not a server library (waitress, cheroot,
+uvicorn with starlette, hypercorn; none is installed): every defect of issue 13 was in how the
+handler read the body, not in the HTTP parsing of the request line and headers, which the
+standard library bounds already (64 KiB a line, 100 headers, 431/414 beyond). With the read
+timeout, the header deadline and the bounded body reader, each case of the issue is answered
+(``tests/integration/test_stow_hardening.py``). A library would bring a second threading or
+event-loop model beside pynetdicom's and huey's threads, a WSGI or ASGI adapter for the
+streaming STOW-RS receive, and a runtime dependency for a localhost endpoint that serves a few
+requests a minute; it would still need the same limits configured. Move to one (cheroot or
+waitress: thread pools, WSGI, no event loop) when the endpoint must serve TLS itself or many
+concurrent clients.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sarclym.node.http.stow import STOW_PATHS, StowReceiver, read_body
+from sarclym.node.config import ServiceConfig
+from sarclym.node.http._body import BLOCK, Body, RequestRefused, TimedSocketReader, linger
+from sarclym.node.http.stow import STOW_PATHS, StowReceiver
 
 if TYPE_CHECKING:
     from sarclym.node.http.dashboard import Dashboard
 
-__all__ = ["HttpServer", "Probes"]
+__all__ = ["HttpLimits", "HttpServer", "Probes"]
+
+log = structlog.get_logger(__name__)
+
+_LINGER_S = 2.0  # at most, after an answer given without reading the body
+_MB = 1024 * 1024
+_FORM_MAX_BODY = 64 * 1024  # a dashboard form: a token, a result id, a CSRF token
 
 
 class Probes(Protocol):
@@ -46,6 +82,37 @@ class Probes(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long the server waits for a client and how much it reads.
+
+    Attributes
+    ----------
+    read_timeout_s
+        Seconds one read may wait, and the request line and headers may take in all
+        (``service.http_read_timeout_seconds``).
+    stow_max_body
+        The largest STOW-RS request body in bytes (``service.stow_max_body_mb``).
+    """
+
+    read_timeout_s: float
+    stow_max_body: int
+
+    @classmethod
+    def from_config(cls, service: ServiceConfig) -> HttpLimits:
+        """The limits of the ``service`` section."""
+        return cls(service.http_read_timeout_seconds, service.stow_max_body_mb * _MB)
+
+
+class _Server(ThreadingHTTPServer):
+    """The stdlib server, logging an unexpected handler error instead of printing it."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("http handler failed")
+
+
 class HttpServer:
     """A threading HTTP server on ``host:port`` in a daemon thread.
 
@@ -59,6 +126,8 @@ class HttpServer:
         The STOW-RS receiver.
     dashboard
         The dashboard, or None when it is off.
+    limits
+        Read timeout and body limit; those of a default ``service`` section when None.
     """
 
     def __init__(
@@ -69,8 +138,11 @@ class HttpServer:
         probes: Probes,
         stow: StowReceiver,
         dashboard: Dashboard | None,
+        limits: HttpLimits | None = None,
     ) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(probes, stow, dashboard))
+        limits = limits or HttpLimits.from_config(ServiceConfig())
+        self.limits = limits
+        self._server = _Server((host, port), _handler(probes, stow, dashboard, limits))
         self._thread: threading.Thread | None = None
 
     @property
@@ -92,26 +164,89 @@ class HttpServer:
         self._server.server_close()
 
 
+def _ascii(text: str) -> str:
+    """A reason fit for a header value: printable ASCII only."""
+    return "".join(c if " " <= c <= "~" and c != '"' else "?" for c in text)[:200]
+
+
 def _handler(
-    probes: Probes, stow: StowReceiver, dashboard: Dashboard | None
+    probes: Probes, stow: StowReceiver, dashboard: Dashboard | None, limits: HttpLimits
 ) -> type[BaseHTTPRequestHandler]:
+    stow_limit = f"service.stow_max_body_mb ({limits.stow_max_body // _MB} MB)"
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = limits.read_timeout_s
+        body: Body | None = None
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the plain socket file: reads go through the timed reader
+            self.reader = TimedSocketReader(self.connection, limits.read_timeout_s)
+            self.rfile = io.BufferedReader(self.reader, BLOCK)
+
+        def open_body(self, limit: int, what: str) -> Body:
+            """The request body, within ``limit`` bytes."""
+            self.body = Body(self.headers, self.rfile, limit, what)
+            return self.body
+
         def do_POST(self) -> None:
-            if dashboard is not None and dashboard.handle(self):
-                return
-            if self.path.rstrip("/") not in STOW_PATHS:
-                self.send_error(404)
-                return
-            body = read_body(self)
-            code, reply = stow.handle(
-                self.headers.get("Authorization", ""),
-                self.headers.get("Content-Type", ""),
-                body,
-            )
-            self._reply(code, json.dumps(reply).encode(), "application/dicom+json")
+            self._serve(self._post)
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            self._serve(self._get)
+
+        def _serve(self, route: Callable[[], None]) -> None:
+            self.reader.deadline = None  # headers complete: from now on, per read
+            try:
+                route()
+            except RequestRefused as exc:
+                log.info(
+                    "http request refused",
+                    method=self.command,
+                    path=self._path(),
+                    status=int(exc.status),
+                    reason=exc.reason,
+                )
+                self._send_json(exc.status, {"error": exc.reason})
+            except TimeoutError:
+                log.info(
+                    "http request timed out",
+                    method=self.command,
+                    path=self._path(),
+                    received=self.body.received if self.body else 0,
+                )
+                self.close_connection = True
+                reason = f"no data for {limits.read_timeout_s:g} s"
+                self._send_json(HTTPStatus.REQUEST_TIMEOUT, {"error": reason})
+                return
+            except ConnectionError as exc:
+                log.info("http client went away", path=self._path(), error=type(exc).__name__)
+                self.close_connection = True
+                return
+            except Exception:
+                log.exception("http request failed", method=self.command, path=self._path())
+                self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+            self._linger()
+
+        def _post(self) -> None:
+            path = self._path()
+            if dashboard is not None and dashboard.handles(path):
+                form = self.open_body(_FORM_MAX_BODY, f"the form limit ({_FORM_MAX_BODY} bytes)")
+                dashboard.handle(self, form.read_all())
+                return
+            if path.rstrip("/") not in STOW_PATHS:
+                raise RequestRefused(HTTPStatus.NOT_FOUND, f"no resource {path[:100]}")
+            boundary = stow.check(
+                self.headers.get("Authorization", ""), self.headers.get("Content-Type", "")
+            )
+            reply = stow.receive(boundary, self.open_body(limits.stow_max_body, stow_limit).read)
+            extra = [("Warning", f'299 - "{_ascii(reply.warning)}"')] if reply.warning else []
+            self._reply(
+                reply.status, json.dumps(reply.body).encode(), "application/dicom+json", extra
+            )
+
+        def _get(self) -> None:
+            path = self._path()
             if path == "/metrics":
                 self._reply(200, probes.metrics(), CONTENT_TYPE_LATEST)
                 return
@@ -128,14 +263,43 @@ def _handler(
             elif dashboard is not None and dashboard.handle(self):
                 return  # /status and the dashboard pages, behind its login
             else:
-                self.send_error(404)
-                return
+                raise RequestRefused(HTTPStatus.NOT_FOUND, f"no resource {path[:100]}")
             self._reply(200 if ok else 503, json.dumps(body).encode(), "application/json")
 
-        def _reply(self, code: int, data: bytes, content_type: str) -> None:
+        def _path(self) -> str:
+            return self.path.split("?", 1)[0]
+
+        def _send_json(self, status: HTTPStatus, data: dict[str, Any]) -> None:
+            try:
+                self._reply(int(status), json.dumps(data).encode(), "application/json")
+            except OSError:
+                self.close_connection = True  # the client is gone or does not read
+
+        def _linger(self) -> None:
+            """After an answer, when the request's body was not read to its end."""
+            if self.body is not None:
+                if self.body.complete:
+                    return
+            elif "Transfer-Encoding" not in self.headers and self.headers.get(
+                "Content-Length", ""
+            ).strip() in ("", "0"):
+                return  # no body
+            self.close_connection = True
+            self.wfile.flush()
+            linger(self.connection, min(_LINGER_S, limits.read_timeout_s))
+
+        def _reply(
+            self,
+            code: int,
+            data: bytes,
+            content_type: str,
+            headers: list[tuple[str, str]] | None = None,
+        ) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in headers or []:
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 

@@ -6,6 +6,14 @@ fsynced so that the entry itself survives a power cut. A reader therefore sees e
 the previous one) or a whole new one. Folders created on the way are fsynced into their parents
 the same way (:func:`make_dirs`).
 
+Temporary files are ``.<name>.<pid>.<random>.tmp`` (:data:`TEMP_SUFFIX`), and their writer holds
+an exclusive ``flock`` on each from before its first byte until it has been renamed (or linked)
+into place. A temporary file nobody holds a lock on has no live writer, in this process or in
+any other sharing the folder (``serve`` and ``worker`` processes may share a data folder, each
+in its own PID namespace): :func:`remove_orphaned_temp` removes exactly those, such as the ones
+a ``kill -9`` left. A writer whose new temporary file was removed between its creation and its
+lock finds it gone once it holds the lock, and starts again with a new one.
+
 Used by the spool (received instances), the worker (results in the outbox, thumbnails), the
 folder destination (copies) and the dashboard's bootstrap admin token (:func:`create_durable`,
 which never replaces a file). The model registry (``sarclym.model.inference.registry``) has its
@@ -14,15 +22,98 @@ own atomic write because ``sarclym.model`` never imports ``sarclym.node``.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
-import threading
-from collections.abc import Iterable
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "create_durable", "fsync_dir", "make_dirs", "write_durable"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "create_durable",
+    "fsync_dir",
+    "make_dirs",
+    "remove_orphaned_temp",
+    "temp_path",
+    "write_durable",
+]
 
 #: Suffix of files being written; a file with it is never a finished one.
 TEMP_SUFFIX = ".tmp"
+
+#: Where ``flock`` is not supported, a temporary file older than this counts as orphaned (s).
+UNLOCKABLE_TEMP_AGE_S = 3600.0
+_CREATE_TRIES = 5
+
+
+def temp_path(path: Path) -> Path:
+    """A new temporary name beside ``path``: ``.<name>.<pid>.<random>.tmp``.
+
+    The process id says who wrote it (for people); the random part keeps two writers of the
+    same file apart, also in two PID namespaces that share the folder. Ownership is the lock,
+    never the name.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """Take the exclusive ``flock`` of ``fd``.
+
+    Returns
+    -------
+    bool or None
+        True: locked. False: another open file holds it (only with ``wait=False``). None: the
+        file system has no ``flock`` (``ENOLCK``, ``EOPNOTSUPP``); nothing is locked, and
+        :func:`remove_orphaned_temp` goes by age alone there.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink > 0
+
+
+def _create_locked(path: Path, mode: int) -> tuple[int, Path]:
+    """Create a new temporary file for ``path`` and hold its lock; return the fd and its name.
+
+    Raises
+    ------
+    OSError
+        The file cannot be created or locked (``ENOSPC``, ``EACCES``...).
+    """
+    for _ in range(_CREATE_TRIES):
+        tmp = temp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            continue
+        try:
+            _lock(fd, wait=True)
+            if _still_named(fd, tmp):
+                return fd, tmp
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)  # a sweeper removed it before the lock was ours: a new one
+    raise OSError(errno.EAGAIN, f"{path.parent}: no temporary file could be created and locked")
 
 
 def fsync_dir(path: Path) -> None:
@@ -69,8 +160,9 @@ def make_dirs(folder: Path, *, root: Path) -> None:
 def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
     """Write ``chunks`` to ``path`` atomically and durably; ``path``'s folder must exist.
 
-    Temporary file in the same folder, write, fsync, ``os.replace`` onto ``path``, fsync of the
-    folder. On any error the temporary file is removed and ``path`` is left as it was.
+    Temporary file in the same folder (:func:`temp_path`, locked while it exists), write,
+    fsync, ``os.replace`` onto ``path``, fsync of the folder. On any error the temporary file is
+    removed and ``path`` is left as it was.
 
     Parameters
     ----------
@@ -89,15 +181,15 @@ def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
     OSError
         Writing, syncing or renaming failed (``ENOSPC`` when the disk is full).
     """
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}{TEMP_SUFFIX}")
+    fd, tmp = _create_locked(path, 0o666)  # 0o666 less the umask, as open() would
     size = 0
     try:
-        with open(tmp, "wb") as fh:
+        with open(fd, "wb", closefd=True) as fh:
             for chunk in chunks:
                 size += fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still locked: never an unlocked temporary file
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -109,9 +201,9 @@ def create_durable(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     """Create ``path`` with ``data`` and ``mode``, durably, unless it exists; never replace it.
 
     The content goes to a temporary file created exclusively with ``mode`` (whatever the
-    umask), is fsynced, then hard-linked onto ``path``: the link fails when another process
-    created ``path`` meanwhile, so the first writer wins and nobody ever sees half a file.
-    The folder is fsynced after the link.
+    umask) and locked while it exists, is fsynced, then hard-linked onto ``path``: the link
+    fails when another process created ``path`` meanwhile, so the first writer wins and nobody
+    ever sees half a file. The folder is fsynced after the link.
 
     Parameters
     ----------
@@ -132,22 +224,91 @@ def create_durable(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     OSError
         Writing, syncing or linking failed for another reason.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd, tmp = _create_locked(path, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # os.open's mode is filtered by the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fchmod(fd, mode)  # os.open's mode is filtered by the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:
             return False
-        fsync_dir(path.parent)
-        return True
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # still locked: never an unlocked temporary file
+        os.close(fd)
+    fsync_dir(path.parent)
+    return True
+
+
+def _temp_files(folder: Path, recursive: bool) -> Iterator[Path]:
+    pattern = f".*{TEMP_SUFFIX}"
+    try:
+        yield from folder.rglob(pattern) if recursive else folder.glob(pattern)
+    except FileNotFoundError:  # the folder (or one below it) went away meanwhile
+        return
+
+
+def _remove_if_orphaned(tmp: Path, min_age_s: float, now: float) -> bool:
+    """Remove ``tmp`` if no live writer holds its lock (and it is ``min_age_s`` old)."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # renamed into place or removed meanwhile
+    except OSError:  # a symbolic link (ELOOP), a file this process may not read: not ours
+        return False
+    try:
+        st = os.fstat(fd)
+        age = now - st.st_mtime
+        if not stat.S_ISREG(st.st_mode) or age < min_age_s:
+            return False
+        try:
+            locked = _lock(fd, wait=False)
+        except OSError:
+            return False
+        if locked is False:
+            return False  # a live writer holds it
+        if locked is None and age < UNLOCKABLE_TEMP_AGE_S:
+            return False  # no locks here: only an old file is surely orphaned
+        if not _still_named(fd, tmp):
+            return False
+        tmp.unlink()  # under the lock: a writer that opened it will find it gone
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_orphaned_temp(
+    folder: Path, *, recursive: bool = True, min_age_s: float = 0.0, now: float | None = None
+) -> int:
+    """Remove the temporary files under ``folder`` that no live writer owns; return how many.
+
+    A writer holds the lock of its temporary file until the file is in place
+    (:func:`write_durable`, :func:`create_durable`), so a temporary file whose lock can be taken
+    was left by a writer that died (``kill -9``, power cut), in this process or another. Safe
+    to run at any time, beside live writers in this and other processes.
+
+    Parameters
+    ----------
+    folder
+        Where to look (``.*.tmp`` files); a missing folder has none.
+    recursive
+        Also in every folder below.
+    min_age_s
+        Leave files modified more recently than this (s); ``0``: only the lock decides. On a
+        file system without ``flock`` a file must also be :data:`UNLOCKABLE_TEMP_AGE_S` old.
+    now
+        The time to measure ages against (``time.time()``).
+
+    Returns
+    -------
+    int
+        Files removed.
+    """
+    now = time.time() if now is None else now
+    return sum(
+        _remove_if_orphaned(tmp, min_age_s, now) for tmp in list(_temp_files(folder, recursive))
+    )

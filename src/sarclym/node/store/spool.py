@@ -15,12 +15,11 @@ import errno
 import re
 import shutil
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from sarclym.node.errors import SpoolError, SpoolFull
-from sarclym.node.store.durable import TEMP_SUFFIX, make_dirs, write_durable
+from sarclym.node.store.durable import make_dirs, remove_orphaned_temp, write_durable
 from sarclym.node.store.layout import DataLayout
 
 __all__ = [
@@ -173,24 +172,18 @@ class Spool:
             raise SpoolError(f"{path}: cannot store ({exc.strerror or exc})") from exc
         return path
 
-    def remove_stale_temp(self, older_than_s: float = 3600.0) -> int:
-        """Delete temporary files a crash left behind; return how many were removed.
+    def remove_stale_temp(self, older_than_s: float = 0.0) -> int:
+        """Delete the temporary files no live writer owns (a crash left them); return how many.
+
+        Ownership is the writer's lock (:func:`~sarclym.node.store.durable.remove_orphaned_temp`):
+        safe beside this process's and other processes' writers, at start and at any time.
 
         Parameters
         ----------
         older_than_s
-            Only files not modified for this long (a live writer's file is younger).
+            Only files not modified for this long; ``0``: every file without a live writer.
         """
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for tmp in self.root.rglob(f".*{TEMP_SUFFIX}"):
-            try:
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return remove_orphaned_temp(self.root, min_age_s=older_than_s)
 
     def _make_dirs(self, folder: Path) -> None:
         """Create ``folder`` and its parents; fsync every level into its parent once.
