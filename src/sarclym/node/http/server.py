@@ -16,7 +16,8 @@ Bounds (:class:`HttpLimits`, from the ``service`` section): one thread per conne
 request per connection (HTTP/1.0 replies), so a slow or stuck client holds only its own thread,
 and the probes keep answering beside it. Each read waits at most
 ``service.http_read_timeout_seconds``, and the request line and headers must be complete within
-that time in all; a client that stops sending is answered 408 and dropped. Every body is read by
+that time in all; a client that stops sending its body is answered 408 and dropped (one that
+stalls in its request line or headers is dropped without an answer). Every body is read by
 :mod:`sarclym.node.http._body` (strict ``Content-Length`` and chunk parsing: 400; too large:
 413 before reading; STOW-RS bodies up to ``service.stow_max_body_mb``, dashboard forms up to
 64 KiB). A refusal is a JSON ``{"error": "<reason>"}``; when the body was not read, the
