@@ -6,15 +6,20 @@ C-STORE peer on a closed port with one attempt allowed, so that result lands in 
 letter. A synthetic PET/CT study is sent by DCMTK ``storescu``. Headless Chromium (DevTools pipe,
 ``tests/ohif/cdp.py``) then logs in through the form with the admin token and checks: the study
 and its series are listed, the result's Grad-CAM thumbnail loaded, P(lymphoma) is the node's,
-the model card is shown; the dead delivery has a Retry button that re-arms it (audited as
-``dashboard:alice``). After logout, the viewer sees no Retry button and a forged POST gets 403.
+the thumbnail opens the Secondary Capture at full resolution, the series page shows it 1:1 with
+the patient context (the admin's role is in ``dashboard.patient_context_roles``), the model card
+is shown; the dead delivery has a Retry button, and the page after it shows what the new attempt
+did (audited as ``dashboard:alice``). After logout, the viewer sees no Retry button, no patient
+context, and a forged POST gets 403.
 
-The screenshot of the overview is kept under the test's tmp folder and, with
-``SARCLYM_UPDATE_DOCS=1``, written to ``docs/dashboard.png``.
+The screenshots of the overview and of the result view are kept under the test's tmp folder and,
+with ``SARCLYM_UPDATE_DOCS=1``, written to ``docs/dashboard.png`` and
+``docs/dashboard-result.png``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -113,7 +118,7 @@ def test_dashboard_in_a_browser(
 
     node = NodeProcess(tmp_path, orthanc)
     config = yaml.safe_load(node.config.read_text())
-    config["dashboard"] = {"users": [admin, viewer]}
+    config["dashboard"] = {"users": [admin, viewer], "patient_context_roles": ["admin"]}
     closed = {"kind": "cstore", "name": "closed-pacs", "host": "127.0.0.1", "port": free_port()}
     config["destinations"]["targets"].append({**closed, "called_aet": "NOBODY", "timeout": 5})
     config["destinations"]["retry"]["max_attempts"] = 1
@@ -122,6 +127,8 @@ def test_dashboard_in_a_browser(
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     screenshot = tmp_path / "dashboard.png"
+    result_shot = tmp_path / "dashboard-result.png"
+    patient = _person(source.PatientName)
     try:
         node.start()
         _send(node.port, study)
@@ -173,6 +180,51 @@ def test_dashboard_in_a_browser(
             browser.screenshot(screenshot)
             csp = [c for c in browser.console if "Content Security Policy" in c]
             assert csp == [], csp
+            assert patient in text  # the admin's role sees the patient context
+
+            # The thumbnail opens the Secondary Capture at full resolution.
+            sc = _delivered_sc(node.data_dir)
+            browser.evaluate("document.querySelector('a.result-image').click()")
+            opened = "location.pathname.endsWith('/sc.png') && document.images[0].complete"
+            if not browser.wait_for(opened, timeout=30):
+                pytest.fail(f"the thumbnail did not open the image: {_page_text(browser)[:500]!r}")
+            natural = browser.evaluate(
+                "[document.images[0].naturalWidth, document.images[0].naturalHeight]"
+            )
+            assert natural == [sc.Columns, sc.Rows]
+
+            # The result view, wide enough to show the SC 1:1: the screenshot for the docs.
+            width = max(WINDOW[0], int(sc.Columns) + 120)
+            browser.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": False},
+            )
+            series_url = f"{base}/dashboard/series/{source.SeriesInstanceUID}"
+            full = "document.querySelector('img.full')"
+            shown = (
+                f"{full} && {full}.complete && {full}.naturalWidth > 0 && "
+                f"[{full}.width, {full}.naturalWidth]"
+            )
+            sizes = _open(browser, series_url, shown, "the result at full resolution")
+            assert sizes == [sc.Columns, sc.Columns]  # 1:1, neither shrunk nor enlarged
+            result_text = _page_text(browser)
+            assert patient in result_text
+            assert "Patient context is shown to your role" in result_text
+            height = browser.evaluate("document.documentElement.scrollHeight")
+            time.sleep(0.3)  # let the last frame paint
+            shot = browser.send(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                },
+            )["data"]
+            result_shot.write_bytes(base64.b64decode(shot))
+            browser.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WINDOW[0], "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": False},
+            )
 
             # The active model and its card.
             card = json.loads((node.data_dir / "models" / "1.0.0" / "model_card.json").read_text())
@@ -193,7 +245,14 @@ def test_dashboard_in_a_browser(
             rearmed = "location.search.includes('retried=1') && document.body.innerText"
             flash = browser.wait_for(rearmed, timeout=30)
             assert flash, _page_text(browser)[:2000]
-            assert "Re-armed 1" in flash
+            # The page after Retry shows what the new attempt did (one attempt allowed: dead
+            # again, with the connection's error), not the re-armed row of a moment before.
+            assert "Retried closed-pacs: failed again, into the dead letter" in flash
+            row = 'tr[data-destination="closed-pacs"]'
+            cells = browser.evaluate(
+                f"[...document.querySelectorAll('{row} td')].map(td => td.innerText)"
+            )
+            assert cells[3:5] == ["dead", "1"], cells
             with StateDB(node.data_dir / "state.db") as state:
                 retries = [
                     e
@@ -216,6 +275,8 @@ def test_dashboard_in_a_browser(
             assert browser.evaluate(f"!!{button}") is False
             assert "admin only" in _page_text(browser)
             assert "victor (viewer)" in _page_text(browser)
+            assert patient not in _page_text(browser)  # the viewer's role does not see it
+            assert "UIDs only" in _page_text(browser)
             assert browser.evaluate(FORGED_RETRY_JS % json.dumps(result_id)) == 403
             assert browser.exceptions == []
         assert node.stop() == 0
@@ -224,10 +285,27 @@ def test_dashboard_in_a_browser(
             node.process.kill()
             node.process.wait(timeout=30)
     log = node.log.read_text()
-    for token in (admin_token, viewer_token):
+    for token in (admin_token, viewer_token, patient, str(source.PatientID)):
         assert token not in log
     with StateDB(node.data_dir / "state.db") as state:
         retries = [e for e in audit_events(state) if e.event == "retry"]
     assert len(retries) == 1  # the viewer's POST changed nothing
     if os.environ.get(DOCS_ENV) == "1":
         shutil.copyfile(screenshot, ROOT / "docs" / "dashboard.png")
+        shutil.copyfile(result_shot, ROOT / "docs" / "dashboard-result.png")
+
+
+def _person(name: Any) -> str:
+    """A Person Name as the dashboard shows it: "Family, Given Middle"."""
+    parts = [p for p in str(name).split("=")[0].split("^")]
+    given = " ".join(p for p in parts[1:3] if p)
+    return ", ".join(p for p in (parts[0], given) if p)
+
+
+def _delivered_sc(data_dir: Path) -> Any:
+    """The one Secondary Capture the folder destination received (one result in this test)."""
+    found = [
+        ds for p in (data_dir / "results").rglob("*.dcm") if (ds := dcmread(p)).Modality == "OT"
+    ]
+    assert len(found) == 1, found
+    return found[0]

@@ -133,3 +133,81 @@ def test_send_to_nobody_exits_4(tmp_path: Path) -> None:
         ]
     )
     assert code == 4
+
+
+def test_force_writes_into_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "README").write_text("mine\n")
+    argv = ["synth", "--out", str(out), "--cases", "1", "--seed", "3", "--mip-series", "no"]
+    assert main(argv) == 2
+    assert main([*argv, "--force"]) == 0
+    assert (out / "README").read_text() == "mine\n"
+    with (out / "labels.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 1
+
+
+def test_interrupted_cohort_keeps_the_labels_of_its_finished_studies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C during the third study: labels.csv lists the two that are on disk."""
+    from sarclym.model.synth import cohort as cohort_module
+
+    real = cohort_module.generate_study
+
+    def interrupted_at_the_third(*args: object, index: int, **kwargs: object) -> object:
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(*args, index=index, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cohort_module, "generate_study", interrupted_at_the_third)
+    out = tmp_path / "o"
+    argv = ["synth", "--out", str(out), "--cases", "5", "--seed", "3", "--mip-series", "no"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"2 of 5 studies finished; their labels are in {out / 'labels.csv'}" in err
+    with (out / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["case_id"] for r in rows] == ["case0001", "case0002"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_ends_synth_with_labels_and_without_tracebacks(jobs: str, tmp_path: Path) -> None:
+    """A real SIGINT to a running `synth` (worker processes too, as a terminal sends it to
+    the whole process group): exit 130, a labels.csv naming only studies on disk."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sarclym.node.cli", "synth", "--out", str(out),
+         "--cases", "30", "--seed", "2", "--mip-series", "no", "--jobs", jobs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, signalled as a terminal would
+    )  # fmt: skip
+    try:
+        for _ in range(1200):  # until the second study has begun (the first is done, jobs 1)
+            if (out / "case0002").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "ForkPoolWorker" not in err  # a worker's own KeyboardInterrupt
+    assert "sarclym-node: interrupted" in err
+    with (out / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) < 30
+    if jobs == "1":
+        assert rows
+    for row in rows:
+        assert (out / row["case_id"] / "PT_AC").is_dir()

@@ -14,12 +14,13 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -41,7 +42,7 @@ from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import DeliveryState
 from sarclym.node.store.state import ReceivedInstance, SeriesStatus
 from sarclym.node.worker.processor import write_results
-from sarclym.node.worker.thumbnail import write_thumbnail
+from sarclym.node.worker.thumbnail import THUMBNAIL_SIZE, write_thumbnail
 from tests.conftest import free_port
 from tests.phi import assert_no_phi
 from tests.results_fixtures import PHI, SERIES_UID, STUDY_UID, make_prediction
@@ -55,7 +56,7 @@ RESULT_ID = f"{SERIES_UID}/0.0.test"
 RESEARCH = "Research use only - not for diagnosis"
 
 
-def _config(tmp_path: Path, **dashboard: object) -> Config:
+def _config(tmp_path: Path, extra: dict[str, str] | None = None, **dashboard: object) -> Config:
     users = [
         {"name": "alice", "role": "admin", "token_sha256": hash_token(ADMIN_TOKEN)},
         {"name": "victor", "role": "viewer", "token_sha256": hash_token(VIEWER_TOKEN)},
@@ -71,7 +72,7 @@ def _config(tmp_path: Path, **dashboard: object) -> Config:
         "SARCLYM__DASHBOARD__USERS": yaml.safe_dump(users, default_flow_style=True),
     }
     env.update({f"SARCLYM__DASHBOARD__{k.upper()}": str(v) for k, v in dashboard.items()})
-    return load_config(environ=env)
+    return load_config(environ={**env, **(extra or {})})
 
 
 def _instance(series: str, k: int, modality: str, expected: int | None) -> ReceivedInstance:
@@ -142,9 +143,13 @@ class Served:
             yield client
 
 
-def _serve(config: Config, log: io.StringIO) -> Iterator[Served]:
+def _serve(
+    config: Config, log: io.StringIO, before_start: Callable[[Node], None] | None = None
+) -> Iterator[Served]:
     node = Node(config)
     _fill(node)
+    if before_start is not None:
+        before_start(node)
     node.start(worker_threads=0)
     try:
         yield Served(node, f"http://127.0.0.1:{config.service.http_port}", log)
@@ -302,8 +307,12 @@ def test_admin_retry_needs_the_csrf_token(served: Served) -> None:
         assert _pacs(served) == ("dead", 1)
         done = _retry(client, _csrf(page.text))
         assert done.status_code == 303
-        assert done.headers["location"] == "/dashboard/deliveries?retried=1"
-        assert "Re-armed 1" in client.get(done.headers["location"]).text
+        location = done.headers["location"]
+        assert location.startswith("/dashboard/deliveries?retried=1&")
+        # "pacs" is not a destination of this node: the page says so, without waiting for it.
+        flash = _flash(client.get(location).text)
+        assert "Re-armed pacs" in flash
+        assert "not a destination of this node" in flash
     # "pacs" is not a destination of this node, so it stays re-armed, untried.
     assert _pacs(served) == ("pending", 0)
     retry = [
@@ -317,8 +326,14 @@ def test_admin_script_retries_with_a_bearer_token(served: Served) -> None:
         bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         form = {"result_id": RESULT_ID, "destination": "pacs"}
         reply = client.post("/dashboard/deliveries/retry", data=form, headers=bearer)
+        # A "next" with a line break cannot add a header to the redirect.
+        evil = {**form, "next": "/dashboard/deliveries\r\nX-Evil: 1"}
+        split = client.post("/dashboard/deliveries/retry", data=evil, headers=bearer)
     assert reply.status_code == 303
     assert _pacs(served) == ("pending", 0)
+    assert split.status_code == 303
+    assert split.headers["location"].startswith("/dashboard/?retried=1&")
+    assert "x-evil" not in split.headers
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -384,7 +399,7 @@ def test_pages_show_stages_results_deliveries_model_and_audit(served: Served) ->
     assert thumb.status_code == 200
     assert thumb.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(thumb.content)) as image:
-        assert max(image.size) == 256
+        assert max(image.size) == THUMBNAIL_SIZE
     assert missing.status_code == 404
 
 
@@ -504,3 +519,200 @@ def test_markdown_is_escaped() -> None:
     assert "<h2>Card &lt;script&gt;x&lt;/script&gt;</h2>" in out
     assert "<td><code>&lt;i&gt;</code></td><td><strong>y</strong></td>" in out
     assert "<li>&lt;b&gt;z&lt;/b&gt;</li>" in out
+
+
+# -- what the physician sees: the full-resolution result, patient context --------------------
+
+
+def _flash(page: str) -> str:
+    match = re.search(r'<p class="flash">(.*?)</p>', page, re.S)
+    assert match is not None, page
+    return match.group(1)
+
+
+def _sc_file(node: Node) -> Path:
+    outbox = DataLayout(node.config.storage.data_dir).outbox / STUDY_UID / SERIES_UID
+    (sc,) = [p for p in outbox.iterdir() if dcmread(p).Modality == "OT"]
+    return sc
+
+
+def _img_widths(page: str, src: str) -> list[int]:
+    return [
+        int(w)
+        for w in re.findall(rf'<img class="thumb" src="{re.escape(src)}" width="(\d+)"', page)
+    ]
+
+
+def test_result_image_at_full_resolution_behind_the_login(served: Served) -> None:
+    """The thumbnail opens the SC's pixels at full resolution; it is never shown upscaled."""
+    full = f"/dashboard/results/{SERIES_UID}/sc.png"
+    thumb = f"/dashboard/thumbnails/{SERIES_UID}.png"
+    sc = dcmread(_sc_file(served.node))
+    with served.client() as client:
+        refused = client.get(full)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    with served.login(VIEWER_TOKEN) as client:
+        reply = client.get(full)
+        pages = {p: client.get(p).text for p in ("/dashboard/", "/dashboard/results")}
+        series = client.get(f"/dashboard/series/{SERIES_UID}").text
+        assert client.get(f"/dashboard/results/{CT_UID}/sc.png").status_code == 404
+        assert client.get(f"/dashboard/results/{STUDY_UID}.99/sc.png").status_code == 404
+        # Older results have no stored full-size PNG: rendered from the SC still in the outbox.
+        stored = served.node.config.storage.data_dir / "thumbnails" / f"{SERIES_UID}.sc.png"
+        stored.unlink()
+        rendered = client.get(full)
+        # Once the outbox is pruned too, there is nothing left to show.
+        for path in _sc_file(served.node).parent.iterdir():
+            path.unlink()
+        gone = client.get(full)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "image/png"
+    assert reply.headers["cache-control"] == "no-store"
+    with Image.open(io.BytesIO(reply.content)) as image:
+        assert image.size == (sc.Columns, sc.Rows)
+        assert np.array_equal(np.asarray(image.convert("RGB")), sc.pixel_array)
+    assert rendered.status_code == 200
+    assert rendered.content == reply.content
+    assert gone.status_code == 404
+    with Image.open(io.BytesIO(client_thumbnail(served))) as small:
+        natural = small.size[0]
+    for path, page in pages.items():
+        assert f'<a class="result-image" href="{full}">' in page, path
+        widths = _img_widths(page, thumb)
+        assert widths, path
+        assert all(w <= natural // 2 for w in widths), (path, widths, natural)  # sharp at 2x
+    # The series page shows the full-resolution image itself: no width, so never enlarged
+    # (the style sheet shrinks it to the page).
+    assert f'<a class="result-image" href="{full}"><img class="full" src="{full}" alt=' in series
+    assert ".full{display:block;max-width:100%;height:auto;" in series
+
+
+def client_thumbnail(served: Served) -> bytes:
+    with served.login(VIEWER_TOKEN) as client:
+        return client.get(f"/dashboard/thumbnails/{SERIES_UID}.png").content
+
+
+def _context_shown(page: str) -> bool:
+    return "Mustermann, Erika Maria" in page
+
+
+def test_patient_context_only_for_the_configured_roles(
+    tmp_path: Path, json_log: io.StringIO
+) -> None:
+    config = _config(tmp_path, patient_context_roles="[admin]")
+    for served in _serve(config, json_log):
+        paths = ("/dashboard/", "/dashboard/results", f"/dashboard/series/{SERIES_UID}")
+        with served.login(ADMIN_TOKEN) as client:
+            admin = {p: client.get(p).text for p in paths}
+            status = client.get("/status").text
+        with served.login(VIEWER_TOKEN) as client:
+            viewer = {p: client.get(p).text for p in paths}
+        # Nothing of the series left on the node: the page says so instead of guessing.
+        for path in _sc_file(served.node).parent.iterdir():
+            path.unlink()
+        with served.login(ADMIN_TOKEN) as client:
+            pruned = client.get(f"/dashboard/series/{SERIES_UID}").text
+    for path, page in admin.items():
+        assert _context_shown(page), path
+        assert "Patient context is shown to your role" in page
+    series = admin[f"/dashboard/series/{SERIES_UID}"]
+    for shown in ("PHI-0815-4711", "1961-05-12", "ACC-20240301-42", "2024-03-01", "PET-CT FDG"):
+        assert shown in series, shown
+    assert '<dt>patient</dt><dd><span class="context">Mustermann, Erika Maria</span>' in series
+    for path, page in viewer.items():
+        for value in PHI.values():
+            if len(value) > 8:
+                assert value not in page, (path, value)
+        assert not _context_shown(page), path
+        assert "UIDs only" in page
+    assert not _context_shown(status)
+    assert "PHI-0815-4711" not in status
+    assert not _context_shown(pruned)
+    assert "no file of this series is left on the node" in pruned
+    assert_no_phi(served.log.getvalue())
+
+
+def test_patient_context_is_off_by_default(served: Served) -> None:
+    assert served.node.config.dashboard.patient_context_roles == ()
+    with served.login(ADMIN_TOKEN) as client:
+        page = client.get(f"/dashboard/series/{SERIES_UID}").text
+    assert not _context_shown(page)
+    assert "PHI-0815-4711" not in page
+    assert "UIDs only" in page
+
+
+# -- Retry: the page that follows shows what the attempt did ------------------------------------
+
+OTHER_RESULT = f"{SERIES_UID}/0.0.other"
+
+
+def _dead_rows(node: Node) -> None:
+    """A second result whose copies for two configured destinations are in the dead letter."""
+    files = sorted(_sc_file(node).parent.iterdir())
+    node.ledger.enqueue(OTHER_RESULT, files, ["results-folder", "broken-folder"])
+    dead = [
+        FakeDestination("results-folder", permanent),
+        FakeDestination("broken-folder", permanent),
+    ]
+    node.ledger.run_due(dead)
+
+
+def _row(node: Node, destination: str) -> tuple[str, int, str | None]:
+    (record,) = [r for r in node.ledger.summary(OTHER_RESULT) if r.destination == destination]
+    return record.state.value, record.attempts, record.last_error
+
+
+def test_retry_page_shows_the_outcome_of_the_attempt(tmp_path: Path, json_log: io.StringIO) -> None:
+    """After Retry the page is read once the node has tried the delivery again (not the
+    re-armed "pending, 0 attempts" of a moment before, with the old error)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the destination wants a folder")
+    targets = [
+        {"kind": "folder", "name": "results-folder"},
+        {"kind": "folder", "name": "broken-folder", "path": str(blocker)},
+    ]
+    targets_yaml = yaml.safe_dump(targets, default_flow_style=True)
+    extra = {
+        "SARCLYM__DESTINATIONS__TARGETS": targets_yaml,
+        # The failed attempt's retry is not due during the test (no jitter: no short delay).
+        "SARCLYM__DESTINATIONS__RETRY__JITTER": "none",
+        "SARCLYM__DESTINATIONS__RETRY__BASE_DELAY_S": "600",
+    }
+    config = _config(tmp_path, extra, retry_wait_seconds="60")
+    for served in _serve(config, json_log, before_start=_dead_rows):
+        node = served.node
+        assert _row(node, "results-folder")[:2] == ("dead", 1)
+        with served.login(ADMIN_TOKEN) as client:
+            page = client.get("/dashboard/deliveries").text
+            csrf = _csrf(page)
+            form = {"csrf": csrf, "result_id": OTHER_RESULT, "next": "/dashboard/deliveries"}
+            ok = client.post(
+                "/dashboard/deliveries/retry", data={**form, "destination": "results-folder"}
+            )
+            assert ok.status_code == 303
+            after_ok = client.get(ok.headers["location"]).text
+            bad = client.post(
+                "/dashboard/deliveries/retry", data={**form, "destination": "broken-folder"}
+            )
+            after_bad = client.get(bad.headers["location"]).text
+        assert _row(node, "results-folder")[:2] == ("delivered", 1)
+        state, attempts, error = _row(node, "broken-folder")
+    assert "Retried results-folder: delivered." in _flash(after_ok)
+    rows = re.findall(r'<tr data-result="([^"]+)" data-destination="([^"]+)">', after_ok)
+    assert (OTHER_RESULT, "results-folder") not in rows  # delivered: no longer undelivered
+    assert (state, attempts) == ("pending", 1)
+    assert error is not None
+    assert "folder:" in error
+    assert "0xA900" not in error
+    flash = _flash(after_bad)
+    assert "Retried broken-folder: attempt 1 failed" in flash
+    assert "folder:" in flash
+    row = re.search(
+        rf'<tr data-result="{re.escape(OTHER_RESULT)}" data-destination="broken-folder">(.*?)</tr>',
+        after_bad,
+        re.S,
+    )
+    assert row is not None
+    assert '<td class="num">1</td>' in row.group(1)
+    assert "0xA900" not in row.group(1)

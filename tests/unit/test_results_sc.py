@@ -212,26 +212,28 @@ def _glyph_mask(letter: str, anchor: str, xy: tuple[float, float], shape: tuple[
     ("view", "letters"),
     [("frontal", ("R", "L", "H", "F")), ("lateral", ("A", "P", "H", "F"))],
 )
-def test_orientation_letters_on_every_panel_edge(
+def test_orientation_letters_outside_every_panel_edge(
     case: tuple[Prediction, list[Dataset]],
     sc: Dataset,
     view: render_module.View,
     letters: tuple[str, str, str, str],
 ) -> None:
+    """Each letter sits beside its edge, outside the panel's frame (not on the anatomy)."""
     prediction, _ = case
     layout = sc_layout(prediction.mips)
     pixels = sc.pixel_array
     drawn = np.all(pixels == render_module._ORIENT, axis=-1)
+    pad = render_module._LETTER_PAD
     for overlay in (False, True):
         p = layout.panel(view, overlay=overlay)
         x0, y0 = p.left, p.top
         x1, y1 = p.left + p.columns - 1, p.top + p.rows - 1
         xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
         places = [
-            ("lm", (x0 + 6, ym)),
-            ("rm", (x1 - 6, ym)),
-            ("mt", (xm, y0 + 6)),
-            ("mb", (xm, y1 - 6)),
+            ("rm", (x0 - pad, ym)),
+            ("lm", (x1 + pad, ym)),
+            ("mb", (xm, y0 - pad)),
+            ("mt", (xm, y1 + pad)),
         ]
         for letter, (anchor, xy) in zip(letters, places, strict=True):
             expected = _glyph_mask(letter, anchor, xy, drawn.shape)
@@ -242,6 +244,59 @@ def test_orientation_letters_on_every_panel_edge(
             # and it is not the letter of the opposite edge
             wrong = {"R": "L", "L": "R", "A": "P", "P": "A", "H": "F", "F": "H"}[letter]
             assert not np.array_equal(drawn[box], _glyph_mask(wrong, anchor, xy, drawn.shape)[box])
+
+
+def test_no_marker_or_text_is_drawn_over_a_mip_panel(
+    case: tuple[Prediction, list[Dataset]], sc: Dataset
+) -> None:
+    """Every pixel of every panel is the MIP (with its Grad-CAM): the "H" no longer covers the
+    top of the head, nor any other letter or label the anatomy."""
+    prediction, _ = case
+    mips = prediction.mips
+    layout = sc_layout(mips)
+    pixels = sc.pixel_array
+    views = {"frontal": mips.frontal, "lateral": mips.lateral}
+    for panel in layout.panels:
+        grey = render_module._grey(views[panel.view], mips.suv_window, panel.rows, panel.columns)
+        if panel.overlay:
+            heat = render_module._resize(prediction.heatmaps[panel.view], panel.rows, panel.columns)
+            expected = render_module._overlay(grey, heat)
+        else:
+            expected = np.repeat(np.round(grey * 255.0).astype(np.uint8)[..., None], 3, axis=-1)
+        shown = pixels[panel.top : panel.top + panel.rows, panel.left : panel.left + panel.columns]
+        assert np.array_equal(shown, expected), (panel.view, panel.overlay)
+
+
+def _footer_band(sc: Dataset, lines: tuple[str, str]) -> np.ndarray:
+    """The footer as the renderer draws ``lines`` (white background, muted text)."""
+    rows, columns = int(sc.Rows), int(sc.Columns)
+    top = rows - render_module._FOOTER_H
+    image = Image.new("RGB", (columns, render_module._FOOTER_H), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for k, line in enumerate(lines):
+        draw.text(
+            (render_module._MARGIN, 10 + 22 * k),
+            line,
+            font=ImageFont.load_default(size=16),
+            fill=render_module._MUTED,
+        )
+    return np.asarray(image)[:, : columns - 1], top
+
+
+def test_footer_names_the_image_maximum_not_a_lesion_suvmax(
+    case: tuple[Prediction, list[Dataset]], sc: Dataset
+) -> None:
+    """The maximum of the whole image (often the bladder or the brain) is labelled as such."""
+    prediction, _ = case
+    mips = prediction.mips
+    lines = render_module.footer_lines(mips, sc_layout(mips))
+    text = " ".join(lines)
+    assert f"image maximum SUV {mips.suv_max:.1f} (often bladder or brain)" in text
+    assert "SUVmax" not in text
+    expected, top = _footer_band(sc, lines)
+    assert np.array_equal(sc.pixel_array[top:, : int(sc.Columns) - 1], expected)
+    old = (lines[0].replace("image maximum SUV", "SUVmax"), lines[1])
+    assert not np.array_equal(sc.pixel_array[top:, : int(sc.Columns) - 1], _footer_band(sc, old)[0])
 
 
 def test_pixel_spacing_is_the_mip_spacing_over_the_display_scale(

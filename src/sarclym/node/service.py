@@ -53,6 +53,7 @@ from sarclym.node.store.durable import remove_orphaned_temp
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import SeriesStatus
 from sarclym.node.store.retention import prune_spool
+from sarclym.node.store.serve_lock import ServeLock
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import Processor
 
@@ -134,10 +135,19 @@ def _default_destinations(config: Config) -> list[Destination]:
 class Node:
     """Listener, queue consumer, sweeper, deliverer and health endpoint of one ``serve``.
 
+    One ``serve`` per data folder: :meth:`start` takes the folder's lock
+    (:class:`~sarclym.node.store.serve_lock.ServeLock`) before anything else and raises
+    :class:`~sarclym.node.store.serve_lock.DataFolderInUse` when another ``serve`` holds it;
+    :meth:`stop` lets it go. A ``worker_only`` node shares the folder with its ``serve`` and
+    takes no lock.
+
     Parameters
     ----------
     config
         The node configuration.
+    worker_only
+        Only the queue consumer (``sarclym-node worker``): no listener, sweeper, deliverer or
+        HTTP, no recovery, no lock.
     """
 
     def __init__(self, config: Config, *, worker_only: bool = False) -> None:
@@ -145,6 +155,7 @@ class Node:
         self.worker_only = worker_only
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._serve_lock = None if worker_only else ServeLock(DataLayout(data_dir).serve_lock)
         self.state = StateDB.in_data_dir(data_dir)
         # One connection to state.db for the whole process: the ledger shares it.
         self.ledger = DeliveryLedger(self.state, policy=config.destinations.retry)
@@ -178,7 +189,12 @@ class Node:
         self.dashboard: Dashboard | None = None
         if not worker_only and config.service.http_port:
             self.dashboard = Dashboard(
-                config, self.state, self.ledger, status=self.status, notify=self.deliverer.notify
+                config,
+                self.state,
+                self.ledger,
+                status=self.status,
+                notify=self.deliverer.notify,
+                loaded_model=self.processor.loaded_version,
             )
 
     # -- queue -------------------------------------------------------------------------------
@@ -354,7 +370,15 @@ class Node:
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self, *, worker_threads: int | None = None) -> None:
-        """Start everything (non-blocking): recovery, workers, deliverer, listener, HTTP."""
+        """Start everything (non-blocking): recovery, workers, deliverer, listener, HTTP.
+
+        Raises
+        ------
+        DataFolderInUse
+            Another ``serve`` runs on this data folder (nothing was started).
+        """
+        if self._serve_lock is not None:
+            self._serve_lock.acquire()
         # What a killed writer left: this process owns none of it, and a live writer of another
         # process sharing the folder holds its lock. The listener clears the spool as it starts.
         self.remove_orphaned_temp(spool=self.worker_only)
@@ -431,6 +455,8 @@ class Node:
             self.deliverer.stop()
         self.ledger.close()
         self.state.close()
+        if self._serve_lock is not None:
+            self._serve_lock.release()
         log.info("node stopped")
 
     def wait(self) -> None:
@@ -475,7 +501,9 @@ class Node:
             checks["queue"] = False
         if self.config.service.workers and not self.worker_only:
             try:
-                _ = self.processor.predictor  # loads once (hash verified), then cached
+                # The next job's model: loaded (hash verified) when the active version
+                # changed, else the one loaded; true while one runs.
+                _ = self.processor.predictor
                 checks["model"] = True
             except Exception:
                 checks["model"] = False

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,6 +141,59 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+#: Options of the CLI commands in a card's ``reproduce`` whose value is a path.
+_PATH_OPTIONS = ("--data", "--labels", "--out", "--cache", "--registry", "--notes")
+
+
+def _words(command: str) -> list[str]:
+    """A command line's words as a POSIX shell splits them; [] when it cannot (a lone quote)."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return []
+
+
+def _reproduce_steps(card: Mapping[str, Any]) -> list[str]:
+    """The card's ``reproduce`` commands as a reader runs them on another machine.
+
+    ``reproduce`` is one command (what ``retrain`` records: its command line with the paths as
+    given) or a list of commands. Paths of the training machine become relative: the training
+    data folder by its name, a path inside it relative to its parent, any other absolute path by
+    its file name. A card trained on synthetic data whose steps do not make the cohort gets the
+    ``synth`` step first (its seed, when not recorded, is the reader's choice).
+    """
+    raw = card.get("reproduce")
+    commands = [str(c) for c in raw] if isinstance(raw, list | tuple) else [str(raw)]
+    split = [_words(c) for c in commands]
+    data = next(
+        (Path(w[i + 1]) for w in split for i, t in enumerate(w[:-1]) if t == "--data"), None
+    )
+
+    def portable(value: str) -> str:
+        path = Path(value)
+        if not path.is_absolute() and not value.startswith("~"):
+            return value
+        if data is not None and data.is_absolute() and path.is_relative_to(data):
+            return str(path.relative_to(data.parent))
+        return path.name
+
+    steps = []
+    for command, words in zip(commands, split, strict=True):
+        if not words:
+            steps.append(command)  # not a command line shlex can read: shown as recorded
+            continue
+        moved = [
+            portable(t) if i and words[i - 1] in _PATH_OPTIONS else t for i, t in enumerate(words)
+        ]
+        steps.append(command if moved == words else shlex.join(moved))
+    synthetic = bool(card.get("synthetic_data"))
+    if synthetic and not any(w[1:2] == ["synth"] for w in split) and data is not None:
+        cases = (card.get("training_data") or {}).get("n")
+        made = f" --cases {cases}" if isinstance(cases, int) else ""
+        steps.insert(0, f"sarclym-node synth --out {shlex.quote(portable(str(data)))}{made}")
+    return steps
+
+
 def render_card(card: Mapping[str, Any]) -> str:
     """The model card as Markdown.
 
@@ -212,7 +266,8 @@ def render_card(card: Mapping[str, Any]) -> str:
         if auc is not None and card["bayes_auc"]:
             lines.append(f"Mean CV AUC / Bayes AUC: {auc / card['bayes_auc']:.3f}.")
     if card.get("reproduce"):
-        lines += ["", "## Reproduce", "", "```", str(card["reproduce"]), "```"]
+        steps = _reproduce_steps(card)
+        lines += ["", "## Reproduce", "", "```", *steps, "```"]
     if card.get("notes"):
         lines += ["", "## Notes", "", str(card["notes"]).rstrip()]
     return "\n".join(lines) + "\n"

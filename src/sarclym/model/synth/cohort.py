@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import math
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -248,8 +249,14 @@ def iter_cohort(
     if jobs <= 1 or len(cases) <= 1:
         yield from map(work, enumerate(cases))
         return
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+    # Ctrl-C reaches the whole process group: the workers leave it to this process, which
+    # stops them (Pool.terminate on leaving the block) instead of each printing a traceback.
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=_ignore_sigint) as pool:
         yield from pool.imap(work, enumerate(cases))
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _generate_indexed(
@@ -295,6 +302,11 @@ def generate_cohort(
 ) -> CohortResult:
     """Draw ``n`` cases, write them under ``out`` and write ``out/labels.csv``.
 
+    ``labels.csv`` always lists exactly the studies that are whole on disk: when writing
+    stops early (Ctrl-C, a failing ``on_study``, a full disk) it is written with the
+    studies finished so far before the exception goes on; a study that was being written
+    then has a folder but no label.
+
     Parameters
     ----------
     out
@@ -313,22 +325,31 @@ def generate_cohort(
     Returns
     -------
     CohortResult
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Ctrl-C; ``labels.csv`` lists the studies finished until then.
     """
     out.mkdir(parents=True, exist_ok=True)
     cases = draw_cohort(n, seed)
-    studies = []
-    for study in iter_cohort(
-        out,
-        cases,
-        seed=seed,
-        vendor=vendor,
-        transfer_syntax=transfer_syntax,
-        mip_series=mip_series,
-        jobs=jobs,
-    ):
-        studies.append(study)
-        if on_study is not None:
-            on_study(study)
     labels = out / "labels.csv"
+    studies: list[GeneratedStudy] = []
+    try:
+        for study in iter_cohort(
+            out,
+            cases,
+            seed=seed,
+            vendor=vendor,
+            transfer_syntax=transfer_syntax,
+            mip_series=mip_series,
+            jobs=jobs,
+        ):
+            studies.append(study)
+            if on_study is not None:
+                on_study(study)
+    except BaseException:
+        write_labels_csv(labels, studies)
+        raise
     write_labels_csv(labels, studies)
     return CohortResult(studies=studies, labels_csv=labels, bayes_auc=bayes_auc(cases))

@@ -7,7 +7,10 @@ under ``--data-dir``, sends each study as a scanner would (C-STORE, calling AE `
 destination, and prints a table: study, true label (the generator's), predicted label,
 P(lymphoma), and the latency from the last C-STORE response to the result confirmed. Results
 also go to a local Orthanc: one already running at ``service.local_orthanc_url``, or a private
-one the demo starts when Orthanc is installed.
+one the demo starts when Orthanc is installed. It ends with every destination that confirmed
+the results, and hints that name the executable that runs (:func:`self_command`: often
+``.venv/bin/sarclym-node``, not on the ``PATH``). On a terminal the node's log stays at
+WARNING unless ``--log-level`` says otherwise (``sarclym.node.cli.main``).
 ``--keep`` leaves the node (and that Orthanc) running for a look at the dashboard.
 """
 
@@ -16,17 +19,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sarclym.node.cli.invocation import self_command
 from sarclym.node.config import Config, DestinationsConfig
 from sarclym.node.delivery.local_orthanc import LocalOrthanc, answers, find_orthanc
 from sarclym.node.dicom.send import send_files
 from sarclym.node.errors import DeliveryError, InputError
 from sarclym.node.http.dashboard import dashboard_url, login_hint
 from sarclym.node.store.audit import series_result
-from sarclym.node.store.records import SeriesResult
+from sarclym.node.store.records import DeliveryState, SeriesResult
 
 if TYPE_CHECKING:
     from sarclym.node.service import Node
@@ -73,13 +78,16 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
         node.start()
         rows = _send_studies(args, config, node, cohort)
         _print_table(rows, truth)
-        results = config.destinations.targets
         print()
-        print(f"results: {[t.name for t in results]} (folder: {storage.data_dir / 'results'})")
+        print(
+            f"results delivered to: {', '.join(_delivered_to(node))} "
+            f"(folder: {storage.data_dir / 'results'})"
+        )
         if orthanc_url:
             print(f"results in Orthanc: {orthanc_url}/app/explorer.html (each study: SC and SR)")
-        env = f"SARCLYM__STORAGE__DATA_DIR={storage.data_dir}"
-        print(f"series and deliveries: {env} sarclym-node status")
+        env = f"SARCLYM__STORAGE__DATA_DIR={shlex.quote(str(storage.data_dir))}"
+        command = self_command()
+        print(f"series and deliveries: {env} {command} status")
         login = login_hint(config) if node.dashboard is not None else ""
         if args.keep:
             if login:
@@ -88,12 +96,23 @@ def run_demo(args: argparse.Namespace, config: Config) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 node.wait()
         elif login:
-            print(f"dashboard: {env} sarclym-node serve, then {dashboard_url(config)} ({login})")
+            print(f"dashboard: {env} {command} serve, then {dashboard_url(config)} ({login})")
     finally:
         node.stop()
         if orthanc is not None:
             orthanc.stop()
     return 0
+
+
+def _delivered_to(node: Node) -> list[str]:
+    """Every destination that confirmed a result, in the order they were configured.
+
+    Read from the delivery ledger, not the configuration: the local Orthanc is added by the
+    node itself when it answers, and is no configured target.
+    """
+    delivered = {r.destination for r in node.ledger.records(DeliveryState.DELIVERED)}
+    names = [d.name for d in node.deliverer.destinations]
+    return [n for n in names if n in delivered] + sorted(delivered - set(names))
 
 
 def _local_orthanc(

@@ -10,13 +10,16 @@ from enum import IntEnum
 
 from sarclym.model.errors import SarclymModelError
 from sarclym.node.errors import ConfigError, DeliveryError, InputError, ModelError, SarclymError
+from sarclym.node.store.serve_lock import DataFolderInUse
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
     "EXIT_DELIVERY",
     "EXIT_ERROR",
     "EXIT_FOR",
     "EXIT_INTERRUPTED",
+    "EXIT_IN_USE",
     "EXIT_NO_SERIES",
     "EXIT_OK",
     "ExitCode",
@@ -31,7 +34,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # bad usage, bad input, unusable model registry or version, bad configuration
     NO_SERIES = 3  # some study had no series to analyse (infer)
     DELIVERY = 4  # a destination did not confirm every object
-    INTERRUPTED = 130  # Ctrl-C
+    IN_USE = 5  # the data folder is in use by another serve (its PID in the message)
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports a program stopped by it
+    BROKEN_PIPE = 141  # the reader of standard output went away (`| head`): 128 + SIGPIPE
 
 
 EXIT_OK = ExitCode.OK
@@ -39,7 +44,9 @@ EXIT_ERROR = ExitCode.ERROR
 EXIT_BAD_INPUT = ExitCode.BAD_INPUT
 EXIT_NO_SERIES = ExitCode.NO_SERIES
 EXIT_DELIVERY = ExitCode.DELIVERY
+EXIT_IN_USE = ExitCode.IN_USE
 EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+EXIT_BROKEN_PIPE = ExitCode.BROKEN_PIPE
 
 #: Error family -> (exit code, message prefix), first match wins (subclasses before bases).
 EXIT_FOR: tuple[tuple[type[BaseException], ExitCode, str], ...] = (
@@ -48,5 +55,6 @@ EXIT_FOR: tuple[tuple[type[BaseException], ExitCode, str], ...] = (
     (ModelError, ExitCode.BAD_INPUT, ""),
     (SarclymModelError, ExitCode.BAD_INPUT, ""),
     (DeliveryError, ExitCode.DELIVERY, "delivery failed: "),
+    (DataFolderInUse, ExitCode.IN_USE, ""),
     (SarclymError, ExitCode.ERROR, ""),
 )

@@ -9,12 +9,19 @@ Exit codes (also in ``sarclym-node --help`` and the README):
       registry or version) or invalid configuration
 3     some study had no series to analyse (``infer``)
 4     a destination did not confirm every object (``synth --send``, delivery)
+5     the data folder is in use by another ``serve`` (its PID in the message)
+130   interrupted (Ctrl-C): 128 + SIGINT
+141   standard output closed by its reader (``status | head``): 128 + SIGPIPE, the code a
+      shell reports for ``git log | head`` or ``cat | head``; nothing more is written
 ====  ==========================================================================
+
+Why 141 for a closed pipe: :mod:`sarclym.node.cli.pipes`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -26,6 +33,13 @@ import yaml
 
 from sarclym.model.errors import SarclymModelError
 from sarclym.node import __version__
+from sarclym.node.cli.argtypes import (
+    host_port,
+    input_size,
+    log_level,
+    positive_float,
+    positive_int,
+)
 from sarclym.node.cli.exitcodes import (
     EXIT_BAD_INPUT,
     EXIT_DELIVERY,
@@ -35,6 +49,7 @@ from sarclym.node.cli.exitcodes import (
     EXIT_NO_SERIES,
     EXIT_OK,
 )
+from sarclym.node.cli.pipes import closed_by_reader, end_quietly
 from sarclym.node.config import Config, find_config, load_config, search_order
 from sarclym.node.errors import (
     SarclymError,
@@ -51,6 +66,9 @@ exit codes:
   2  bad usage, bad input (paths, labels, model registry) or invalid configuration
   3  some study had no series to analyse (infer)
   4  a destination did not confirm every object (synth --send, delivery)
+  5  the data folder is in use by another serve (its PID in the message)
+  130  interrupted (Ctrl-C)
+  141  standard output closed by its reader (e.g. `| head`)
 
 {configuration}
 
@@ -67,23 +85,6 @@ RESEARCH USE ONLY - NOT FOR DIAGNOSIS.
 )
 
 log = structlog.get_logger(__name__)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:11112), got {text!r}")
-    return host, int(port)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def _command(
@@ -106,16 +107,6 @@ def _command(
     return parser
 
 
-def _input_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HxW or N (e.g. 256x128), got {text!r}")
-    h, w = int(parts[0]), int(parts[-1])
-    if h < 8 or w < 8 or h % 8 or w % 8:
-        raise argparse.ArgumentTypeError(f"sides must be multiples of 8 and >= 8, got {h}x{w}")
-    return h, w
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarclym-node",
@@ -130,7 +121,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"YAML configuration (default: {search_order()})",
     )
-    parser.add_argument("--log-level", metavar="LEVEL", help="override logging.level")
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        metavar="LEVEL",
+        help="override logging.level: DEBUG, INFO, WARNING, ERROR or CRITICAL (`demo` on a "
+        "terminal: WARNING unless given)",
+    )
     parser.add_argument(
         "--log-format", choices=["auto", "json", "console"], help="override logging.format"
     )
@@ -143,8 +140,20 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Write N synthetic PET/CT studies (low-dose CT, AC PET, NAC PET, optional "
         "derived MIP series) and DIR/labels.csv. Synthetic data only: no patient data.",
     )
-    synth.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    synth.add_argument("--cases", required=True, type=_positive_int, metavar="N")
+    synth.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder, new or empty (an older cohort there would be merged into this one)",
+    )
+    synth.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder that is not empty: studies of the same case number are "
+        "overwritten, anything else stays, labels.csv lists this cohort only",
+    )
+    synth.add_argument("--cases", required=True, type=positive_int, metavar="N")
     synth.add_argument("--seed", type=int, default=0, metavar="S", help="cohort seed (default 0)")
     synth.add_argument(
         "--vendor",
@@ -166,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--send",
-        type=_host_port,
+        type=host_port,
         metavar="HOST:PORT",
         help="push each study by C-STORE as soon as it is written, as scanner auto-routing does",
     )
@@ -181,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="worker processes rendering studies (default 1; output is the same for any N)",
@@ -251,7 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
     which = audit.add_mutually_exclusive_group()
     which.add_argument("--study", metavar="UID", help="only this Study Instance UID")
     which.add_argument("--series", metavar="UID", help="only this Series Instance UID")
-    audit.add_argument("--limit", type=_positive_int, default=200, help="events (default 200)")
+    audit.add_argument("--limit", type=positive_int, default=200, help="events (default 200)")
     audit.add_argument("--json", action="store_true", help="print JSON lines")
     audit.set_defaults(func=_cmd_audit)
 
@@ -265,7 +274,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "result to be confirmed by every destination and print study, true label, prediction, "
         "P(lymphoma) and latency.",
     )
-    demo.add_argument("--cases", type=_positive_int, default=4, help="studies (default 4)")
+    demo.add_argument("--cases", type=positive_int, default=4, help="studies (default 4)")
     demo.add_argument("--seed", type=int, default=2027, help="cohort seed (default 2027)")
     demo.add_argument(
         "--data-dir",
@@ -383,10 +392,12 @@ def _add_model_commands(sub: Any) -> None:
     )
     retrain.add_argument("--data", required=True, type=Path, metavar="DIR", help="DICOM folder")
     retrain.add_argument("--labels", required=True, type=Path, metavar="CSV", help="labels file")
-    retrain.add_argument("--folds", type=_positive_int, default=5, help="CV folds (default 5)")
-    retrain.add_argument("--epochs", type=_positive_int, default=40, help="epochs (default 40)")
-    retrain.add_argument("--batch-size", type=_positive_int, default=16, help="default 16")
-    retrain.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (3e-3)")
+    retrain.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
+    retrain.add_argument("--epochs", type=positive_int, default=40, help="epochs (default 40)")
+    retrain.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
+    retrain.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="AdamW learning rate (3e-3)"
+    )
     retrain.add_argument("--seed", type=int, default=0, help="seed of folds and training (0)")
     retrain.add_argument(
         "--arch",
@@ -396,19 +407,22 @@ def _add_model_commands(sub: Any) -> None:
     )
     retrain.add_argument(
         "--input-size",
-        type=_input_size,
+        type=input_size,
         default=(256, 128),
         metavar="HxW",
         help="network input in pixels, height x width, multiples of 8 (default 256x128: a "
         "whole-body MIP is about twice as tall as wide); one number N means NxN",
     )
     retrain.add_argument(
-        "--suv-max", type=float, default=10.0, help="upper end of the SUV window (default 10)"
+        "--suv-max",
+        type=positive_float,
+        default=10.0,
+        help="upper end of the SUV window (default 10)",
     )
     retrain.add_argument(
         "--cache", type=Path, metavar="DIR", help="MIP cache (default <data_dir>/mip-cache)"
     )
-    retrain.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    retrain.add_argument("--threads", type=positive_int, help="torch CPU threads")
     retrain.add_argument("--version", help="version name (default: YYYY.MM.DD-N of today)")
     retrain.add_argument("--data-description", help="training data, in words, for the model card")
     retrain.add_argument(
@@ -526,10 +540,24 @@ def _configure(args: argparse.Namespace) -> Config:
     """
     args.config = find_config(args.config)
     config = load_config(args.config)
-    level = args.log_level or config.logging.level
+    level = _effective_level(args, config, terminal=sys.stderr.isatty())
     fmt = args.log_format or config.logging.format.value
-    configure_logging(level.upper(), fmt)
+    configure_logging(level, fmt)
     return config
+
+
+def _effective_level(args: argparse.Namespace, config: Config, *, terminal: bool) -> str:
+    """``--log-level``, else ``logging.level``; ``demo`` on a terminal: WARNING at least.
+
+    The demo runs the node in its own process: at INFO its log (about 60 lines for four
+    studies) would bury the results table a newcomer is waiting for. ``--log-level`` wins.
+    """
+    if args.log_level is not None:
+        return str(args.log_level)
+    level = config.logging.level
+    if args.command == "demo" and terminal and logging.getLevelName(level) < logging.WARNING:
+        return "WARNING"
+    return level
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _configure(args)
         result: Any = args.func(args, config)
+        # Flushed here, not at exit, so that a closed pipe is seen by the handler below.
+        sys.stdout.flush()
         return int(result)
     except (SarclymError, SarclymModelError) as exc:
         code, prefix = next((c, p) for kind, c, p in EXIT_FOR if isinstance(exc, kind))
@@ -547,6 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("sarclym-node: interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Only our own standard output or error closing ends quietly; a broken pipe or socket
+        # elsewhere is an error like any other.
+        if not closed_by_reader():
+            raise
+        return end_quietly()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sarclym.node.cli.exitcodes import EXIT_NO_SERIES, EXIT_OK
+from sarclym.node.cli.invocation import self_command
 from sarclym.node.cli.progress import progress_bar
 from sarclym.node.config import Config
 from sarclym.node.errors import InputError, ModelError
 from sarclym.node.store.layout import DataLayout
-from sarclym.node.worker.registry import open_registry
+from sarclym.node.worker.registry import activation_notice, open_registry
+
+if TYPE_CHECKING:
+    from sarclym.model.inference.registry import Registry
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +63,7 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
         )
         entry: dict[str, Any] = {
             "study_instance_uid": study.study_instance_uid,
+            "folder": _study_folder(study.series.values()),
             "analysed_series_instance_uid": prepared.series_instance_uid,
             "skipped": [
                 {
@@ -88,6 +95,19 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if analysed else EXIT_NO_SERIES
 
 
+def _study_folder(series: Iterable[list[Path]]) -> str:
+    """The deepest folder holding every file of a study, as the paths were given.
+
+    ``infer cohort`` names a study found in ``cohort/case0007/{CT,PT_AC}`` by
+    ``cohort/case0007``: what the user typed, then the sub-folders down to the study.
+    """
+    parents = sorted({str(path.parent) for paths in series for path in paths})
+    try:
+        return os.path.commonpath(parents)
+    except ValueError:  # relative and absolute paths given for one study
+        return os.path.commonpath([os.path.abspath(p) for p in parents])
+
+
 def _write_results(out: Path, prediction: Any, prepared: Any) -> list[Path]:
     import datetime as dt
 
@@ -105,13 +125,14 @@ def _print_infer(results: list[dict[str, Any]], *, as_json: bool) -> None:
         return
     print("RESEARCH USE ONLY - NOT FOR DIAGNOSIS")
     for r in results:
+        where = f"{r['folder']}: study {r['study_instance_uid']}"
         if r["label"] is None:
-            print(f"{r['study_instance_uid']}: no series to analyse")
+            print(f"{where}: no series to analyse")
         else:
+            # The image maximum is often the bladder or the brain: never a lesion's SUVmax.
             print(
-                f"{r['study_instance_uid']}: {r['label']} "
-                f"(P(lymphoma) {r['probability_lymphoma']:.3f}, SUVmax {r['suv_max']:.1f}) "
-                f"model {r['model_version']}"
+                f"{where}: {r['label']} (P(lymphoma) {r['probability_lymphoma']:.3f}, "
+                f"image maximum SUV {r['suv_max']:.1f}) model {r['model_version']}"
             )
         for s in r["skipped"]:
             print(f"  {s['series_instance_uid']}: {s['reason']}")
@@ -123,7 +144,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     """``sarclym-node retrain``; returns the exit code."""
     from sarclym.model.errors import LabelsError
     from sarclym.model.imaging.prepare import scan_paths
-    from sarclym.model.inference.net import ARCHITECTURES
+    from sarclym.model.inference.net import ARCHITECTURES, build_net
     from sarclym.model.inference.predictor import resolve_device
     from sarclym.model.inference.registry import RegistryError
     from sarclym.model.training.cache import build_training_set
@@ -135,19 +156,37 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         train_final,
     )
 
+    # Every argument is checked before any work (scanning, caching, training): a mistake
+    # found after a 5-fold, 40-epoch run costs hours. Cheapest checks first.
     if args.arch not in ARCHITECTURES:
         raise InputError(f"--arch {args.arch}: expected one of {', '.join(ARCHITECTURES)}")
+    try:  # the network's own rule for its input (a few milliseconds)
+        build_net(args.arch, input_size=args.input_size)
+    except ValueError as exc:
+        raise InputError(f"--input-size {'x'.join(map(str, args.input_size))}: {exc}") from exc
     notes = None
     if args.notes is not None:
         try:
             notes = args.notes.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--notes {args.notes}: cannot read ({exc.strerror})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise InputError(f"--notes {args.notes}: cannot read ({why})") from exc
+    if not args.data.exists():
+        raise InputError(f"--data {args.data}: no such folder")
+    if not args.data.is_dir():
+        raise InputError(f"--data {args.data}: not a folder")
     try:
         labels = read_labels(args.labels)
         device = resolve_device(_device(args, config))
     except (LabelsError, ValueError) as exc:
         raise ModelError(str(exc)) from exc
+    try:  # both classes, enough of each for the folds: the labels alone tell
+        check_labels(labels, labels.keys(), folds=args.folds)
+    except LabelsError as exc:
+        raise ModelError(f"{args.labels}: {exc}") from exc
+    registry = _registry_for_training(args, config)
+    cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
+    _check_writable_folder("--cache" if args.cache else "MIP cache", cache)
     try:
         scan = scan_paths([args.data])
     except FileNotFoundError as exc:
@@ -156,11 +195,9 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         check_labels(labels, scan.studies, folds=args.folds)
     except LabelsError as exc:
         raise ModelError(f"{args.labels}: {exc}") from exc
-    # Open the registry before hours of training, so that a bad folder fails now.
-    try:
-        registry = open_registry(config, args.registry)
-    except (RegistryError, OSError) as exc:
-        raise ModelError(f"model registry: {exc}") from exc
+    unlabelled = sorted(set(scan.studies) - set(labels))
+    if unlabelled:
+        print(_unlabelled_line(args, unlabelled))
 
     import torch
 
@@ -168,7 +205,6 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         torch.set_num_threads(args.threads)
     size: tuple[int, int] = args.input_size
     window = (0.0, float(args.suv_max))
-    cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
     with progress_bar("MIPs", len(labels), transient=True) as bar:
 
         def on_study(done: int, total: int) -> None:
@@ -225,7 +261,11 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
             "n": n,
             "n_lymphoma": int(data.y.sum()),
             "n_sarcoidosis": int(n - data.y.sum()),
-            "excluded": len(data.skipped),
+            # Studies in --data not trained on: not named by the labels file, or labelled
+            # but without a series to analyse.
+            "excluded": len(unlabelled) + len(data.skipped),
+            "excluded_no_label": len(unlabelled),
+            "excluded_no_series": len(data.skipped),
         },
         "synthetic_data": synthetic,
         "positive_class": "lymphoma",
@@ -243,8 +283,78 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     except RegistryError as exc:
         raise ModelError(str(exc)) from exc
     print(f"registered model version {version} in {registry.root} (not active)")
-    print(f"activate it with: sarclym-node model activate {version}")
+    print(f"activate it with: {self_command()} model activate {version}")
     return EXIT_OK
+
+
+def _registry_for_training(args: argparse.Namespace, config: Config) -> Registry:
+    """Open the registry a new version goes to, and check ``--version`` against it.
+
+    Raises
+    ------
+    InputError, ModelError
+        The folder is not a folder or not writable; the version name is malformed or taken.
+    """
+    from sarclym.model.inference.registry import RegistryError
+
+    if args.registry is not None and args.registry.exists() and not args.registry.is_dir():
+        raise InputError(f"--registry {args.registry}: not a folder")
+    try:
+        registry = open_registry(config, args.registry)
+    except (RegistryError, OSError) as exc:
+        raise ModelError(f"model registry: {exc}") from exc
+    _check_writable_folder("--registry" if args.registry else "model registry", registry.root)
+    if args.version is not None:
+        _check_new_version(registry, args.version)
+    return registry
+
+
+def _check_new_version(registry: Registry, version: str) -> None:
+    """The checks :meth:`Registry.register` makes of a version name, made before training."""
+    import datetime as dt
+
+    # The registry's own rule (it checks again when registering).
+    from sarclym.model.inference.registry import _DATED, _SEMVER
+
+    if not (_SEMVER.match(version) or _DATED.match(version)):
+        today = dt.datetime.now(dt.UTC)
+        raise ModelError(f"--version {version!r} must look like '1.0.0' or '{today:%Y.%m.%d}-1'")
+    if (registry.root / version).exists():
+        raise ModelError(
+            f"--version {version} exists in {registry.root}; versions are immutable: "
+            "name a new one (or leave --version out for the next YYYY.MM.DD-N)"
+        )
+
+
+def _check_writable_folder(what: str, folder: Path) -> None:
+    """``folder`` is a folder this process can write to, or can create (nothing is created).
+
+    Raises
+    ------
+    InputError
+        It is a file, or neither it nor its nearest existing parent is writable.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder}: not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {folder}: {existing} is not writable by this user")
+
+
+def _unlabelled_line(args: argparse.Namespace, unlabelled: list[str], shown: int = 5) -> str:
+    """What ``retrain`` says of the studies in ``--data`` that the labels file does not name."""
+    n = len(unlabelled)
+    listed = ", ".join(unlabelled[:shown]) + (f" and {n - shown} more" if n > shown else "")
+    studies = "1 study" if n == 1 else f"{n} studies"
+    verb = "has" if n == 1 else "have"
+    return (
+        f"{studies} in --data {args.data} {verb} no label in {args.labels} and "
+        f"{'is' if n == 1 else 'are'} not used: {listed}"
+    )
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -258,25 +368,27 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _is_synth_labels(labels_csv: Path) -> bool:
     """True for a labels CSV written by ``sarclym-node synth`` (it has ``bayes_llr``)."""
-    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:
-        header = fh.readline()
-    return "bayes_llr" in [c.strip() for c in header.split(",")]
+    from sarclym.model.training.labels import read_label_rows
+
+    rows = read_label_rows(labels_csv)  # read (and checked) once already
+    return bool(rows) and "bayes_llr" in rows[0]
 
 
 def _bayes_auc(labels_csv: Path, uids: list[str]) -> float | None:
     """The Bayes-ceiling AUC when the labels come from ``synth`` (with ``bayes_llr``)."""
-    import csv
-
     import numpy as np
 
     from sarclym.model.training.evaluation import auc_mann_whitney
+    from sarclym.model.training.labels import read_label_rows
 
-    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:
-        rows = {r["study_instance_uid"]: r for r in csv.DictReader(fh)}
+    rows = {r["study_instance_uid"].strip(): r for r in read_label_rows(labels_csv)}
     if not uids or "bayes_llr" not in next(iter(rows.values())):
         return None
-    llr = [float(rows[u]["bayes_llr"]) for u in uids]
-    y = [1 if rows[u]["label"] == "lymphoma" else 0 for u in uids]
+    try:
+        llr = [float(rows[u]["bayes_llr"]) for u in uids]
+    except ValueError:  # a bayes_llr column that synth did not write
+        return None
+    y = [1 if rows[u]["label"].strip().lower() == "lymphoma" else 0 for u in uids]
     value = auc_mann_whitney(np.asarray(y), np.clip(np.asarray(llr), -1e6, 1e6))
     return None if np.isnan(value) else float(value)
 
@@ -314,8 +426,13 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
                 args.version, min_auc=config.model.activation_min_auc, force=args.force
             )
             print(f"active model version: {args.version}")
+            if args.registry is None:  # the node's own registry: say what reaches its processes
+                print(activation_notice(config, args.version))
         else:
-            print(f"active model version: {registry.rollback()}")
+            version = registry.rollback()
+            print(f"active model version: {version}")
+            if args.registry is None:
+                print(activation_notice(config, version))
     except RegistryError as exc:
         raise ModelError(str(exc)) from exc
     except FileNotFoundError as exc:

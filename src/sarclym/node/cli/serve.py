@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from sarclym.node.cli.exitcodes import EXIT_BAD_INPUT
 from sarclym.node.config import CONFIG_ENV, SEARCH_PATH, Config
 
 
@@ -70,8 +71,10 @@ def _state_db(args: argparse.Namespace, config: Config) -> Path | None:
 
     Prints first, on standard error, which configuration was read and which data folder it
     names (standard output stays the report: JSON only with ``--json``, nothing for an empty
-    audit log). Without a state database it says so on standard output, with how to name the
-    node's configuration.
+    audit log). Without a state database there is no node to report on: it says so on
+    standard error, with how to name the node's configuration, and the command exits 2
+    (``EXIT_BAD_INPUT``: the configuration read names no node's data folder), so that a
+    script never takes a wrong folder for an idle node.
 
     Parameters
     ----------
@@ -87,10 +90,15 @@ def _state_db(args: argparse.Namespace, config: Config) -> Path | None:
     db = DataLayout(config.storage.data_dir).state_db
     if not db.exists():
         installed = " or ".join(str(p) for p in SEARCH_PATH if p.is_absolute())
-        print(f"no state database at {db}: nothing has been received into this data folder yet")
+        print(
+            f"sarclym-node {args.command}: no state database at {db}: nothing has been "
+            "received into this data folder yet",
+            file=sys.stderr,
+        )
         print(
             "to read a node's own, name its configuration: --config FILE or "
-            f"{CONFIG_ENV}=FILE, or install it as {installed}"
+            f"{CONFIG_ENV}=FILE, or install it as {installed}",
+            file=sys.stderr,
         )
         return None
     return db
@@ -111,7 +119,7 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
 
     db = _state_db(args, config)
     if db is None:
-        return 0
+        return EXIT_BAD_INPUT
     with StateDB(db) as state, DeliveryLedger(db) as ledger:
         rows = series_status(state, ledger, limit=50)
     if args.json:
@@ -141,7 +149,7 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
 
     db = _state_db(args, config)
     if db is None:
-        return 0
+        return EXIT_BAD_INPUT
     with StateDB(db) as state:
         events = audit_events(state, study_uid=args.study, series_uid=args.series, limit=args.limit)
     for event in events:

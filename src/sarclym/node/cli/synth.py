@@ -39,6 +39,13 @@ def run_synth(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        # Another cohort there would be merged into this one: its studies would stay beside
+        # these while labels.csv named only these.
+        raise InputError(
+            f"--out {out}: not empty; name a new or empty folder, or add --force to write "
+            "into it anyway"
+        )
     # Imported here: numpy/scipy start-up is not needed for --help or argument errors.
     from sarclym.model.synth.cohort import generate_cohort
     from sarclym.model.synth.contact import write_contact_sheet
@@ -78,16 +85,26 @@ def run_synth(args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.advance(progress.task_ids[0])
 
-        result = generate_cohort(
-            out,
-            args.cases,
-            seed=args.seed,
-            vendor=args.vendor,
-            transfer_syntax=args.transfer_syntax,
-            mip_series=mip,
-            jobs=args.jobs,
-            on_study=on_study,
-        )
+        try:
+            result = generate_cohort(
+                out,
+                args.cases,
+                seed=args.seed,
+                vendor=args.vendor,
+                transfer_syntax=args.transfer_syntax,
+                mip_series=mip,
+                jobs=args.jobs,
+                on_study=on_study,
+            )
+        except KeyboardInterrupt:
+            # generate_cohort wrote the labels of the finished studies before giving up.
+            print(
+                f"{len(sheet_items)} of {args.cases} studies finished; their labels are in "
+                f"{out / 'labels.csv'} (a study that was being written is incomplete and "
+                "has no label)",
+                file=sys.stderr,
+            )
+            raise
 
     n_lym = sum(s.case.label == "lymphoma" for s in result.studies)
     print(

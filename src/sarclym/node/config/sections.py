@@ -292,7 +292,7 @@ class ServiceConfig(Frozen):
         default=30.0,
         description="HTTP endpoint: the longest wait for one read from a client, and the "
         "longest the request line and headers may take in all; a client that stops sending "
-        "is answered 408 and dropped.",
+        "its body is answered 408 and dropped, one that stalls in its headers is dropped.",
     )
     stow_max_body_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
         default=2048,
@@ -340,6 +340,19 @@ class DashboardConfig(Frozen):
         default=False,
         description="Mark the session cookie Secure (only sent over HTTPS): set it when a TLS "
         "reverse proxy serves the dashboard.",
+    )
+    patient_context_roles: tuple[Literal["viewer", "admin"], ...] = Field(
+        default=(),
+        description="Roles whose users see each series' patient and study context (patient "
+        "name, ID, birth date, sex; study date, description, accession number), read from the "
+        "series' files still on the node. Empty: nobody; the pages show UIDs only. /status never "
+        "shows it.",
+    )
+    retry_wait_seconds: Annotated[float, Field(ge=0, le=120)] = Field(
+        default=10.0,
+        description="After an admin's Retry, the page that follows waits at most this long for "
+        "the node's delivery attempt, so that it shows the attempt's outcome; past it the page "
+        "says the attempt is still under way. 0: do not wait.",
     )
 
     @field_validator("users")

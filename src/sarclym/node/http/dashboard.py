@@ -7,8 +7,11 @@ Pages (server-rendered HTML, see :mod:`sarclym.node.http.views`), all read from 
                                 the last instance (complete, queued, processing, done, delivered
                                 per destination), result with thumbnail, skipped and failed series
                                 with the reason; ``?status=failed`` etc. filters
-``/dashboard/series/<uid>``     one series: facts, result, deliveries, its audit trail
+``/dashboard/series/<uid>``     one series: facts, result (full resolution), deliveries, its audit
+                                trail
 ``/dashboard/results``          results: Grad-CAM thumbnail, label, P(lymphoma), model version
+``/dashboard/results/<uid>/     the result's Secondary Capture at full resolution (PNG): where a
+sc.png``                        thumbnail leads
 ``/dashboard/deliveries``       undelivered results (pending, dead) with a Retry button (admin)
 ``/dashboard/model``            the active model: version, weights SHA-256, model card
 ``/dashboard/audit``            the latest audit events of every series
@@ -16,13 +19,23 @@ Pages (server-rendered HTML, see :mod:`sarclym.node.http.views`), all read from 
 =============================== ==================================================================
 
 Who may see them: :mod:`sarclym.node.http.auth` (tokens, sessions). A page without a valid
-session redirects to ``/login``; ``/status``, thumbnails and POSTs answer 401 instead. Scripts
+session redirects to ``/login``; ``/status``, images and POSTs answer 401 instead. Scripts
 send ``Authorization: Bearer <token>``. Changes (``POST /dashboard/deliveries/retry``) need the
 admin role (else 403) and, with a session cookie, the session's CSRF token (else 403).
 
-Thumbnails: :func:`write_thumbnail` is called where the results are written and keeps a small
-PNG of the Secondary Capture in ``<data_dir>/thumbnails/<SeriesInstanceUID>.png``, because the
-result files leave the outbox once delivered.
+Patient and study context (name, ID, birth date, study date...) is shown only to users whose
+role is in ``dashboard.patient_context_roles`` (none by default: UIDs only), read from the
+series' files still on the node (:mod:`sarclym.node.http.result_files`); never logged, never in
+``/status``.
+
+Images: the worker keeps a thumbnail and a full-resolution PNG of each Secondary Capture in
+``<data_dir>/thumbnails/`` (:mod:`sarclym.node.worker.thumbnail`), because the result files leave
+the outbox once delivered.
+
+Retry is a POST that redirects to a GET (303); before redirecting it waits, at most
+``dashboard.retry_wait_seconds``, for the node's attempt, so that the page that follows shows
+what the attempt did rather than the re-armed row of a moment before
+(:mod:`sarclym.node.http.retry`).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -45,6 +58,13 @@ from sarclym.node.config import Config
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.http import views as h
 from sarclym.node.http.auth import Authenticator, Principal, Session, admin_token_path
+from sarclym.node.http.result_files import (
+    PatientContext,
+    has_result_png,
+    patient_context,
+    result_png,
+)
+from sarclym.node.http.retry import await_attempt, retry_location, retry_notice, sends_to
 from sarclym.node.store.audit import STATUS_EVENTS, AuditEvent, audit_events
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import (
@@ -55,6 +75,9 @@ from sarclym.node.store.records import (
     SeriesStatus,
 )
 from sarclym.node.store.state import StateDB
+
+if TYPE_CHECKING:
+    from sarclym.node.worker.running_model import LoadedVersion
 
 __all__ = [
     "Dashboard",
@@ -70,6 +93,9 @@ COOKIE = "sarclym_session"
 _UID = r"([0-9]+(?:\.[0-9]+)+)"
 _SERIES_PAGE = re.compile(rf"^/dashboard/series/{_UID}$")
 _THUMBNAIL = re.compile(rf"^/dashboard/thumbnails/{_UID}\.png$")
+_RESULT_IMAGE = re.compile(rf"^/dashboard/results/{_UID}/sc\.png$")
+#: Paths that answer 401 (not a redirect to the login form) without a credential.
+_API = re.compile(r"^/status$|^/dashboard/thumbnails/|^/dashboard/results/.+\.png$")
 _SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
@@ -133,7 +159,13 @@ def _redirect(location: str) -> Response:
 
 def _safe_next(value: str | None) -> str:
     """A local path to go to after login; anything else becomes the overview."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isprintable()  # no CR/LF into the Location header
+    ):
         return value
     return "/dashboard/"
 
@@ -167,14 +199,18 @@ class Dashboard:
         status: Callable[[], dict[str, Any]],
         notify: Callable[[], None] = lambda: None,
         authenticator: Authenticator | None = None,
+        loaded_model: Callable[[], LoadedVersion | None] | None = None,
     ) -> None:
         self.config = config
+        #: What this process's worker threads run, for the Model page (None: it runs no model).
+        self.loaded_model = loaded_model
         self.state = state
         self.ledger = ledger
         self.status = status
         self.notify = notify
         self.auth = authenticator or Authenticator.from_config(config)
-        self.thumbnails = DataLayout(config.storage.data_dir).thumbnails
+        self.layout = DataLayout(config.storage.data_dir)
+        self.thumbnails = self.layout.thumbnails
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -229,7 +265,7 @@ class Dashboard:
             return self._login(request)
         principal, session, refused = self._authenticate(request)
         if principal is None:
-            api = request.path == "/status" or request.path.startswith("/dashboard/thumbnails/")
+            api = _API.match(request.path) is not None
             if refused or api or request.method != "GET":
                 response = _json(401, {"error": "login or Authorization: Bearer <token>"})
                 response.headers.append(("WWW-Authenticate", 'Bearer realm="sarclym-node"'))
@@ -325,9 +361,23 @@ class Dashboard:
             result_id=result_id, destination=destination, actor=principal.actor
         )
         self.notify()
-        log.info("dashboard retry", user=principal.name, destination=destination, count=count)
+        settled = True
+        if count and sends_to(self.config, destination):
+            wait = self.config.dashboard.retry_wait_seconds
+            settled = await_attempt(self.ledger, result_id, destination, timeout_s=wait)
+        log.info(
+            "dashboard retry",
+            user=principal.name,
+            destination=destination,
+            count=count,
+            outcome_recorded=settled,
+        )
         back = _safe_next(request.form.get("next") or "/dashboard/deliveries").split("?", 1)[0]
-        return _redirect(f"{back}?retried={count}")
+        return _redirect(
+            retry_location(
+                back, count=count, result_id=result_id, destination=destination, settled=settled
+            )
+        )
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -342,7 +392,13 @@ class Dashboard:
             if not file.is_file():
                 return _json(404, {"error": "no thumbnail"})
             return Response(200, file.read_bytes(), "image/png")
-        pages: dict[str, Callable[[Request, Session | None], tuple[str, str]]] = {
+        if match := _RESULT_IMAGE.match(path):
+            record = self.state.series(match.group(1))
+            png = result_png(self.layout, record) if record is not None else None
+            if png is None:
+                return _json(404, {"error": "no result image on this node"})
+            return Response(200, png, "image/png")
+        pages: dict[str, Callable[[Request, Principal, Session | None], tuple[str, str]]] = {
             "/dashboard/": self._overview,
             "/dashboard/results": self._results,
             "/dashboard/deliveries": self._deliveries,
@@ -350,7 +406,7 @@ class Dashboard:
             "/dashboard/audit": self._audit,
         }
         if path in pages:
-            title, body = pages[path](request, session)
+            title, body = pages[path](request, principal, session)
             return self._page(200, title, body, principal, session, active=path)
         if match := _SERIES_PAGE.match(path):
             found = self._series_page(match.group(1), request, principal, session)
@@ -376,8 +432,13 @@ class Dashboard:
             csrf=session.csrf if session is not None else None,
             active=active,
             version=__version__,
+            patient_context=self._shows_context(principal),
         )
         return _html(status, text)
+
+    def _shows_context(self, principal: Principal) -> bool:
+        """Whether the user's role may see patient context (``patient_context_roles``)."""
+        return principal.role in self.config.dashboard.patient_context_roles
 
     def _error(
         self, status: int, message: str, principal: Principal, session: Session | None
@@ -394,8 +455,14 @@ class Dashboard:
         return out
 
     def _view(
-        self, record: SeriesRecord, deliveries: Mapping[str, list[DeliveryRecord]]
+        self,
+        record: SeriesRecord,
+        deliveries: Mapping[str, list[DeliveryRecord]],
+        principal: Principal,
+        contexts: dict[str, PatientContext] | None = None,
     ) -> h.SeriesView:
+        """What the pages show of one series; ``contexts`` caches the patient context by study
+        (one file read per study on a list page)."""
         events = list(reversed(audit_events(self.state, series_uid=record.series_uid, limit=300)))
         lifecycle = {s.value for s in STATUS_EVENTS}
         stages: dict[str, float] = {"received": record.first_received}
@@ -408,13 +475,26 @@ class Dashboard:
         final = record.status.value
         if record.status.finished and final not in stages:
             stages[final] = record.status_changed
+        result = self._result(record, events)
+        allowed = self._shows_context(principal)
+        context = None
+        if allowed:
+            cache = {} if contexts is None else contexts
+            context = cache.get(record.study_uid) or patient_context(
+                self.state, self.layout, record
+            )
+            if context is not None:
+                cache[record.study_uid] = context
         return h.SeriesView(
             record=record,
             events=events,
             deliveries=deliveries.get(record.series_uid, []),
-            result=self._result(record, events),
+            result=result,
             thumbnail=(self.thumbnails / f"{record.series_uid}.png").is_file(),
+            full_image=result is not None and has_result_png(self.layout, record),
             stages=stages,
+            context_allowed=allowed,
+            context=context,
         )
 
     @staticmethod
@@ -435,30 +515,39 @@ class Dashboard:
                     )
         return None
 
-    def _recent(self, status: SeriesStatus | None, limit: int) -> list[h.SeriesView]:
+    def _recent(
+        self, status: SeriesStatus | None, limit: int, principal: Principal
+    ) -> list[h.SeriesView]:
         records = self.state.recent_series(status, limit=limit)
         deliveries = self._deliveries_by_series()
-        return [self._view(record, deliveries) for record in records]
+        contexts: dict[str, PatientContext] = {}
+        return [self._view(record, deliveries, principal, contexts) for record in records]
 
     # -- page bodies ---------------------------------------------------------------------------
 
-    def _overview(self, request: Request, session: Session | None) -> tuple[str, str]:
+    def _overview(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
         from sarclym.node.http.pages import overview
 
         wanted = request.query.get("status")
         status = SeriesStatus(wanted) if wanted in {s.value for s in SeriesStatus} else None
         counts = self.state.status_counts()
-        views = self._recent(status, 200)
-        failed = [] if status else self._recent(SeriesStatus.FAILED, 20)
+        views = self._recent(status, 200, principal)
+        failed = [] if status else self._recent(SeriesStatus.FAILED, 20, principal)
         title = "Studies and series" + (f": {status.value}" if status else "")
         return title, overview(views, failed, counts, status.value if status else None)
 
-    def _results(self, request: Request, session: Session | None) -> tuple[str, str]:
+    def _results(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
         from sarclym.node.http.pages import results
 
-        return "Results", results(self._recent(SeriesStatus.DONE, 60))
+        return "Results", results(self._recent(SeriesStatus.DONE, 60, principal))
 
-    def _deliveries(self, request: Request, session: Session | None) -> tuple[str, str]:
+    def _deliveries(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
         from sarclym.node.http.pages import deliveries
 
         records = [
@@ -468,16 +557,23 @@ class Dashboard:
         records.sort(key=lambda r: r.updated_at, reverse=True)
         delivered = len(self.ledger.records(DeliveryState.DELIVERED))
         csrf = session.csrf if session is not None and session.principal.is_admin else None
+        notice = retry_notice(self.config, self.ledger, request.query, now=time.time())
         return "Deliveries", deliveries(
-            records, delivered, csrf=csrf, retried=request.query.get("retried"), now=time.time()
+            records, delivered, csrf=csrf, notice=notice, now=time.time()
         )
 
-    def _model(self, request: Request, session: Session | None) -> tuple[str, str]:
+    def _model(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
         from sarclym.node.http.pages import model
 
-        return "Model", model(self.config)
+        loaded = self.loaded_model() if self.loaded_model is not None else None
+        events = audit_events(self.state, limit=2000)  # each process's latest "done" among them
+        return "Model", model(self.config, loaded=loaded, events=events)
 
-    def _audit(self, request: Request, session: Session | None) -> tuple[str, str]:
+    def _audit(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
         from sarclym.node.http.pages import audit
 
         return "Audit log", audit(audit_events(self.state, limit=300))
@@ -490,6 +586,7 @@ class Dashboard:
         record = self.state.series(uid)
         if record is None:
             return None
-        view = self._view(record, self._deliveries_by_series())
+        view = self._view(record, self._deliveries_by_series(), principal)
         csrf = session.csrf if session is not None and principal.is_admin else None
-        return series(view, csrf=csrf, retried=request.query.get("retried"), now=time.time())
+        notice = retry_notice(self.config, self.ledger, request.query, now=time.time())
+        return series(view, csrf=csrf, notice=notice, now=time.time())

@@ -7,7 +7,6 @@ Each function takes plain data and returns HTML; every value goes through
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from sarclym.node.http.views import (
     clock,
     detail_text,
     esc,
-    markdown_to_html,
+    full_image,
     offset,
     result_text,
     retry_form,
@@ -32,6 +31,7 @@ from sarclym.node.store.records import DeliveryRecord, SeriesStatus
 
 if TYPE_CHECKING:
     from sarclym.node.config import Config
+    from sarclym.node.worker.running_model import LoadedVersion
 
 __all__ = ["audit", "deliveries", "model", "overview", "results", "series"]
 
@@ -83,6 +83,15 @@ def _status_cell(view: SeriesView) -> str:
     return f"{badge(view.record.status.value)}{why}"
 
 
+def _context_line(view: SeriesView) -> str:
+    """The patient context in one line, for users whose role may see it ("" otherwise)."""
+    if not view.context_allowed:
+        return ""
+    if view.context is None:
+        return '<span class="muted">patient context: no file of this series is left</span>'
+    return f'<span class="context">{esc(view.context.summary())}</span>'
+
+
 def _result_cell(view: SeriesView, width: int = 128) -> str:
     if view.result is None:
         return ""
@@ -132,8 +141,11 @@ def overview(
     rows_html = []
     for study_uid, members in studies.items():
         first = min(v.record.first_received for v in members)
+        known = [v for v in members if v.context is not None] or members
+        context = _context_line(known[0])
         rows_html.append(
-            f'<tr class="study" data-study="{esc(study_uid)}"><th colspan="7">Study '
+            f'<tr class="study" data-study="{esc(study_uid)}"><th colspan="7">'
+            f"{context + '<br>' if context else ''}Study "
             f'<span class="uid">{esc(study_uid)}</span> <span class="muted">'
             f"{len(members)} series, first instance {esc(stamp(first))}</span></th></tr>"
         )
@@ -158,10 +170,12 @@ def results(views: Sequence[SeriesView]) -> str:
         if view.result is None:
             continue
         record = view.record
-        image = thumbnail(record.series_uid, 260) if view.thumbnail else "<p>(no thumbnail)</p>"
+        image = thumbnail(record.series_uid, 256) if view.thumbnail else "<p>(no thumbnail)</p>"
         sha = view.result.weights_sha256
+        context = _context_line(view)
         cards.append(
             f'<div class="card" data-series="{esc(record.series_uid)}">{image}'
+            f"{f'<p>{context}</p>' if context else ''}"
             f"{result_text(view.result)}"
             f'<p class="muted">weights {esc(sha[:12] + "…" if sha else "?")}</p>'
             f"<p>study {short_uid(record.study_uid)}<br>series "
@@ -172,8 +186,9 @@ def results(views: Sequence[SeriesView]) -> str:
     if not cards:
         return '<p class="muted">No results yet.</p>'
     return (
-        '<p class="muted">Grad-CAM heatmaps of the Secondary Captures sent to the PACS; '
-        "P(lymphoma) is the model's probability of malignant lymphoma (vs sarcoidosis).</p>"
+        '<p class="muted">Grad-CAM heatmaps of the Secondary Captures sent to the PACS (click '
+        "one for full resolution); P(lymphoma) is the model's probability of malignant "
+        "lymphoma (vs sarcoidosis).</p>"
         f'<div class="cards">{"".join(cards)}</div>'
     )
 
@@ -219,10 +234,9 @@ _DELIVERY_HEADERS = [
 ]
 
 
-def _flash(retried: str | None) -> str:
-    if retried is None:
-        return ""
-    return f'<p class="flash">Re-armed {esc(retried)} delivery(ies): the node sends them now.</p>'
+def _flash(notice: str | None) -> str:
+    """What an action did (the dashboard reads it after the action took effect)."""
+    return "" if notice is None else f'<p class="flash">{esc(notice)}</p>'
 
 
 def deliveries(
@@ -230,17 +244,17 @@ def deliveries(
     delivered: int,
     *,
     csrf: str | None,
-    retried: str | None,
+    notice: str | None,
     now: float,
 ) -> str:
     """Results not confirmed by a destination yet (pending, dead letter), with Retry."""
     intro = (
         f'<p class="muted">Confirmed by their destination: {delivered}. Below: those still '
-        "retrying (pending) and those in the dead letter (dead). Retry re-arms one: attempts "
-        "back to 0, sent now.</p>"
+        "retrying (pending) and those in the dead letter (dead). Retry re-arms one (attempts "
+        "back to 0) and sends it now; the page then shows what that attempt did.</p>"
     )
     rows = _delivery_rows(records, csrf, "/dashboard/deliveries", now)
-    return _flash(retried) + intro + table(_DELIVERY_HEADERS, rows, "every result delivered")
+    return _flash(notice) + intro + table(_DELIVERY_HEADERS, rows, "every result delivered")
 
 
 def _event_rows(events: Sequence[AuditEvent], show_series: bool) -> list[str]:
@@ -269,10 +283,22 @@ def audit(events: Sequence[AuditEvent]) -> str:
     return intro + table(["when", "series", "event", "actor", "detail"], rows)
 
 
-def series(view: SeriesView, *, csrf: str | None, retried: str | None, now: float) -> str:
-    """One series: facts, result, deliveries (Retry for admins), its audit trail."""
+def series(view: SeriesView, *, csrf: str | None, notice: str | None, now: float) -> str:
+    """One series: patient context (roles that may see it), facts, the result at full
+    resolution, deliveries (Retry for admins), its audit trail."""
     record = view.record
-    facts = [
+    facts: list[tuple[str, str]] = []
+    if view.context_allowed and view.context is not None:
+        facts += [(k, f'<span class="context">{esc(v)}</span>') for k, v in view.context.facts()]
+    elif view.context_allowed:
+        facts.append(
+            (
+                "patient",
+                '<span class="muted">no file of this series is left on the '
+                "node to read it from (spool and outbox pruned)</span>",
+            )
+        )
+    facts += [
         ("Study Instance UID", f'<span class="uid">{esc(record.study_uid)}</span>'),
         ("Series Instance UID", f'<span class="uid">{esc(record.series_uid)}</span>'),
         ("modality", esc(record.modality)),
@@ -284,13 +310,13 @@ def series(view: SeriesView, *, csrf: str | None, retried: str | None, now: floa
         ("after the last instance", _timeline(view)),
     ]
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts)
-    parts = [_flash(retried), f'<dl class="facts">{dl}</dl>']
+    parts = [_flash(notice), f'<dl class="facts">{dl}</dl>']
     if view.result is not None:
-        image = thumbnail(record.series_uid, 512) if view.thumbnail else ""
         sha = view.result.weights_sha256
         parts.append(
-            f'<h2>Result</h2><div class="result">{image}<div>{result_text(view.result)}'
-            f'<p class="muted">weights SHA-256<br><code>{esc(sha)}</code></p></div></div>'
+            f'<h2>Result</h2><div class="result"><div>{result_text(view.result)}</div>'
+            f'<p class="muted">weights SHA-256<br><code>{esc(sha)}</code></p></div>'
+            f"{full_image(record.series_uid) if view.full_image else ''}"
         )
     if view.deliveries:
         back = f"/dashboard/series/{record.series_uid}"
@@ -301,41 +327,14 @@ def series(view: SeriesView, *, csrf: str | None, retried: str | None, now: floa
     return "".join(parts)
 
 
-def model(config: Config) -> str:
-    """The model the node runs: version, weights SHA-256, the registry's versions, the card."""
-    from sarclym.model.errors import RegistryError
-    from sarclym.model.inference.registry import CARD_FILE, render_card
-    from sarclym.node.worker.registry import open_registry
+def model(
+    config: Config,
+    *,
+    loaded: LoadedVersion | None = None,
+    events: Sequence[AuditEvent] = (),
+) -> str:
+    """The model: active (or pinned) beside what the processes have loaded, the registry's
+    versions, the card (:func:`sarclym.node.http.model_page.model_page`)."""
+    from sarclym.node.http.model_page import model_page
 
-    try:
-        registry = open_registry(config)
-        version = config.model.version or registry.active()
-        if version is None:
-            return f'<p class="error">No active model version in {esc(registry.root)}.</p>'
-        card = json.loads((registry.root / version / CARD_FILE).read_text(encoding="utf-8"))
-        versions = registry.versions()
-    except (RegistryError, OSError, ValueError) as exc:
-        return f'<p class="error">The model registry cannot be read: {esc(exc)}</p>'
-    chosen = "model.version in the configuration" if config.model.version else "active version"
-    sha = esc(card.get("weights_sha256"))
-    facts = [
-        ("version", f'<b class="model-version">{esc(version)}</b> ({esc(chosen)})'),
-        ("weights SHA-256", f'<code class="weights-sha256">{sha}</code>'),
-        ("architecture", esc(card.get("arch"))),
-        ("created", esc(card.get("created"))),
-        ("registry", f"<code>{esc(registry.root)}</code>"),
-    ]
-    dl = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts)
-    rows = [
-        f"<tr><td>{esc(v.version)}</td><td>{'active' if v.active else ''}</td>"
-        f"<td>{esc(v.arch)}</td><td>{esc(v.created)}</td>"
-        f"<td>{'' if v.cv_auc_mean is None else f'{v.cv_auc_mean:.3f}'}</td>"
-        f"<td>{'synthetic' if v.synthetic_data else ''}</td></tr>"
-        for v in versions
-    ]
-    table_html = table(["version", "", "architecture", "created", "CV AUC", "data"], rows)
-    card_html = markdown_to_html(render_card(card))
-    return (
-        f'<dl class="facts">{dl}</dl><h2>Versions in the registry</h2>{table_html}'
-        f'<h2>Model card</h2><div class="md model-card">{card_html}</div>'
-    )
+    return model_page(config, loaded=loaded, events=events)

@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from sarclym.node.http.result_files import PatientContext
 from sarclym.node.store.audit import AuditEvent
 from sarclym.node.store.records import DeliveryRecord, SeriesRecord
 
@@ -67,6 +68,9 @@ background:#e4e7ec;color:#374151;white-space:nowrap}
 .chips span{display:inline-block;margin:0 10px 2px 0;white-space:nowrap}
 .summary a{margin-right:8px;text-decoration:none}
 .thumb{display:block;border:1px solid var(--line);background:#000;border-radius:3px}
+a.result-image{display:inline-block;flex:none}
+.full{display:block;max-width:100%;height:auto;border:1px solid var(--line)}
+.context{color:var(--ink);font-weight:600}
 .result{display:flex;gap:10px;align-items:flex-start}
 .label-l{color:#8a1c1c;font-weight:700}.label-s{color:#1f4f80;font-weight:700}
 .cards{display:flex;flex-wrap:wrap;gap:14px}
@@ -129,7 +133,12 @@ class SeriesView:
     deliveries: Sequence[DeliveryRecord] = ()
     result: ResultView | None = None
     thumbnail: bool = False
+    full_image: bool = False  # the result's SC at full resolution is on the node
     stages: Mapping[str, float] = field(default_factory=dict)
+    #: Whether the user may see the patient context (``dashboard.patient_context_roles``)...
+    context_allowed: bool = False
+    #: ...and the context, when a file of the series is left on the node to read it from.
+    context: PatientContext | None = None
 
 
 # -- small pieces ------------------------------------------------------------------------------
@@ -175,12 +184,31 @@ def series_link(uid: str, text: str | None = None) -> str:
     return f'<a href="/dashboard/series/{quote(uid, safe="")}">{inner}</a>'
 
 
+def result_image_url(uid: str) -> str:
+    """Where the result's Secondary Capture is served at full resolution (PNG)."""
+    return f"/dashboard/results/{quote(uid, safe='')}/sc.png"
+
+
 def thumbnail(uid: str, width: int) -> str:
-    """The result's Grad-CAM Secondary Capture, as a small image."""
+    """The result's Grad-CAM Secondary Capture, small, linked to the full-resolution image.
+
+    ``width`` (CSS pixels) is at most half the thumbnail's size, so it is never upscaled.
+    """
     src = f"/dashboard/thumbnails/{quote(uid, safe='')}.png"
     return (
+        f'<a class="result-image" href="{result_image_url(uid)}">'
         f'<img class="thumb" src="{src}" width="{width}" '
-        f'alt="Grad-CAM heatmap thumbnail of the Secondary Capture">'
+        'alt="Grad-CAM heatmap thumbnail of the Secondary Capture: opens it at full resolution">'
+        "</a>"
+    )
+
+
+def full_image(uid: str) -> str:
+    """The result's Secondary Capture at full resolution (shrunk to the page, never enlarged)."""
+    url = result_image_url(uid)
+    return (
+        f'<a class="result-image" href="{url}"><img class="full" src="{url}" '
+        'alt="Secondary Capture with the Grad-CAM heatmap, full resolution"></a>'
     )
 
 
@@ -241,8 +269,13 @@ def page(
     csrf: str | None = None,
     active: str = "",
     version: str = "",
+    patient_context: bool = False,
 ) -> str:
-    """A whole page: research-use banner, navigation, the user and a logout button, ``body``."""
+    """A whole page: research-use banner, navigation, the user and a logout button, ``body``.
+
+    ``patient_context``: the user's role sees patient context (the footer says so; else it
+    says the pages show UIDs only).
+    """
     nav = ""
     account = ""
     if user is not None:
@@ -268,9 +301,15 @@ def page(
         f'<header><span class="brand">sarclym-node</span>{nav}{account}</header>'
         f"<main><h1>{esc(title)}</h1>{body}</main>"
         f"<footer>sarclym-node {esc(version)} - {esc(RESEARCH_USE)}. Sarcoidosis vs lymphoma "
-        "on FDG PET MIPs (after Aoki et al., Eur Radiol 2023). No patient names, IDs or dates "
-        "are shown here: UIDs only.</footer></body></html>"
+        f"on FDG PET MIPs (after Aoki et al., Eur Radiol 2023). {_PHI_NOTE[patient_context]}"
+        "</footer></body></html>"
     )
+
+
+_PHI_NOTE = {
+    False: "No patient names, IDs or dates are shown here: UIDs only.",
+    True: "Patient context is shown to your role (dashboard.patient_context_roles).",
+}
 
 
 def login_page(next_path: str, error: str | None = None, version: str = "") -> str:

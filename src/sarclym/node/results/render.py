@@ -8,15 +8,20 @@ uptake is dark). Four panels in one row, each view shown plain and with its Grad
     | AI prediction: <class>  probability 0.87  |  per-class probabilities     |
     | model name, version, weights hash                                        |
     |  FRONTAL MIP   FRONTAL + GRAD-CAM   LATERAL MIP   LATERAL + GRAD-CAM  bars |
-    |  H / R  L / F  ...                  H / A  P / F  ...                 SUV |
-    |                                                                       CAM |
-    | footer: SUV window, SUVmax, what Grad-CAM shows                           |
+    |      H              H                   H              H              SUV |
+    |  R [MIP] L      R [MIP] L           A [MIP] P      A [MIP] P          CAM |
+    |      F              F                   F              F                  |
+    | footer: SUV window, image maximum SUV, what Grad-CAM shows                |
     +--------------------------------------------------------------------------+
 
 Frontal panels show the patient's right on the viewer's left (anterior view), lateral panels
 anterior on the left; both head up (see :mod:`sarclym.model.imaging.mip`). Orientation letters
-sit on every panel edge. Both views share one scale, so the Secondary Capture has one
+sit beside every panel edge, outside the panel: no annotation covers a pixel of a MIP (the head
+reaches the top edge). Both views share one scale, so the Secondary Capture has one
 (0028,0030) *Pixel Spacing* for all panels.
+
+The footer gives the maximum SUV of the whole image, labelled as such: in FDG PET it is most
+often the bladder or the brain, not a lesion, so it must not read as a lesion's SUVmax.
 
 :func:`sc_layout` is pure geometry, shared with the SR builder, which draws the Grad-CAM hot
 region (:func:`hot_region`) on the plain MIP panel in SC pixel coordinates.
@@ -41,6 +46,7 @@ __all__ = [
     "Layout",
     "Panel",
     "View",
+    "footer_lines",
     "hot_region",
     "render_sc",
     "sc_layout",
@@ -63,6 +69,12 @@ _TITLE_H = 30
 _FOOTER_H = 56
 _BARS_W = 150
 _MIN_WIDTH = 1100
+# Orientation letters: size, distance of the letter's near side from the panel edge, and the
+# room kept for them beside (gutter) and above and below (strip) each panel.
+_LETTER_SIZE = 24
+_LETTER_PAD = 6
+_GUTTER = 30
+_STRIP = 30
 
 # Colours (RGB).
 _WHITE = (255, 255, 255)
@@ -195,8 +207,8 @@ def sc_layout(mips: Mips) -> Layout:
         *(_PANEL_HEIGHT / s[0] for s in shapes.values()),
         *(_PANEL_MAX_WIDTH / s[1] for s in shapes.values()),
     )
-    top = _BANNER_H + _HEADER_H + _TITLE_H
-    left = _MARGIN
+    top = _BANNER_H + _HEADER_H + _TITLE_H + _STRIP
+    left = _MARGIN + _GUTTER
     panels = []
     views: tuple[View, View] = ("frontal", "lateral")
     for i, view in enumerate(views):
@@ -206,11 +218,11 @@ def sc_layout(mips: Mips) -> Layout:
             left += _VIEW_GAP - _PAIR_GAP
         for overlay in (False, True):
             panels.append(Panel(view, overlay, top, left, rows, cols, rows / n_rows, cols / n_cols))
-            left += cols + _PAIR_GAP
+            left += cols + _GUTTER + _PAIR_GAP + _GUTTER
     panel_rows = max(p.rows for p in panels)
-    bars_left = left - _PAIR_GAP + _VIEW_GAP
+    bars_left = left - _PAIR_GAP - _GUTTER + _VIEW_GAP
     columns = max(_MIN_WIDTH, bars_left + _BARS_W + _MARGIN)
-    rows = top + panel_rows + _FOOTER_H
+    rows = top + panel_rows + _STRIP + _FOOTER_H
     spacing = mips.pixel_spacing_mm
     return Layout(
         rows=rows,
@@ -315,18 +327,20 @@ def _header(draw: ImageDraw.ImageDraw, prediction: Prediction, columns: int) -> 
 
 
 def _panel_annotations(draw: ImageDraw.ImageDraw, panel: Panel) -> None:
+    """Title, frame and orientation letters, all outside the panel (in its gutters and strips),
+    so that none covers anatomy: the head reaches the top edge, the arms the side edges."""
     x0, y0 = panel.left, panel.top
     x1, y1 = panel.left + panel.columns - 1, panel.top + panel.rows - 1
     title = _VIEW_TITLES[panel.view] + (" + GRAD-CAM" if panel.overlay else " MIP")
-    _text(draw, ((x0 + x1) / 2, y0 - 8), title, size=18, anchor="ms")
+    _text(draw, ((x0 + x1) / 2, y0 - _STRIP - 8), title, size=18, anchor="ms")
     draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=_FRAME)
     left, right, top, bottom = _EDGE_LETTERS[panel.view]
     ym, xm = (y0 + y1) / 2, (x0 + x1) / 2
-    size, pad = 24, 6
-    _text(draw, (x0 + pad, ym), left, size=size, fill=_ORIENT, anchor="lm", stroke=3)
-    _text(draw, (x1 - pad, ym), right, size=size, fill=_ORIENT, anchor="rm", stroke=3)
-    _text(draw, (xm, y0 + pad), top, size=size, fill=_ORIENT, anchor="mt", stroke=3)
-    _text(draw, (xm, y1 - pad), bottom, size=size, fill=_ORIENT, anchor="mb", stroke=3)
+    size, pad = _LETTER_SIZE, _LETTER_PAD
+    _text(draw, (x0 - pad, ym), left, size=size, fill=_ORIENT, anchor="rm", stroke=3)
+    _text(draw, (x1 + pad, ym), right, size=size, fill=_ORIENT, anchor="lm", stroke=3)
+    _text(draw, (xm, y0 - pad), top, size=size, fill=_ORIENT, anchor="mb", stroke=3)
+    _text(draw, (xm, y1 + pad), bottom, size=size, fill=_ORIENT, anchor="mt", stroke=3)
 
 
 def _bar_boxes(layout: Layout) -> tuple[int, int, int, int]:
@@ -365,19 +379,42 @@ def _label_bars(draw: ImageDraw.ImageDraw, layout: Layout, mips: Mips) -> None:
         _text(draw, (x + _BAR_W + 4, top + height), lo_label, size=14, anchor="lb")
 
 
-def _footer(draw: ImageDraw.ImageDraw, layout: Layout, mips: Mips) -> None:
+def footer_lines(mips: Mips, layout: Layout) -> tuple[str, str]:
+    """The two lines burned in under the panels: SUV window, image maximum, pixel size, and
+    what Grad-CAM is.
+
+    The maximum is that of the whole analysed volume (:attr:`~sarclym.model.imaging.mip.Mips.
+    suv_max`); in FDG PET it is most often the bladder or the brain, so it is labelled as the
+    image maximum, never as a lesion's SUVmax.
+
+    Parameters
+    ----------
+    mips : Mips
+        The MIPs shown (window, maximum).
+    layout : Layout
+        The geometry (pixel size).
+
+    Returns
+    -------
+    tuple of str
+    """
     lo, hi = mips.suv_window
-    y = layout.rows - _FOOTER_H + 10
     line1 = (
         f"SUV (body weight) MIPs, inverted grey, window {lo:g} to {hi:g}   |   "
-        f"SUVmax {mips.suv_max:.1f}   |   pixel {layout.pixel_spacing_mm[0]:.2f} mm"
+        f"image maximum SUV {mips.suv_max:.1f} (often bladder or brain)   |   "
+        f"pixel {layout.pixel_spacing_mm[0]:.2f} mm"
     )
     line2 = (
         "Grad-CAM shows the image regions that drove the predicted class; "
         "it is not a lesion segmentation."
     )
-    _text(draw, (_MARGIN, y), line1, size=16, fill=_MUTED)
-    _text(draw, (_MARGIN, y + 22), line2, size=16, fill=_MUTED)
+    return line1, line2
+
+
+def _footer(draw: ImageDraw.ImageDraw, layout: Layout, mips: Mips) -> None:
+    y = layout.rows - _FOOTER_H + 10
+    for k, line in enumerate(footer_lines(mips, layout)):
+        _text(draw, (_MARGIN, y + 22 * k), line, size=16, fill=_MUTED)
 
 
 def render_sc(prediction: Prediction, layout: Layout | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@
         thumbnails/<series>.png                Grad-CAM thumbnails for the dashboard
         mip-cache/                             retrain's MIP cache
         dashboard-admin.token                  the bootstrap admin token (0600)
+        serve.lock                             held (flock) by the one ``serve`` of this folder
 
 Every module takes these paths from :class:`DataLayout`, never from a literal.
 """
@@ -85,3 +86,8 @@ class DataLayout:
     def admin_token(self) -> Path:
         """The dashboard's bootstrap admin token."""
         return self.root / "dashboard-admin.token"
+
+    @property
+    def serve_lock(self) -> Path:
+        """Locked by the one ``serve`` of this folder (:mod:`sarclym.node.store.serve_lock`)."""
+        return self.root / "serve.lock"

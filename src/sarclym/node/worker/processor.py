@@ -1,11 +1,12 @@
 """The worker's job: one complete series -> SC and SR in the outbox -> the delivery ledger.
 
 :class:`Processor` runs in the worker threads of ``serve`` and of ``worker`` processes. The model
-is loaded once per process (hash verified). Each series is judged alone: the pipeline's
-selection skips CT, NAC, derived MIP series and the like with the reason; an AC whole-body FDG
-PET series gets a Secondary Capture and a Structured Report, written durably to the outbox before
-they are recorded in the delivery ledger, and the series is marked DONE last (with the stage
-times, the label, the probability and the model in the audit log).
+is loaded per process (hash verified), and again between jobs when ``model activate`` or
+``rollback`` changed the registry's active version (``running_model``). Each series is judged
+alone: the pipeline's selection skips CT, NAC, derived MIP series and the like with the reason;
+an AC whole-body FDG PET series gets a Secondary Capture and a Structured Report, written
+durably to the outbox before they are recorded in the delivery ledger, and the series is marked
+DONE last (with the stage times, the label, the probability and the model in the audit log).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sarclym.node.store.durable import make_dirs, write_durable
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import ResultId, SeriesResult, SeriesStatus
 from sarclym.node.store.state import StateDB
-from sarclym.node.worker.registry import open_registry
+from sarclym.node.worker.running_model import LoadedVersion, RunningModel
 from sarclym.node.worker.thumbnail import write_thumbnail
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from sarclym.model.inference.predictor import Predictor
     from sarclym.node.results import SrKind
 
-__all__ = ["CRASH_ENV", "Processor", "crash_point", "write_results"]
+__all__ = ["CRASH_ENV", "HOLD_ENV", "Processor", "crash_point", "hold_point", "write_results"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,30 @@ def crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         log.warning("crash point reached: killing this process", point=name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: For the activation tests: a job in flight, held. When ``$SARCLYM_TEST_HOLD_FILE`` names a
+#: file that exists, the first job to reach :func:`hold_point` (its model taken, nothing
+#: predicted) takes it (renames it to ``<file>.held``: one job wins, in any process) and waits
+#: while ``<file>.held`` exists, at most :data:`_HOLD_MAX_S`.
+HOLD_ENV = "SARCLYM_TEST_HOLD_FILE"
+_HOLD_MAX_S = 600.0
+
+
+def hold_point() -> None:
+    """Wait here while the test holds this job (see :data:`HOLD_ENV`); return at once else."""
+    name = os.environ.get(HOLD_ENV)
+    if not name:
+        return
+    held = Path(f"{name}.held")
+    try:
+        os.rename(name, held)
+    except FileNotFoundError:  # no hold asked for, or another job took it
+        return
+    log.warning("hold point reached: waiting while the file exists", file=str(held))
+    deadline = time.monotonic() + _HOLD_MAX_S
+    while held.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class _StageClock:
@@ -69,8 +94,11 @@ class _StageClock:
 class Processor:
     """Turns one complete series into result files in the outbox and ledger entries.
 
-    The model is loaded once, on first use (hash verified), and shared by the worker threads of
-    the process; predictions are serialised (Grad-CAM hooks are not re-entrant).
+    The model is loaded on first use (hash verified) and shared by the worker threads of the
+    process; before each job the registry's active version is looked at, and a newly activated
+    one is loaded for that job (:class:`~sarclym.node.worker.running_model.RunningModel`): a job
+    in flight completes with the model it took. Predictions are serialised (Grad-CAM hooks are
+    not re-entrant).
 
     Parameters
     ----------
@@ -100,32 +128,22 @@ class Processor:
         self.destinations = list(destinations)
         self.notify = notify
         self.outbox = DataLayout(config.storage.data_dir).outbox
-        self._predictor: Predictor | None = None
-        self._lock = threading.Lock()
+        #: The model of the next job (reloaded between jobs when the active version changes).
+        self.model = RunningModel(config)
+        self._lock = threading.Lock()  # predictions, one at a time
 
     @property
     def predictor(self) -> Predictor:
-        """The loaded model (loaded on first use)."""
-        from sarclym.model.inference.predictor import Predictor, resolve_device
+        """The model of the next job: the pinned or the active version, loaded when it changed.
 
-        with self._lock:
-            if self._predictor is None:
-                import torch
+        See :class:`~sarclym.node.worker.running_model.RunningModel`: one read of the registry's
+        ``ACTIVE`` file when nothing changed; a job keeps the model it took.
+        """
+        return self.model.for_next_job()
 
-                if self.config.model.threads:
-                    torch.set_num_threads(self.config.model.threads)
-                registry = open_registry(self.config)
-                loaded = registry.load(self.config.model.version)
-                device = resolve_device(self.config.model.device.value)
-                self._predictor = Predictor(loaded, device=device)
-                log.info(
-                    "model loaded",
-                    version=loaded.version,
-                    weights_sha256=loaded.sha256,
-                    device=device,
-                    threads=torch.get_num_threads(),
-                )
-            return self._predictor
+    def loaded_version(self) -> LoadedVersion | None:
+        """What this process runs (the dashboard's Model page); None before the first load."""
+        return self.model.loaded()
 
     def process(self, series_uid: str) -> SeriesStatus:
         """Process one series that is QUEUED; return its final status.
@@ -172,6 +190,7 @@ class Processor:
         clock.lap("read")
         predictor = self.predictor
         crash_point("processing")
+        hold_point()
         prepared = prepare_study(
             record.study_uid,
             {series_uid: datasets},

@@ -23,7 +23,7 @@ from sarclym.node.store.layout import DataLayout
 if TYPE_CHECKING:
     from sarclym.model.inference.registry import Registry
 
-__all__ = ["open_registry", "registry_root"]
+__all__ = ["activation_notice", "open_registry", "registry_root"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,27 @@ def open_registry(config: Config, override: Path | None = None) -> Registry:
     if seed and not (root.exists() and any(root.iterdir())):
         _seed(DEFAULT_REGISTRY, root)
     return Registry(root)
+
+
+def activation_notice(config: Config, version: str) -> str:
+    """What ``model activate`` (or ``rollback``) of ``version`` takes to reach running nodes.
+
+    Running ``serve`` and ``worker`` processes read the node registry's active version before
+    each series (:mod:`sarclym.node.worker.running_model`); a ``model.version`` in the
+    configuration pins a version that activation does not change.
+    """
+    pinned = config.model.version
+    if pinned is None:
+        return (
+            "running nodes load it before their next series (a series in progress completes "
+            "with the version it started with)"
+        )
+    if pinned == version:
+        return f"model.version {pinned} is pinned in the configuration: nodes run it as before"
+    return (
+        f"model.version {pinned} is pinned in the configuration: nodes that read it keep "
+        f"running {pinned} (remove model.version to run the active version)"
+    )
 
 
 def _seed(source: Path, root: Path) -> None:
