@@ -48,7 +48,11 @@ def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         yaml.safe_dump(
             {
                 "listener": {"host": "127.0.0.1", "port": port},
-                "storage": {"data_dir": str(data_dir), "min_free_mb": 16},
+                "storage": {
+                    "data_dir": str(data_dir),
+                    "min_free_mb": 16,
+                    "shared_by_serves": True,  # two listener processes on one folder
+                },
                 "logging": {"format": "json", "level": "WARNING"},
                 "service": {"workers": 0, "http_port": 0, "local_orthanc_url": None},
             }

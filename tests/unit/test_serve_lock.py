@@ -97,6 +97,27 @@ def test_a_second_serve_node_is_refused_and_a_worker_is_not(tmp_path: Path) -> N
     again.stop()
 
 
+def test_listener_replicas_share_the_folder_when_configured(tmp_path: Path) -> None:
+    """storage.shared_by_serves: two serve processes on one folder, each on its own port (the
+    two-listener ingest bench runs so); neither takes the lock."""
+
+    def replica() -> Node:
+        return Node(_config(tmp_path).model_copy(update={"storage": shared}))
+
+    shared = _config(tmp_path).storage.model_copy(update={"shared_by_serves": True})
+    first, second = replica(), replica()
+    first.start(worker_threads=0)
+    try:
+        second.start(worker_threads=0)
+        assert first.listener.port != second.listener.port
+        second.stop()
+    finally:
+        first.stop()
+    owner = Node(_config(tmp_path))  # replicas took no lock: a locking serve starts
+    owner.start(worker_threads=0)
+    owner.stop()
+
+
 def test_serve_on_a_folder_in_use_exits_with_the_in_use_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -139,7 +139,7 @@ class Node:
     (:class:`~sarclym.node.store.serve_lock.ServeLock`) before anything else and raises
     :class:`~sarclym.node.store.serve_lock.DataFolderInUse` when another ``serve`` holds it;
     :meth:`stop` lets it go. A ``worker_only`` node shares the folder with its ``serve`` and
-    takes no lock.
+    takes no lock; neither do listener replicas (``storage.shared_by_serves``).
 
     Parameters
     ----------
@@ -155,7 +155,8 @@ class Node:
         self.worker_only = worker_only
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._serve_lock = None if worker_only else ServeLock(DataLayout(data_dir).serve_lock)
+        locked = not worker_only and not config.storage.shared_by_serves
+        self._serve_lock = ServeLock(DataLayout(data_dir).serve_lock) if locked else None
         self.state = StateDB.in_data_dir(data_dir)
         # One connection to state.db for the whole process: the ledger shares it.
         self.ledger = DeliveryLedger(self.state, policy=config.destinations.retry)

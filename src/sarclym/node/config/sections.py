@@ -165,6 +165,12 @@ class StorageConfig(Frozen):
         description="Received instances of series that are done or skipped are deleted from the "
         "spool this long after; failed series are kept. None: keep everything.",
     )
+    shared_by_serves: bool = Field(
+        default=False,
+        description="Let several serve processes use this data folder (listener replicas, each "
+        "on its own port; completion, queue and deliveries stay exactly-once through state.db). "
+        "Off: a second serve on the folder is refused with the first one's PID (exit 5).",
+    )
 
 
 class LogFormat(str, Enum):
