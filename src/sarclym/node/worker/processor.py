@@ -164,9 +164,14 @@ class Processor:
             log.exception("series processing failed", series_instance_uid=series_uid)
             status, reason = SeriesStatus.FAILED, f"{type(exc).__name__}: {exc}"
         detail["seconds"] = round(time.perf_counter() - t0, 3)
+        sc_file = detail.pop("_sc_file", None)
         self.state.mark_series(
             series_uid, status, reason, expected_status=SeriesStatus.PROCESSING, detail=detail
         )
+        if sc_file is not None:
+            # After DONE: the dashboard's images add nothing to the results' latency, and the
+            # audit log keeps its order (done before any destination's delivered).
+            self._write_thumbnail(sc_file, series_uid)
         log.info(
             "series processed",
             series_instance_uid=series_uid,
@@ -216,7 +221,6 @@ class Processor:
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()
         clock.lap("results")  # SC and SR built, written durably, handed to delivery
-        self._write_thumbnail(files[0], series_uid)
         result = SeriesResult(
             label=prediction.label,
             probability_lymphoma=round(float(prediction.probability_lymphoma), 4),
@@ -228,7 +232,12 @@ class Processor:
             # In words, for people; the dashboard reads the result from the audit detail.
             f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
             f"model {prediction.model.version}",
-            {**result.detail(), "results": [p.name for p in files], "stage_ms": clock.laps},
+            {
+                **result.detail(),
+                "results": [p.name for p in files],
+                "stage_ms": clock.laps,
+                "_sc_file": files[0],  # for the thumbnail, written once the series is DONE
+            },
         )
 
     def _write_results(
