@@ -33,10 +33,12 @@ from sarclym.node.dicom.compat import (
     PYDICOM_CHECKED,
     PYNETDICOM_CHECKED,
     association_socket,
+    buffer_data_sets,
     decode_pdu,
     end_request_wait,
     guard_dimse_decoding,
     guard_responses,
+    intercept_served,
     queue_pdu,
     read_file_meta,
     replace_pdu_reader,
@@ -169,6 +171,59 @@ def test_guard_responses_requeues_responses_for_send() -> None:
     assoc._serve_request(request, 1)
     assert served == [(request, 1)]  # requests still go to pynetdicom's own handling
     assert assoc.dimse.get_msg(block=False) == (None, None)
+
+
+def test_intercept_served_offers_each_message_first() -> None:
+    assoc = _idle_association()
+    served: list[tuple[object, int]] = []
+    assoc._serve_request = lambda msg, context_id: served.append((msg, context_id))  # type: ignore[method-assign]
+    taken: list[int] = []
+
+    def take(msg: object, context_id: int) -> bool:
+        taken.append(context_id)
+        return context_id == 3
+
+    intercept_served(assoc, take)
+    rsp = _store_response()
+    assoc._serve_request(rsp, 3)
+    assoc._serve_request(rsp, 5)
+    assert taken == [3, 5]
+    assert served == [(rsp, 5)]  # what take() left goes to pynetdicom's own handling
+
+
+# -- buffer_data_sets: DIMSEServiceProvider.message and its data_set -----------------------
+
+
+def test_receive_primitive_creates_the_message_that_buffer_data_sets_replaces() -> None:
+    source = inspect.getsource(type(_idle_association().dimse).receive_primitive)
+    assert "self.message = DIMSEMessage()" in source
+    assert "self.message is None" in source
+
+
+def test_buffer_data_sets_gives_each_message_a_new_buffer() -> None:
+    assoc = _idle_association()
+    buffers: list[io.BytesIO] = []
+
+    def make() -> io.BytesIO:
+        buffers.append(io.BytesIO())
+        return buffers[-1]
+
+    received: list[P_DATA] = []
+    assoc.dimse.receive_primitive = received.append  # type: ignore[assignment,method-assign]
+    buffer_data_sets(assoc, make)
+    first, second, third = P_DATA(), P_DATA(), P_DATA()
+    assoc.dimse.receive_primitive(first)
+    message = assoc.dimse.message
+    assert message is not None
+    assert message.data_set is buffers[0]
+    assoc.dimse.receive_primitive(second)  # the same message: no new buffer
+    assert len(buffers) == 1
+    assoc.dimse.message = None  # pynetdicom does so once a message is complete
+    assoc.dimse.receive_primitive(third)
+    message = assoc.dimse.message
+    assert message is not None
+    assert message.data_set is buffers[1]
+    assert received == [first, second, third]
 
 
 # -- read_file_meta: pydicom.filereader._read_file_meta_info -------------------------------

@@ -13,18 +13,21 @@ function                       private attribute
 =============================  ==============================================================
 :func:`set_dul_loop_delay`     ``DULServiceProvider._run_loop_delay`` (pynetdicom)
 :func:`association_socket`     ``Association.dul.socket.socket`` (pynetdicom, internal)
-:func:`guard_responses`        ``Association._serve_request``, ``DIMSEServiceProvider.msg_queue``
+:func:`intercept_served`       ``Association._serve_request``
+:func:`guard_responses`        ``DIMSEServiceProvider.msg_queue`` (through :func:`intercept_served`)
 :func:`read_file_meta`         ``pydicom.filereader._read_file_meta_info``
 :func:`replace_pdu_reader`     ``DULServiceProvider._read_pdu_data``
 :func:`decode_pdu`             ``DULServiceProvider._decode_pdu``
 :func:`queue_pdu`              ``DULServiceProvider._recv_pdu``
 :func:`end_request_wait`       ``Association.run_reactor``'s wait for the A-ASSOCIATE-RQ
 :func:`guard_dimse_decoding`   ``DIMSEServiceProvider.receive_primitive`` as the DUL calls it
+:func:`buffer_data_sets`       ``DIMSEServiceProvider.message`` and its ``data_set``
 =============================  ==============================================================
 """
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
@@ -32,16 +35,19 @@ from typing import Any, BinaryIO, cast
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.pdu import PDU
 
 __all__ = [
     "PYDICOM_CHECKED",
     "PYNETDICOM_CHECKED",
     "association_socket",
+    "buffer_data_sets",
     "decode_pdu",
     "end_request_wait",
     "guard_dimse_decoding",
     "guard_responses",
+    "intercept_served",
     "queue_pdu",
     "read_file_meta",
     "replace_pdu_reader",
@@ -92,6 +98,35 @@ def association_socket(assoc: Association) -> socket.socket | None:
     return wrapped.socket
 
 
+def intercept_served(assoc: Association, take: Callable[[Any, int], bool]) -> None:
+    """Offer every DIMSE message the association's reactor serves to ``take`` first.
+
+    The node uses it to hand stray responses back to a waiting sender (:func:`guard_responses`)
+    and to answer a C-STORE of a SOP class not accepted on the association itself, where
+    pynetdicom would abort the association (``sarclym.node.dicom.store_guard``).
+
+    Checked on pynetdicom 3.0.4: the reactor loop (``Association._run_reactor``) hands every
+    message it takes off the DIMSE queue to ``self._serve_request(msg, context_id)``, which
+    drops anything that is not a valid request and serves requests through the event handlers.
+
+    Parameters
+    ----------
+    assoc
+        The association (call before the peer can send: EVT_REQUESTED for an acceptor).
+    take
+        Called on the reactor thread with ``(msg, context_id)``; True when it dealt with the
+        message (pynetdicom then never sees it), False to let pynetdicom serve it. Wrappers
+        added later run first.
+    """
+    serve = assoc._serve_request
+
+    def take_or_serve(msg: Any, context_id: int) -> None:
+        if not take(msg, context_id):
+            serve(msg, context_id)
+
+    assoc._serve_request = take_or_serve  # type: ignore[method-assign]
+
+
 def guard_responses(assoc: Association) -> None:
     """Hand DIMSE responses that the association's reactor thread took back to ``send_*``.
 
@@ -102,10 +137,9 @@ def guard_responses(assoc: Association) -> None:
     whole DIMSE timeout for nothing (pynetdicom issues 435, 875). Putting the response back on
     the DIMSE queue lets the waiting ``send_*`` call receive it.
 
-    Checked on pynetdicom 3.0.4: the reactor loop (``Association._run_reactor``) hands every
-    message it takes off the DIMSE queue to ``self._serve_request(msg, context_id)``, which
-    drops anything that is not a valid request; ``send_*`` waits on
-    ``DIMSEServiceProvider.get_msg``, which reads the queue ``msg_queue`` of ``(context_id,
+    Checked on pynetdicom 3.0.4: the reactor serves each message it takes off the DIMSE queue
+    (:func:`intercept_served`), dropping anything that is not a valid request; ``send_*`` waits
+    on ``DIMSEServiceProvider.get_msg``, which reads the queue ``msg_queue`` of ``(context_id,
     msg)`` pairs.
 
     Parameters
@@ -113,15 +147,14 @@ def guard_responses(assoc: Association) -> None:
     assoc
         An established association this side sends requests on (call it once).
     """
-    serve = assoc._serve_request
 
-    def serve_or_requeue(msg: Any, context_id: int) -> None:
+    def requeue_response(msg: Any, context_id: int) -> bool:
         if not msg.is_valid_request and msg.is_valid_response:
             assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
+            return True
+        return False
 
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+    intercept_served(assoc, requeue_response)
 
 
 def read_file_meta(fp: BinaryIO) -> FileMetaDataset:
@@ -273,3 +306,33 @@ def guard_dimse_decoding(assoc: Association, on_error: Callable[[Exception], Non
             on_error(exc)
 
     dimse.receive_primitive = receive_or_report  # type: ignore[method-assign]
+
+
+def buffer_data_sets(assoc: Association, make_buffer: Callable[[], io.BytesIO]) -> None:
+    """Give each DIMSE message the association receives a data-set buffer from ``make_buffer``.
+
+    pynetdicom collects a message's data-set fragments in an :class:`io.BytesIO` of its own,
+    whole, however large; the listener gives it one that keeps at most
+    ``listener.max_dataset_mb`` (``sarclym.node.dicom.store_guard.BoundedDataSet``).
+
+    Checked on pynetdicom 3.0.4: ``DIMSEServiceProvider.receive_primitive`` creates
+    ``self.message = DIMSEMessage()`` when it is None, and the message's fragments are written
+    to ``message.data_set`` (an :class:`io.BytesIO`), which becomes the request's ``DataSet``.
+
+    Parameters
+    ----------
+    assoc
+        The association, before the peer can send a P-DATA (EVT_REQUESTED).
+    make_buffer
+        Returns a new, empty, writable buffer for one message's data set.
+    """
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+
+    def receive_into_buffer(primitive: Any) -> None:
+        if dimse.message is None:
+            dimse.message = DIMSEMessage()
+            dimse.message.data_set = make_buffer()
+        receive(primitive)
+
+    dimse.receive_primitive = receive_into_buffer  # type: ignore[method-assign]

@@ -10,13 +10,10 @@ Two things pynetdicom does that the node must not (docs/conformance-statement.md
   answers a C-STORE whose Affected SOP Class UID is not accepted on the association with 0x0122
   *SOP Class not Supported* (PS3.7 C.5.2, PS3.4 B.2.3) and keeps the association.
 
-Both touch pynetdicom internals, checked on pynetdicom 3.0.4 (see
-:data:`~sarclym.node.dicom.compat.PYNETDICOM_CHECKED`; ``tests/unit/test_dicom_store_guard.py``
-fails when they change): the reactor thread serves each request through
-``Association._serve_request(msg, context_id)`` (private), and ``DIMSEServiceProvider`` collects
-a message's P-DATA fragments into ``DIMSEServiceProvider.message``, a ``DIMSEMessage`` whose
-``data_set`` (an :class:`io.BytesIO`) becomes the request's ``DataSet``, creating the message in
-``receive_primitive`` when it is None.
+Both reach pynetdicom's internals through the shims in :mod:`sarclym.node.dicom.compat`
+(:func:`~sarclym.node.dicom.compat.buffer_data_sets`,
+:func:`~sarclym.node.dicom.compat.intercept_served`), with the versions they were checked on;
+``tests/unit/test_dicom_store_guard.py`` runs the guard on a real association.
 
 Invariants: a :class:`BoundedDataSet` never holds more than its limit; a refused C-STORE gets
 exactly one response, on the context it came on.
@@ -29,9 +26,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 
+from sarclym.node.dicom.compat import buffer_data_sets, intercept_served
 from sarclym.node.dicom.status import StoreStatus
 
 if TYPE_CHECKING:
@@ -91,32 +88,22 @@ def guard_store_requests(
         Called with a C-STORE request whose Affected SOP Class UID is not accepted on the
         association, before its 0x0122 response is sent (to log and count it).
     """
-    dimse = assoc.dimse
-    receive = dimse.receive_primitive
+    buffer_data_sets(assoc, lambda: BoundedDataSet(max_dataset_bytes))
 
-    def receive_bounded(primitive: Any) -> None:
-        if dimse.message is None:
-            dimse.message = DIMSEMessage()
-            dimse.message.data_set = BoundedDataSet(max_dataset_bytes)
-        receive(primitive)
+    def refuse_unsupported(msg: Any, context_id: int) -> bool:
+        if not (isinstance(msg, C_STORE) and msg.is_valid_request):
+            return False
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        if str(msg.AffectedSOPClassUID) in accepted:
+            return False
+        on_unsupported(msg)
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+        rsp.Status = int(StoreStatus.SOP_CLASS_NOT_SUPPORTED)
+        rsp.ErrorComment = "SOP Class not accepted on this association"  # type: ignore[assignment]
+        assoc.dimse.send_msg(rsp, context_id)
+        return True
 
-    dimse.receive_primitive = receive_bounded  # type: ignore[method-assign]
-
-    serve = assoc._serve_request
-
-    def serve_or_refuse(msg: Any, context_id: int) -> None:
-        if isinstance(msg, C_STORE) and msg.is_valid_request:
-            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            if str(msg.AffectedSOPClassUID) not in accepted:
-                on_unsupported(msg)
-                rsp = C_STORE()
-                rsp.MessageIDBeingRespondedTo = msg.MessageID
-                rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
-                rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
-                rsp.Status = int(StoreStatus.SOP_CLASS_NOT_SUPPORTED)
-                rsp.ErrorComment = "SOP Class not accepted on this association"  # type: ignore[assignment]
-                assoc.dimse.send_msg(rsp, context_id)
-                return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_or_refuse  # type: ignore[method-assign]
+    intercept_served(assoc, refuse_unsupported)
