@@ -80,6 +80,33 @@ _UPDATE_SERIES = """
     WHERE series_uid = :series_uid"""
 
 
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Put the database in WAL mode, waiting up to ``busy_timeout_s`` for other openers.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
+    locked" at once (without its busy handler) while another process opening the same new file
+    holds it or runs WAL recovery; several processes of one node start together, so the switch
+    is retried until the deadline. A database already in WAL mode needs no lock.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+        else:
+            if str(mode).lower() == "wal":
+                return
+            if time.monotonic() + delay > deadline:
+                raise sqlite3.OperationalError(f"journal mode stayed {mode!r}, expected 'wal'")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 class StateDB:
     """The node's SQLite state database.
 
@@ -113,10 +140,11 @@ class StateDB:
             )
             self._conn.row_factory = sqlite3.Row
             # WAL: readers never block the writer; FULL: a commit is on disk when it returns.
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._conn, busy_timeout_s)
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
+            self._close_quietly()
             raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
         try:
             for component, migrations in COMPONENTS:
@@ -131,6 +159,11 @@ class StateDB:
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         return cls(DataLayout(folder).state_db)
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""
