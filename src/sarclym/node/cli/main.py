@@ -33,6 +33,9 @@ import yaml
 
 from sarclym.model.errors import SarclymModelError
 from sarclym.node import __version__
+from sarclym.node.cli import cases as cases_commands
+from sarclym.node.cli import evaluate as evaluate_commands
+from sarclym.node.cli import feedback as feedback_commands
 from sarclym.node.cli.argtypes import (
     host_port,
     input_size,
@@ -336,6 +339,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     cfg.add_argument("action", choices=["check", "show"], help="check: validate; show: print")
     cfg.set_defaults(func=_cmd_config)
+    # The site's model lifecycle: cases from the PACS, local evaluation, feedback after go-live.
+    cases_commands.add_commands(sub, _command)
+    evaluate_commands.add_commands(sub, _command)
+    feedback_commands.add_commands(sub, _command)
     return parser
 
 

@@ -17,6 +17,7 @@ Modules: :mod:`~sarclym.node.config.sections` (the sections and :class:`Config`)
 Callers import the names below from this package.
 """
 
+from sarclym.node.config.acceptance import AcceptanceConfig
 from sarclym.node.config.loading import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -25,6 +26,7 @@ from sarclym.node.config.loading import (
     load_config,
     search_order,
 )
+from sarclym.node.config.monitoring import MonitoringConfig
 from sarclym.node.config.sections import (
     AllowedPeer,
     Config,
@@ -40,6 +42,7 @@ from sarclym.node.config.sections import (
     StorageConfig,
     TlsConfig,
 )
+from sarclym.node.config.sources import SourcesConfig
 from sarclym.node.config.targets import (
     CStoreTarget,
     DestinationsConfig,
@@ -55,6 +58,7 @@ __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "SEARCH_PATH",
+    "AcceptanceConfig",
     "AllowedPeer",
     "CStoreTarget",
     "Config",
@@ -68,10 +72,12 @@ __all__ = [
     "LogFormat",
     "LoggingConfig",
     "ModelConfig",
+    "MonitoringConfig",
     "OrthancTarget",
     "RetryPolicy",
     "SelectionConfig",
     "ServiceConfig",
+    "SourcesConfig",
     "StorageConfig",
     "StowRsTarget",
     "TargetConfig",

@@ -23,6 +23,9 @@ from sarclym.node.config._fields import (
     TokenSha256,
     UserName,
 )
+from sarclym.node.config.acceptance import AcceptanceConfig
+from sarclym.node.config.monitoring import MonitoringConfig
+from sarclym.node.config.sources import SourcesConfig
 from sarclym.node.config.targets import DestinationsConfig
 
 if TYPE_CHECKING:
@@ -385,3 +388,6 @@ class Config(Frozen):
     destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)

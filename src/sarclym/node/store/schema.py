@@ -12,6 +12,8 @@ component               tables                                      module
 ``audit``               ``audit``                                   :mod:`.audit`
 ``deliveries``          ``delivery_results``, ``deliveries``        :mod:`.deliveries`
 ``retention``           ``pruned_series``                           :mod:`.retention`
+``evaluations``         ``evaluations``                             :mod:`.evaluations`
+``feedback``            ``feedback``                                :mod:`.feedback`
 ======================= =========================================== ==========================
 
 Earlier versions of the node created some tables outside this scheme, with ``CREATE ... IF NOT
@@ -27,6 +29,8 @@ __all__ = [
     "AUDIT_MIGRATIONS",
     "COMPONENTS",
     "DELIVERY_MIGRATIONS",
+    "EVALUATION_MIGRATIONS",
+    "FEEDBACK_MIGRATIONS",
     "RECEIVE_MIGRATIONS",
     "RETENTION_MIGRATIONS",
     "Migrations",
@@ -156,10 +160,18 @@ RETENTION_MIGRATIONS: Migrations = (
     ),
 )
 
+#: Local evaluations of model versions (:mod:`.evaluations`).
+EVALUATION_MIGRATIONS: Migrations = ()
+
+#: Final diagnoses fed back for results (:mod:`.feedback`).
+FEEDBACK_MIGRATIONS: Migrations = ()
+
 #: Every component, in the order :class:`StateDB` migrates them (``audit`` reads ``series``).
 COMPONENTS: tuple[tuple[str, Migrations], ...] = (
     ("receive", RECEIVE_MIGRATIONS),
     ("audit", AUDIT_MIGRATIONS),
     ("deliveries", DELIVERY_MIGRATIONS),
     ("retention", RETENTION_MIGRATIONS),
+    ("evaluations", EVALUATION_MIGRATIONS),
+    ("feedback", FEEDBACK_MIGRATIONS),
 )
