@@ -212,7 +212,7 @@ def test_activate_reaches_the_running_serve_and_worker(
         cluster.hold_next_job()
         a = cluster.send(cohort[0])
         cluster.wait_held()
-        assert main(["--config", str(cluster.config), "model", "activate", NEW]) == 0
+        assert main(["--config", str(cluster.config), "model", "activate", NEW, "--force"]) == 0
         assert Registry(registry).active() == NEW
 
         # B goes to the other process (the holder's only thread is busy): the new version.
@@ -258,7 +258,7 @@ def test_a_pinned_version_is_never_overridden(
     registry = registry_with_two_versions(cluster.data_dir)
     cluster.start()
     try:
-        assert main(["--config", str(cluster.config), "model", "activate", NEW]) == 0
+        assert main(["--config", str(cluster.config), "model", "activate", NEW, "--force"]) == 0
         assert Registry(registry).active() == NEW
         done = cluster.wait_done(cluster.send(cohort[0]))
         assert done["model_version"] == "1.0.0"

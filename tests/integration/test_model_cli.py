@@ -113,8 +113,12 @@ def test_retrain_reuses_the_mip_cache(cohort: Path, trained: Path) -> None:
 
 
 def test_model_list_activate_gate_force_rollback(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SARCLYM__STORAGE__DATA_DIR", str(tmp_path / "var"))  # its state.db
     reg_dir = tmp_path / "models"
     shutil.copytree(trained, reg_dir)
     torch.manual_seed(0)

@@ -173,6 +173,21 @@ def test_guard_responses_requeues_responses_for_send() -> None:
     assert assoc.dimse.get_msg(block=False) == (None, None)
 
 
+def test_guard_responses_puts_a_taken_response_before_the_ones_still_queued() -> None:
+    # A C-FIND pending response the reactor took must come before the final one already
+    # queued behind it: put at the end, the query lost it (found by the cases pull tests).
+    assoc = _idle_association()
+    assoc._serve_request = lambda msg, context_id: None  # type: ignore[method-assign]
+    guard_responses(assoc)
+    final = _store_response()
+    assoc.dimse.msg_queue.put((1, final))
+    taken = _store_response()
+    assoc._serve_request(taken, 1)
+    assert assoc.dimse.get_msg(block=False) == (1, taken)
+    assert assoc.dimse.get_msg(block=False) == (1, final)
+    assert assoc.dimse.msg_queue.unfinished_tasks == 2  # counted as put() counts
+
+
 def test_intercept_served_offers_each_message_first() -> None:
     assoc = _idle_association()
     served: list[tuple[object, int]] = []

@@ -198,6 +198,7 @@ def test_model_activate_and_rollback_say_what_they_take(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("SARCLYM__STORAGE__DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("SARCLYM__ACCEPTANCE__REQUIRE_FOR_ACTIVATION", "false")  # not evaluated
     monkeypatch.delenv("SARCLYM_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     assert main(["model", "activate", NEW]) == 0

@@ -71,6 +71,10 @@ OLD_AUDIT_EVENTS = (
     "dead",
     "retry",
     "pruned",
+    "evaluated",  # issue 15: model versions (series_uid "model:<version>")
+    "activated",
+    "feedback",  # issue 15: final diagnoses (series_uid "study:<uid>")
+    "review",  # issue 15: stop rule / lifting (series_uid "model:<version>")
 )
 
 

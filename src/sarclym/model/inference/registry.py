@@ -5,6 +5,8 @@ Layout::
     <root>/
         ACTIVE                     name of the active version (one line)
         ACTIVE_HISTORY             JSON list of activations, oldest first
+        ACTIVATIONS                JSON list of {version, weights_sha256, at, by, forced,
+                                   forced_gates, action}: who activated what when
         <version>/
             weights.safetensors    state dict (safetensors: no pickle, nothing executed on load)
             model_card.json        architecture, hyper-parameters, input size, SUV window,
@@ -31,7 +33,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from sarclym.model.errors import RegistryError
+from sarclym.model.inference.card import DISCLAIMER, auc_mean, render_card
 from sarclym.model.inference.net import MipNet, build_net, count_parameters
 
 __all__ = [
@@ -61,8 +63,7 @@ CARD_FILE = "model_card.json"
 CARD_MD_FILE = "model_card.md"
 _ACTIVE = "ACTIVE"
 _HISTORY = "ACTIVE_HISTORY"
-#: Written into every model card.
-DISCLAIMER = "Research use only - not for clinical use, not for diagnosis."
+_ACTIVATIONS = "ACTIVATIONS"
 
 #: Registry files are not secret, and the node may run as a user other than the one training.
 _FILE_MODE = 0o644
@@ -129,150 +130,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _auc_mean(card: Mapping[str, Any]) -> float | None:
-    try:
-        value = card["cv_metrics"]["auc"]["mean"]
-    except (KeyError, TypeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-#: Options of the CLI commands in a card's ``reproduce`` whose value is a path.
-_PATH_OPTIONS = ("--data", "--labels", "--out", "--cache", "--registry", "--notes")
-
-
-def _words(command: str) -> list[str]:
-    """A command line's words as a POSIX shell splits them; [] when it cannot (a lone quote)."""
-    try:
-        return shlex.split(command)
-    except ValueError:
-        return []
-
-
-def _reproduce_steps(card: Mapping[str, Any]) -> list[str]:
-    """The card's ``reproduce`` commands as a reader runs them on another machine.
-
-    ``reproduce`` is one command (what ``retrain`` records: its command line with the paths as
-    given) or a list of commands. Paths of the training machine become relative: the training
-    data folder by its name, a path inside it relative to its parent, any other absolute path by
-    its file name. A card trained on synthetic data whose steps do not make the cohort gets the
-    ``synth`` step first (its seed, when not recorded, is the reader's choice).
-    """
-    raw = card.get("reproduce")
-    commands = [str(c) for c in raw] if isinstance(raw, list | tuple) else [str(raw)]
-    split = [_words(c) for c in commands]
-    data = next(
-        (Path(w[i + 1]) for w in split for i, t in enumerate(w[:-1]) if t == "--data"), None
-    )
-
-    def portable(value: str) -> str:
-        path = Path(value)
-        if not path.is_absolute() and not value.startswith("~"):
-            return value
-        if data is not None and data.is_absolute() and path.is_relative_to(data):
-            return str(path.relative_to(data.parent))
-        return path.name
-
-    steps = []
-    for command, words in zip(commands, split, strict=True):
-        if not words:
-            steps.append(command)  # not a command line shlex can read: shown as recorded
-            continue
-        moved = [
-            portable(t) if i and words[i - 1] in _PATH_OPTIONS else t for i, t in enumerate(words)
-        ]
-        steps.append(command if moved == words else shlex.join(moved))
-    synthetic = bool(card.get("synthetic_data"))
-    if synthetic and not any(w[1:2] == ["synth"] for w in split) and data is not None:
-        cases = (card.get("training_data") or {}).get("n")
-        made = f" --cases {cases}" if isinstance(cases, int) else ""
-        steps.insert(0, f"sarclym-node synth --out {shlex.quote(portable(str(data)))}{made}")
-    return steps
-
-
-def render_card(card: Mapping[str, Any]) -> str:
-    """The model card as Markdown.
-
-    Parameters
-    ----------
-    card : mapping
-        Contents of ``model_card.json``.
-
-    Returns
-    -------
-    str
-    """
-    lines = [
-        f"# Model card: {card.get('name', 'sarclym-mip-cnn')} {card.get('version', '')}",
-        "",
-        f"**{card.get('disclaimer', DISCLAIMER)}**",
-        "",
-    ]
-    if card.get("synthetic_data"):
-        lines += ["Trained on synthetic data only (the generated FDG PET/CT cohort).", ""]
-    lines += [
-        "| field | value |",
-        "| --- | --- |",
-        f"| architecture | {card.get('arch')} |",
-        f"| input size | {card.get('input_size')} |",
-        f"| SUV window | {card.get('suv_window')} |",
-        f"| created | {card.get('created')} |",
-        f"| weights SHA-256 | `{card.get('weights_sha256')}` |",
-        f"| parameters | {card.get('parameters')} |",
-        "",
-        "## Training data",
-        "",
-    ]
-    data = card.get("training_data", "")
-    if isinstance(data, Mapping):
-        lines += [f"- {k}: {v}" for k, v in data.items()]
-    else:
-        lines.append(str(data))
-    lines += ["", "## Hyper-parameters", ""]
-    hyper = card.get("hyperparameters") or {}
-    lines += [f"- {k}: {v}" for k, v in hyper.items()] or ["- (not given)"]
-    lines += ["", "## Cross-validated metrics", ""]
-    cv = card.get("cv_metrics") or {}
-    if cv:
-        lines += [
-            f"{cv.get('folds', '?')}-fold cross-validation on {cv.get('n', '?')} cases, "
-            f"threshold {cv.get('threshold', 0.5)}; mean over folds (95% CI).",
-            "",
-            "| metric | mean | 95% CI |",
-            "| --- | --- | --- |",
-        ]
-        for key in ("accuracy", "sensitivity", "specificity", "auc"):
-            entry = cv.get(key)
-            if isinstance(entry, Mapping):
-                lo, hi = entry.get("ci95", [None, None])
-                lines.append(f"| {key} | {_fmt(entry.get('mean'))} | {_fmt(lo)}-{_fmt(hi)} |")
-        if "pooled_auc" in cv:
-            lo, hi = cv.get("pooled_auc_ci95_bootstrap", [None, None])
-            lines += [
-                "",
-                f"Pooled out-of-fold AUC {_fmt(cv['pooled_auc'])} "
-                f"(bootstrap 95% CI {_fmt(lo)}-{_fmt(hi)}); "
-                f"ECE {_fmt(cv.get('pooled_ece'))}.",
-            ]
-    else:
-        lines.append("(none)")
-    if card.get("bayes_auc") is not None:
-        lines += ["", f"Bayes-optimal AUC of the training data: {_fmt(card['bayes_auc'])}."]
-        auc = _auc_mean(card)
-        if auc is not None and card["bayes_auc"]:
-            lines.append(f"Mean CV AUC / Bayes AUC: {auc / card['bayes_auc']:.3f}.")
-    if card.get("reproduce"):
-        steps = _reproduce_steps(card)
-        lines += ["", "## Reproduce", "", "```", *steps, "```"]
-    if card.get("notes"):
-        lines += ["", "## Notes", "", str(card["notes"]).rstrip()]
-    return "\n".join(lines) + "\n"
-
-
 class Registry:
     """Versions of the model under one folder.
 
@@ -328,7 +185,7 @@ class Registry:
                     version=name,
                     arch=str(card.get("arch", "")),
                     created=str(card.get("created", "")),
-                    cv_auc_mean=_auc_mean(card),
+                    cv_auc_mean=auc_mean(card),
                     synthetic_data=bool(card.get("synthetic_data", False)),
                     active=name == active,
                 )
@@ -452,7 +309,54 @@ class Registry:
         _write_atomic(self.root / _HISTORY, (json.dumps(history) + "\n").encode("utf-8"))
         _write_atomic(self.root / _ACTIVE, (version + "\n").encode("utf-8"))
 
-    def activate(self, version: str, *, min_auc: float, force: bool = False) -> None:
+    def activations(self, version: str | None = None) -> list[dict[str, Any]]:
+        """Who activated which version when (``ACTIVATIONS``), oldest first; of ``version`` only
+        when given. Registries from before this record have none.
+
+        Raises
+        ------
+        RegistryError
+            The file is not a JSON list.
+        """
+        path = self.root / _ACTIVATIONS
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"activation record unreadable: {path}: {exc}") from exc
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise RegistryError(f"activation record is not a list of objects: {path}")
+        return [r for r in records if version is None or r.get("version") == version]
+
+    def _record_activation(self, version: str, record: Mapping[str, Any]) -> None:
+        records = self.activations()
+        records.append({"version": version, **record})
+        _write_atomic(self.root / _ACTIVATIONS, (json.dumps(records, indent=1) + "\n").encode())
+
+    def card(self, version: str) -> dict[str, Any]:
+        """The version's card as registered, its change record's ``activations`` filled in.
+
+        A version folder is never changed after registration; who activated it when lives in
+        the registry's ``ACTIVATIONS`` and is merged here (``model show``, the dashboard).
+        """
+        card = self._read_card(version)
+        record = card.get("change_record")
+        if isinstance(record, dict):
+            record["activations"] = [
+                {k: v for k, v in a.items() if k != "version"} for a in self.activations(version)
+            ]
+        return card
+
+    def activate(
+        self,
+        version: str,
+        *,
+        min_auc: float,
+        force: bool = False,
+        by: str | None = None,
+        forced_gates: tuple[str, ...] = (),
+    ) -> None:
         """Make ``version`` the active one, if its cross-validated AUC passes the gate.
 
         Parameters
@@ -463,6 +367,12 @@ class Registry:
             Gate on the card's ``cv_metrics.auc.mean``.
         force : bool, optional
             Activate even below the gate or without CV metrics.
+        by : str or None, optional
+            Who activates (recorded in ``ACTIVATIONS`` with the time); ``None``: not recorded
+            by name (``"unknown"``).
+        forced_gates : tuple of str, optional
+            Gates of the caller that ``force`` overrode (recorded), besides this one's
+            ``"cv_auc"`` when it was below the gate.
 
         Raises
         ------
@@ -473,7 +383,10 @@ class Registry:
         if not (self.root / version).is_dir():
             raise RegistryError(f"no version {version!r} in {self.root}")
         card = self._read_card(version)
-        auc = _auc_mean(card)
+        auc = auc_mean(card)
+        overridden = list(forced_gates)
+        if force and (auc is None or auc < min_auc):
+            overridden.append("cv_auc")
         if not force:
             if auc is None:
                 raise RegistryError(
@@ -489,8 +402,19 @@ class Registry:
         if not history or history[-1] != version:
             history.append(version)
         self._set_active(version, history)
+        self._record_activation(
+            version,
+            {
+                "weights_sha256": card.get("weights_sha256"),
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "by": by or "unknown",
+                "action": "activate",
+                "forced": bool(overridden),
+                "forced_gates": overridden,
+            },
+        )
 
-    def rollback(self) -> str:
+    def rollback(self, *, by: str | None = None) -> str:
         """Re-activate the version that was active before the current one.
 
         Returns
@@ -511,6 +435,17 @@ class Registry:
         if not (self.root / previous).is_dir():
             raise RegistryError(f"previous version {previous} is missing from {self.root}")
         self._set_active(previous, history)
+        self._record_activation(
+            previous,
+            {
+                "weights_sha256": self._read_card(previous).get("weights_sha256"),
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "by": by or "unknown",
+                "action": "rollback",
+                "forced": False,
+                "forced_gates": [],
+            },
+        )
         return previous
 
     def load(self, version: str | None = None) -> LoadedModel:

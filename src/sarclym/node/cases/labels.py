@@ -180,8 +180,7 @@ def read_labels_file(path: Path, *, allowed: Sequence[str] = CLASSES) -> LabelsF
                     date = _date(key[1])
                     if date is None:
                         raise InputError(
-                            f"{path}:{line}: study_date {key[1]!r}: expected YYYYMMDD or "
-                            "YYYY-MM-DD"
+                            f"{path}:{line}: study_date {key[1]!r}: expected YYYYMMDD or YYYY-MM-DD"
                         )
                     key = (key[0], date)
                 label = cells.get(label_column, "").lower()

@@ -15,11 +15,13 @@ from sarclym.node.store.serve_lock import DataFolderInUse
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_BROKEN_PIPE",
+    "EXIT_CASES_MISSING",
     "EXIT_DELIVERY",
     "EXIT_ERROR",
     "EXIT_FOR",
     "EXIT_INTERRUPTED",
     "EXIT_IN_USE",
+    "EXIT_NOT_ACCEPTED",
     "EXIT_NO_SERIES",
     "EXIT_OK",
     "ExitCode",
@@ -35,6 +37,8 @@ class ExitCode(IntEnum):
     NO_SERIES = 3  # some study had no series to analyse (infer)
     DELIVERY = 4  # a destination did not confirm every object
     IN_USE = 5  # the data folder is in use by another serve (its PID in the message)
+    CASES_MISSING = 6  # cases pull: some labelled case was not found, ambiguous or refused
+    NOT_ACCEPTED = 7  # evaluate: a model version failed a local acceptance criterion
     INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports a program stopped by it
     BROKEN_PIPE = 141  # the reader of standard output went away (`| head`): 128 + SIGPIPE
 
@@ -45,6 +49,8 @@ EXIT_BAD_INPUT = ExitCode.BAD_INPUT
 EXIT_NO_SERIES = ExitCode.NO_SERIES
 EXIT_DELIVERY = ExitCode.DELIVERY
 EXIT_IN_USE = ExitCode.IN_USE
+EXIT_CASES_MISSING = ExitCode.CASES_MISSING
+EXIT_NOT_ACCEPTED = ExitCode.NOT_ACCEPTED
 EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 EXIT_BROKEN_PIPE = ExitCode.BROKEN_PIPE
 

@@ -70,6 +70,8 @@ exit codes:
   3  some study had no series to analyse (infer)
   4  a destination did not confirm every object (synth --send, delivery)
   5  the data folder is in use by another serve (its PID in the message)
+  6  some labelled case was not found, ambiguous or refused (cases pull)
+  7  a model version failed the local acceptance test (evaluate)
   130  interrupted (Ctrl-C)
   141  standard output closed by its reader (e.g. `| head`)
 
@@ -397,8 +399,17 @@ def _add_model_commands(sub: Any) -> None:
         "works as is), cache their MIPs, run k-fold cross-validation, print the paper-style "
         "table, train on all studies and register the result as a new, inactive version.",
     )
-    retrain.add_argument("--data", required=True, type=Path, metavar="DIR", help="DICOM folder")
-    retrain.add_argument("--labels", required=True, type=Path, metavar="CSV", help="labels file")
+    source = retrain.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, metavar="DIR", help="DICOM folder (with --labels)")
+    source.add_argument(
+        "--cases",
+        type=Path,
+        metavar="DIR",
+        help="case store of `cases pull` or any study folder; labels matched by key (default "
+        "DIR/labels.csv; --labels keyed by study_instance_uid, accession_number or patient_id + "
+        "study_date); the card gets a change record",
+    )
+    retrain.add_argument("--labels", type=Path, metavar="CSV", help="labels file")
     retrain.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
     retrain.add_argument("--epochs", type=positive_int, default=40, help="epochs (default 40)")
     retrain.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
@@ -448,11 +459,17 @@ def _add_model_commands(sub: Any) -> None:
         parents=[common],
         help="list, show, activate or roll back model versions",
         description="Manage the model registry. `activate` refuses a version whose "
-        "cross-validated AUC is below model.activation_min_auc unless --force.",
+        "cross-validated AUC is below model.activation_min_auc, and (acceptance."
+        "require_for_activation) one without a passing `evaluate` of its weights on this "
+        "site's cases, unless --force (audited).",
     )
     model.add_argument("action", choices=["list", "show", "activate", "rollback"])
     model.add_argument("version", nargs="?", help="for show (default: active) and activate")
-    model.add_argument("--force", action="store_true", help="activate below the AUC gate")
+    model.add_argument(
+        "--force",
+        action="store_true",
+        help="activate below the AUC gate or without a passing local evaluation (audited)",
+    )
     model.add_argument("--json", action="store_true", help="list: print JSON")
     model.set_defaults(func=_cmd_model)
 

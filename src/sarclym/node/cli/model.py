@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,31 +171,56 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise InputError(f"--notes {args.notes}: cannot read ({why})") from exc
-    if not args.data.exists():
-        raise InputError(f"--data {args.data}: no such folder")
-    if not args.data.is_dir():
-        raise InputError(f"--data {args.data}: not a folder")
-    try:
-        labels = read_labels(args.labels)
-        device = resolve_device(_device(args, config))
-    except (LabelsError, ValueError) as exc:
-        raise ModelError(str(exc)) from exc
-    try:  # both classes, enough of each for the folds: the labels alone tell
-        check_labels(labels, labels.keys(), folds=args.folds)
-    except LabelsError as exc:
-        raise ModelError(f"{args.labels}: {exc}") from exc
-    registry = _registry_for_training(args, config)
-    cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
-    _check_writable_folder("--cache" if args.cache else "MIP cache", cache)
-    try:
-        scan = scan_paths([args.data])
-    except FileNotFoundError as exc:
-        raise InputError(f"--data: {exc}") from exc
-    try:
-        check_labels(labels, scan.studies, folds=args.folds)
-    except LabelsError as exc:
-        raise ModelError(f"{args.labels}: {exc}") from exc
-    unlabelled = sorted(set(scan.studies) - set(labels))
+    cases = None
+    if args.cases is not None:  # a case store (or any study folder), labels matched by key
+        from sarclym.node.acceptance.caseset import load_case_set
+
+        try:
+            device = resolve_device(_device(args, config))
+        except ValueError as exc:
+            raise ModelError(str(exc)) from exc
+        cases = load_case_set(args.cases, args.labels, option="--cases")
+        args.labels = cases.labels_path
+        labels = dict(cases.labels)
+        for row in cases.unmatched:
+            print(f"not used: {row['row']}: {row['reason']}")
+        registry = _registry_for_training(args, config)
+        cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
+        _check_writable_folder("--cache" if args.cache else "MIP cache", cache)
+        studies = cases.studies
+        try:
+            check_labels(labels, studies, folds=args.folds)
+        except LabelsError as exc:
+            raise ModelError(f"{args.labels}: {exc}") from exc
+    else:
+        if args.labels is None:
+            raise InputError("--data needs --labels CSV (or use --cases DIR)")
+        if not args.data.exists():
+            raise InputError(f"--data {args.data}: no such folder")
+        if not args.data.is_dir():
+            raise InputError(f"--data {args.data}: not a folder")
+        try:
+            labels = read_labels(args.labels)
+            device = resolve_device(_device(args, config))
+        except (LabelsError, ValueError) as exc:
+            raise ModelError(str(exc)) from exc
+        try:  # both classes, enough of each for the folds: the labels alone tell
+            check_labels(labels, labels.keys(), folds=args.folds)
+        except LabelsError as exc:
+            raise ModelError(f"{args.labels}: {exc}") from exc
+        registry = _registry_for_training(args, config)
+        cache = args.cache or DataLayout(config.storage.data_dir).mip_cache
+        _check_writable_folder("--cache" if args.cache else "MIP cache", cache)
+        try:
+            scan = scan_paths([args.data])
+        except FileNotFoundError as exc:
+            raise InputError(f"--data: {exc}") from exc
+        try:
+            check_labels(labels, scan.studies, folds=args.folds)
+        except LabelsError as exc:
+            raise ModelError(f"{args.labels}: {exc}") from exc
+        studies = scan.studies
+    unlabelled = sorted(set(studies) - set(labels))
     if unlabelled:
         print(_unlabelled_line(args, unlabelled))
 
@@ -212,7 +237,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
                 bar.update(bar.task_ids[0], completed=done)
 
         data = build_training_set(
-            scan.studies,
+            studies,
             labels,
             cache,
             size=size,
@@ -247,7 +272,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         )
         net = train_final(data.x, data.y, settings, device=device, progress=on_epoch)
     print(cv.table())
-    synthetic = bool(args.synthetic) or _is_synth_labels(args.labels)
+    synthetic = bool(args.synthetic) or _is_synth_labels(args.labels)  # a synth labels.csv
     n = len(data.y)
     card: dict[str, Any] = {
         "suv_window": list(window),
@@ -273,6 +298,26 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         "cv_metrics": cv.as_card_metrics(),
         "reproduce": _command_line(args),
     }
+    from sarclym.node.acceptance.change_record import change_record
+
+    card["change_record"] = change_record(
+        registry,
+        cases,
+        labels,
+        data.study_instance_uids,
+        cv_metrics=card["cv_metrics"],
+        protocol={
+            "folds": args.folds,
+            "seed": args.seed,
+            "command": card["reproduce"],
+            "hyperparameters": card["hyperparameters"],
+        },
+        labels_path=args.labels,
+        folder=args.cases or args.data,
+        excluded={"no_label": len(unlabelled), "no_series": len(data.skipped)},
+    )
+    # The reference of monitoring's drift: the inputs the new version was trained on.
+    card["input_profile"] = _input_profile(studies, data.study_instance_uids)
     bayes = _bayes_auc(args.labels, data.study_instance_uids)
     if bayes is not None:
         card["bayes_auc"] = bayes
@@ -285,6 +330,33 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     print(f"registered model version {version} in {registry.root} (not active)")
     print(f"activate it with: {self_command()} model activate {version}")
     return EXIT_OK
+
+
+def _input_profile(studies: Mapping[str, Any], trained: Iterable[str]) -> dict[str, Any]:
+    """The input profile (monitoring's drift reference) of the trained studies' PET series.
+
+    One header per study: of its attenuation-corrected PET series ((0028,0051) *Corrected
+    Image* holds ATTN), else of any PET series.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from sarclym.node.monitoring.drift import profile_inputs
+
+    headers = []
+    for uid in trained:
+        pet = []
+        for files in studies[uid].series.values():
+            try:
+                ds = dcmread(files[0], stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                continue
+            if ds.get("Modality") == "PT":
+                pet.append(ds)
+        corrected = [ds for ds in pet if "ATTN" in list(ds.get("CorrectedImage") or [])]
+        if corrected or pet:
+            headers.append((corrected or pet)[0])
+    return profile_inputs(headers)
 
 
 def _registry_for_training(args: argparse.Namespace, config: Config) -> Registry:
@@ -359,7 +431,17 @@ def _unlabelled_line(args: argparse.Namespace, unlabelled: list[str], shown: int
 
 def _command_line(args: argparse.Namespace) -> str:
     """The retrain command as run (the paths as given), for the model card."""
-    parts = ["sarclym-node", "retrain", "--data", str(args.data), "--labels", str(args.labels)]
+    if getattr(args, "cases", None) is not None:
+        parts = [
+            "sarclym-node",
+            "retrain",
+            "--cases",
+            str(args.cases),
+            "--labels",
+            str(args.labels),
+        ]
+    else:
+        parts = ["sarclym-node", "retrain", "--data", str(args.data), "--labels", str(args.labels)]
     for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "suv_max"):
         parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     parts += ["--input-size", "{}x{}".format(*args.input_size)]
@@ -368,9 +450,13 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _is_synth_labels(labels_csv: Path) -> bool:
     """True for a labels CSV written by ``sarclym-node synth`` (it has ``bayes_llr``)."""
+    from sarclym.model.errors import LabelsError
     from sarclym.model.training.labels import read_label_rows
 
-    rows = read_label_rows(labels_csv)  # read (and checked) once already
+    try:
+        rows = read_label_rows(labels_csv)  # read (and checked) once already
+    except LabelsError:  # keyed by accession number or patient ID + date (--cases)
+        return False
     return bool(rows) and "bayes_llr" in rows[0]
 
 
@@ -378,11 +464,15 @@ def _bayes_auc(labels_csv: Path, uids: list[str]) -> float | None:
     """The Bayes-ceiling AUC when the labels come from ``synth`` (with ``bayes_llr``)."""
     import numpy as np
 
+    from sarclym.model.errors import LabelsError
     from sarclym.model.training.evaluation import auc_mann_whitney
     from sarclym.model.training.labels import read_label_rows
 
-    rows = {r["study_instance_uid"].strip(): r for r in read_label_rows(labels_csv)}
-    if not uids or "bayes_llr" not in next(iter(rows.values())):
+    try:
+        rows = {r["study_instance_uid"].strip(): r for r in read_label_rows(labels_csv)}
+    except (LabelsError, KeyError):  # not keyed by study UID (--cases)
+        return None
+    if not rows or not uids or "bayes_llr" not in next(iter(rows.values())):
         return None
     try:
         llr = [float(rows[u]["bayes_llr"]) for u in uids]
@@ -418,18 +508,18 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
                 raise ModelError(f"no active model version in {registry.root}")
             if version not in {info.version for info in registry.versions()}:
                 raise ModelError(f"no model version {version!r} in {registry.root}")
-            print((registry.root / version / "model_card.md").read_text(encoding="utf-8"))
+            print(_shown_card(registry, version, config))
         elif args.action == "activate":
             if not args.version:
                 raise InputError("model activate needs a VERSION")
-            registry.activate(
-                args.version, min_auc=config.model.activation_min_auc, force=args.force
-            )
+            _activate(registry, args, config)
             print(f"active model version: {args.version}")
             if args.registry is None:  # the node's own registry: say what reaches its processes
                 print(activation_notice(config, args.version))
         else:
-            version = registry.rollback()
+            from sarclym.node.acceptance.run import os_user
+
+            version = registry.rollback(by=os_user())
             print(f"active model version: {version}")
             if args.registry is None:
                 print(activation_notice(config, version))
@@ -438,3 +528,102 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
     except FileNotFoundError as exc:
         raise ModelError(f"model card missing: {exc.filename}") from exc
     return EXIT_OK
+
+
+def _activate(registry: Registry, args: argparse.Namespace, config: Config) -> None:
+    """``model activate``: the local-evaluation gate, the CV AUC gate, then the audit record.
+
+    Raises
+    ------
+    ModelError
+        No passing local evaluation of these weights (``acceptance.require_for_activation``,
+        unless ``--force``); the registry's own refusals (unknown version, CV AUC gate).
+    """
+    from sarclym.model.inference.registry import RegistryError
+    from sarclym.node.acceptance.gate import activation_refusal
+    from sarclym.node.acceptance.run import os_user
+    from sarclym.node.store.evaluations import passing_evaluation, record_activation
+    from sarclym.node.store.feedback import lift_review, model_reviews
+    from sarclym.node.store.state import StateDB
+
+    version = args.version
+    if version not in {info.version for info in registry.versions()}:
+        raise ModelError(f"no model version {version!r} in {registry.root}")
+    sha = str(registry.card(version).get("weights_sha256", ""))
+    user = os_user()
+    with StateDB.in_data_dir(config.storage.data_dir) as state:
+        refusal = activation_refusal(state, config.acceptance, version, sha, self_command())
+        if refusal is not None and not args.force:
+            from sarclym.model.inference.registry import auc_mean
+
+            auc = auc_mean(registry.card(version))
+            gate = config.model.activation_min_auc
+            if auc is None or auc < gate:  # both gates, in one message
+                found = "none" if auc is None else f"{auc:.3f}"
+                refusal += f"; its cross-validated AUC ({found}) is also below the gate {gate:.3f}"
+            raise ModelError(refusal)
+        forced = ("local_evaluation",) if refusal is not None else ()
+        try:
+            registry.activate(
+                version,
+                min_auc=config.model.activation_min_auc,
+                force=args.force,
+                by=user,
+                forced_gates=forced,
+            )
+        except RegistryError as exc:
+            raise ModelError(str(exc)) from exc
+        gates = {
+            "local_evaluation": "overridden (--force)"
+            if refusal is not None
+            else ("passed" if config.acceptance.require_for_activation else "not required"),
+        }
+        record = registry.activations(version)[-1]
+        if "cv_auc" in record.get("forced_gates", []):
+            gates["cv_auc"] = "overridden (--force)"
+        record_activation(
+            state, version, sha, user=user, forced=bool(record.get("forced")), gates=gates
+        )
+        # A version the stop rule put under review comes back only with a passing evaluation
+        # of these weights: a forced activation leaves the review in place.
+        if passing_evaluation(state, version, sha) is not None and lift_review(
+            state, version, reason="re-activated after a passing local evaluation", actor=user
+        ):
+            print(f"review of version {version} lifted (a passing local evaluation; audited)")
+        elif version in model_reviews(state) and model_reviews(state)[version].under_review:
+            print(f"version {version} stays under review (monitoring): evaluate it to lift that")
+    if record.get("forced"):
+        print(f"activated with --force over: {', '.join(record['forced_gates'])} (audited)")
+
+
+def _shown_card(registry: Registry, version: str, config: Config) -> str:
+    """``model show``: the card with its activations and this site's newest evaluation."""
+    from sarclym.model.inference.registry import render_card
+    from sarclym.node.store.evaluations import evaluations_of
+    from sarclym.node.store.layout import DataLayout
+    from sarclym.node.store.state import StateDB
+
+    card = registry.card(version)
+    record = card.get("change_record")
+    state_db = DataLayout(config.storage.data_dir).state_db
+    if isinstance(record, dict) and state_db.exists():
+        with StateDB(state_db) as state:
+            same = [
+                e
+                for e in evaluations_of(state, version)
+                if e.weights_sha256 == card.get("weights_sha256")
+            ]
+        if same:
+            newest = same[0]
+            import datetime as dt
+
+            record.setdefault("evaluation", {})["local"] = {
+                "run_at": dt.datetime.fromtimestamp(newest.run_at, dt.UTC).isoformat(),
+                "run_by": newest.run_by,
+                "n_cases": newest.n_cases,
+                "metrics": newest.metrics.get("metrics", {}),
+                "passed": newest.passed,
+                "report": newest.report_path,
+                "report_sha256": newest.report_sha256,
+            }
+    return render_card(card)

@@ -142,19 +142,30 @@ def guard_responses(assoc: Association) -> None:
     on ``DIMSEServiceProvider.get_msg``, which reads the queue ``msg_queue`` of ``(context_id,
     msg)`` pairs.
 
+    The response goes back to the FRONT of the queue: it arrived before anything still queued.
+    Put at the end, a C-FIND pending response would fall behind the final one, be lost to the
+    query and then break the next operation ("unexpected C-FIND message"); ``queue.Queue`` has
+    no public way to put in front, so this appends left under the queue's own mutex and keeps
+    its ``unfinished_tasks`` count and ``not_empty`` condition as ``put`` does (CPython 3.11
+    ``queue.Queue``: ``mutex``, ``queue`` a deque, ``unfinished_tasks``, ``not_empty``).
+
     Parameters
     ----------
     assoc
         An established association this side sends requests on (call it once).
     """
+    queue = assoc.dimse.msg_queue
 
-    def requeue_response(msg: Any, context_id: int) -> bool:
+    def requeue_first(msg: Any, context_id: int) -> bool:
         if not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
+            with queue.mutex:
+                queue.queue.appendleft((context_id, msg))
+                queue.unfinished_tasks += 1
+                queue.not_empty.notify()
             return True
         return False
 
-    intercept_served(assoc, requeue_response)
+    intercept_served(assoc, requeue_first)
 
 
 def read_file_meta(fp: BinaryIO) -> FileMetaDataset:

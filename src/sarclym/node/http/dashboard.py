@@ -15,6 +15,9 @@ sc.png``                        thumbnail leads
 ``/dashboard/deliveries``       undelivered results (pending, dead) with a Retry button (admin)
 ``/dashboard/model``            the active model: version, weights SHA-256, model card
 ``/dashboard/audit``            the latest audit events of every series
+``/dashboard/monitoring``       concordance with final diagnoses, drift, the stop rule
+                                (:mod:`sarclym.node.http.monitoring_page`); a series page has
+                                the "final diagnosis" form (``POST /dashboard/feedback``)
 ``/status``                     the recent series as JSON (what ``sarclym-node status`` shows)
 =============================== ==================================================================
 
@@ -279,6 +282,8 @@ class Dashboard:
                 return self._logout(request)
             if request.path == "/dashboard/deliveries/retry":
                 return self._retry(request, principal, session)
+            if request.path == "/dashboard/feedback":
+                return self._feedback(request, principal, session)
             return self._error(404, "No such page.", principal, session)
         return self._get(request, principal, session)
 
@@ -379,6 +384,17 @@ class Dashboard:
             )
         )
 
+    def _feedback(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> Response:
+        from sarclym.node.http.monitoring_page import post_feedback
+
+        status, text = post_feedback(self.state, self.config, request.form, actor=principal.actor)
+        if status != 303:
+            return self._error(status, text, principal, session)
+        log.info("dashboard final diagnosis", user=principal.name)
+        return _redirect(text)
+
     # -- pages -------------------------------------------------------------------------------
 
     def _get(self, request: Request, principal: Principal, session: Session | None) -> Response:
@@ -404,6 +420,7 @@ class Dashboard:
             "/dashboard/deliveries": self._deliveries,
             "/dashboard/model": self._model,
             "/dashboard/audit": self._audit,
+            "/dashboard/monitoring": self._monitoring,
         }
         if path in pages:
             title, body = pages[path](request, principal, session)
@@ -578,6 +595,13 @@ class Dashboard:
 
         return "Audit log", audit(audit_events(self.state, limit=300))
 
+    def _monitoring(
+        self, request: Request, principal: Principal, session: Session | None
+    ) -> tuple[str, str]:
+        from sarclym.node.http.monitoring_page import monitoring_body
+
+        return "Monitoring", monitoring_body(self.state, self.config)
+
     def _series_page(
         self, uid: str, request: Request, principal: Principal, session: Session | None
     ) -> str | None:
@@ -589,4 +613,8 @@ class Dashboard:
         view = self._view(record, self._deliveries_by_series(), principal)
         csrf = session.csrf if session is not None and principal.is_admin else None
         notice = retry_notice(self.config, self.ledger, request.query, now=time.time())
-        return series(view, csrf=csrf, notice=notice, now=time.time())
+        from sarclym.node.http.monitoring_page import diagnosis_section
+
+        body = series(view, csrf=csrf, notice=notice, now=time.time())
+        form_csrf = session.csrf if session is not None else None
+        return body + diagnosis_section(self.state, record, form_csrf)

@@ -9,6 +9,15 @@ are counted in the process, because a refusal is often exactly the moment nothin
 written (0xA700: the disk is full, state.db is not writable, and the log may share that disk).
 ``sarclym_refused_instances_total`` therefore starts at zero with each ``serve`` (Prometheus'
 ``rate()`` and ``increase()`` take counter resets in their stride).
+
+Monitoring after go-live (:func:`monitoring_metrics`, read from the figures the stop rule and the
+worker stored in state.db, labelled by ``model_version``): ``sarclym_feedback_labelled_total``,
+``sarclym_feedback_studies{diagnosis}``, ``sarclym_concordance_{auc,sensitivity,specificity}``
+with ``_lower`` and ``_upper`` (95% bootstrap interval; NaN where undefined),
+``sarclym_model_under_review``, and the drift gauges ``sarclym_drift_unseen_scanner_share``,
+``sarclym_drift_unseen_reconstruction_share``, ``sarclym_drift_refusal_share`` and
+``sarclym_drift_median_shift{fact}`` (recent median minus reference median: injected dose MBq,
+uptake minutes, weight kg).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from sarclym.node.dicom.status import FAILURE_RANGES, StoreStatus
+from sarclym.node.store import feedback as monitoring_store
 from sarclym.node.store.audit import latest_event_times
 from sarclym.node.store.records import SeriesStatus
 
@@ -42,6 +52,7 @@ __all__ = [
     "RefusalCounter",
     "StateCollector",
     "histogram_buckets",
+    "monitoring_metrics",
     "refusal_reason",
 ]
 
@@ -124,6 +135,7 @@ class StateCollector(Collector):
         yield latency
 
         yield self._stages(times, records)
+        yield from monitoring_metrics(self.state)
 
     def _stages(self, times: Sequence[SeriesTimes], records: Sequence[DeliveryRecord]) -> Metric:
         """Per-stage latency histograms, from the series table and the audit log."""
@@ -161,6 +173,88 @@ class StateCollector(Collector):
             buckets, total_s = histogram_buckets(max(0.0, v) for v in values[stage])
             stages.add_metric([stage], buckets, total_s)
         return stages
+
+
+def _gauge(name: str, text: str, labels: Sequence[str] = ("model_version",)) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, labels=list(labels))
+
+
+def _number(value: object) -> float:
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+
+
+def monitoring_metrics(state: StateDB) -> Iterator[Metric]:
+    """The monitoring gauges (see the module's docstring), from state.db's stored figures."""
+    concordance = monitoring_store.figures(state, "concordance")
+    labelled = _gauge(
+        "sarclym_feedback_labelled_total",
+        "Results of a model version whose study has a final diagnosis of sarcoidosis or "
+        "lymphoma (what the running concordance is computed on).",
+    )
+    figures = {
+        name: [
+            _gauge(f"sarclym_concordance_{name}{end}", f"Running {name}{what} (research use only).")
+            for end, what in (
+                ("", " of the model version against final diagnoses"),
+                ("_lower", ": lower end of its 95% bootstrap interval"),
+                ("_upper", ": upper end of its 95% bootstrap interval"),
+            )
+        ]
+        for name in ("auc", "sensitivity", "specificity")
+    }
+    for version, data in sorted(concordance.items()):
+        labelled.add_metric([version], float(data.get("n", 0)))
+        for name, (value, lower, upper) in figures.items():
+            estimate = data.get(name) or {}
+            value.add_metric([version], _number(estimate.get("value")))
+            lower.add_metric([version], _number(estimate.get("lower")))
+            upper.add_metric([version], _number(estimate.get("upper")))
+    yield labelled
+    for gauges in figures.values():
+        yield from gauges
+    studies = _gauge(
+        "sarclym_feedback_studies",
+        "Studies with a final diagnosis, by diagnosis.",
+        labels=("diagnosis",),
+    )
+    counts = monitoring_store.feedback_counts(state)
+    for diagnosis in monitoring_store.DIAGNOSES:
+        studies.add_metric([diagnosis], float(counts.get(diagnosis, 0)))
+    yield studies
+    review = _gauge(
+        "sarclym_model_under_review",
+        "1 while the model version is under review (the stop rule), else 0.",
+    )
+    for version, item in sorted(monitoring_store.model_reviews(state).items()):
+        review.add_metric([version], 1.0 if item.under_review else 0.0)
+    yield review
+    drift = monitoring_store.figures(state, "drift")
+    shares = {
+        key: _gauge(f"sarclym_drift_{key}", text)
+        for key, text in (
+            (
+                "unseen_scanner_share",
+                "Share of the recent scored series from a scanner model the reference never saw.",
+            ),
+            (
+                "unseen_reconstruction_share",
+                "Share of the recent scored series with a reconstruction the reference never saw.",
+            ),
+            ("refusal_share", "Share of the recent analysed series refused (no usable series)."),
+        )
+    }
+    shift = _gauge(
+        "sarclym_drift_median_shift",
+        "Recent median minus the reference's median: injected_dose_mbq, uptake_min, weight_kg.",
+        labels=("model_version", "fact"),
+    )
+    for version, data in sorted(drift.items()):
+        for key, gauge in shares.items():
+            gauge.add_metric([version], _number(data.get(key)))
+        for fact, values in sorted((data.get("shifts") or {}).items()):
+            shift.add_metric([version, fact], _number(values.get("shift")))
+    yield from shares.values()
+    yield shift
 
 
 def refusal_reason(status: int) -> str:

@@ -106,6 +106,7 @@ _NAV = (
     ("/dashboard/deliveries", "Deliveries"),
     ("/dashboard/model", "Model"),
     ("/dashboard/audit", "Audit log"),
+    ("/dashboard/monitoring", "Monitoring"),
 )
 
 

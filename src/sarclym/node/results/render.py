@@ -56,6 +56,8 @@ View = Literal["frontal", "lateral"]
 
 #: Burned into every Secondary Capture.
 BANNER_TEXT = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+#: Put before the banner's text while the model version is under review (the stop rule, warn).
+REVIEW_TEXT = "MODEL UNDER REVIEW"
 
 # Geometry (SC pixels).
 _PANEL_HEIGHT = 600
@@ -302,9 +304,15 @@ def _text(
     )
 
 
-def _header(draw: ImageDraw.ImageDraw, prediction: Prediction, columns: int) -> None:
+def _header(
+    draw: ImageDraw.ImageDraw, prediction: Prediction, columns: int, *, review: bool = False
+) -> None:
     draw.rectangle((0, 0, columns - 1, _BANNER_H - 1), fill=_BANNER_RED)
-    _text(draw, (columns / 2, _BANNER_H / 2), BANNER_TEXT, size=28, fill=_WHITE, anchor="mm")
+    banner = f"{REVIEW_TEXT} - {BANNER_TEXT}" if review else BANNER_TEXT
+    size = 28
+    while size > 12 and draw.textlength(banner, font=_font(size)) > columns - 2 * _MARGIN:
+        size -= 2  # the whole banner on the image, however narrow
+    _text(draw, (columns / 2, _BANNER_H / 2), banner, size=size, fill=_WHITE, anchor="mm")
     y = _BANNER_H + 10
     predicted = CLASS_CODES[prediction.label].meaning
     _text(draw, (_MARGIN, y), "AI prediction:", size=28, fill=_MUTED)
@@ -417,7 +425,9 @@ def _footer(draw: ImageDraw.ImageDraw, layout: Layout, mips: Mips) -> None:
         _text(draw, (_MARGIN, y + 22 * k), line, size=16, fill=_MUTED)
 
 
-def render_sc(prediction: Prediction, layout: Layout | None = None) -> np.ndarray:
+def render_sc(
+    prediction: Prediction, layout: Layout | None = None, *, review: bool = False
+) -> np.ndarray:
     """Render the Secondary Capture image of a prediction.
 
     Parameters
@@ -426,6 +436,9 @@ def render_sc(prediction: Prediction, layout: Layout | None = None) -> np.ndarra
         MIPs, Grad-CAM heatmaps (raw MIP grid, [0, 1]), class, probability and model.
     layout : Layout or None, optional
         Precomputed :func:`sc_layout` of ``prediction.mips``.
+    review : bool, optional
+        The model version is under review (the stop rule): the banner starts with
+        :data:`REVIEW_TEXT`.
 
     Returns
     -------
@@ -457,7 +470,7 @@ def render_sc(prediction: Prediction, layout: Layout | None = None) -> np.ndarra
     _fill_bars(canvas, layout)
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    _header(draw, prediction, layout.columns)
+    _header(draw, prediction, layout.columns, review=review)
     for panel in layout.panels:
         _panel_annotations(draw, panel)
     _label_bars(draw, layout, mips)

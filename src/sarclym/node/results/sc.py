@@ -139,6 +139,7 @@ def build_sc(
     *,
     created: datetime,
     series_number: int = 9001,
+    review: str | None = None,
 ) -> Dataset:
     """Build the Secondary Capture of a prediction.
 
@@ -153,6 +154,9 @@ def build_sc(
         The job's stored timestamp: every date and time in the object.
     series_number : int, optional
         (0020,0011) *Series Number* of the SC series.
+    review : str or None, optional
+        Why the model version is under review (the stop rule, ``warn``): the image's banner
+        then starts with "MODEL UNDER REVIEW", and (0020,4000) *Image Comments* says why.
 
     Returns
     -------
@@ -169,7 +173,7 @@ def build_sc(
     uids = result_uids(prediction)
     model = prediction.model
     layout = sc_layout(prediction.mips)
-    pixels = render_sc(prediction, layout)
+    pixels = render_sc(prediction, layout, review=review is not None)
     sc = hd.sc.SCImage.from_ref_dataset(
         # highdicom sees no Patient and Study values and no character set (it warns about, and
         # quotes, one-component names; it refuses an empty value 1 of (0008,0005) and a sex
@@ -210,5 +214,7 @@ def build_sc(
     sc.SecondaryCaptureDeviceManufacturer = MANUFACTURER
     sc.SecondaryCaptureDeviceManufacturerModelName = model.name
     sc.SecondaryCaptureDeviceSoftwareVersions = model.version
+    if review is not None:
+        sc.ImageComments = f"MODEL UNDER REVIEW: {review}"[:10240]  # LT
     apply_character_set(sc, ref)
     return sc

@@ -150,10 +150,12 @@ def _groups(
     return groups
 
 
-def _statements(prediction: Prediction) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations" container with the research-use TEXT items."""
+def _statements(prediction: Prediction, review: str | None = None) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations" container with the research-use TEXT items (first,
+    while the model version is under review, "MODEL UNDER REVIEW" and why)."""
     model = prediction.model
-    texts = [
+    texts = [f"MODEL UNDER REVIEW: {review}"[:1024]] if review is not None else []
+    texts += [
         RESEARCH_STATEMENT,
         f"Model {model.name} {model.version}, weights sha256 {model.weights_sha256}"
         + (", trained on synthetic data only." if model.synthetic_training_data else "."),
@@ -244,6 +246,7 @@ def build_sr(
     created: datetime,
     kind: SrKind = "comprehensive3d",
     series_number: int = 9002,
+    review: str | None = None,
 ) -> Dataset:
     """Build the AI-results Structured Report of a prediction.
 
@@ -264,6 +267,9 @@ def build_sr(
         fallback for PACS that reject 88.34.
     series_number : int, optional
         (0020,0011) *Series Number* of the SR series.
+    review : str or None, optional
+        Why the model version is under review (the stop rule, ``warn``): a TEXT item
+        "MODEL UNDER REVIEW: <why>" comes first among the qualitative evaluations.
 
     Returns
     -------
@@ -307,7 +313,7 @@ def build_sr(
         title=IMAGING_MEASUREMENT_REPORT,
         referenced_images=[sc],
     )
-    report[0].ContentSequence.append(_statements(prediction))
+    report[0].ContentSequence.append(_statements(prediction, review))
     _conform_to_templates(report)
     sr = _SR_CLASSES[kind](
         # highdicom takes the Patient and Study attributes from the first evidence item: here

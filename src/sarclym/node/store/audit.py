@@ -17,7 +17,12 @@ delivered  a destination confirmed every result file             the delivering 
 dead       a delivery went to the dead letter (why)              the delivering process
 retry      an operator re-armed a delivery                       ``cli``, ``dashboard:<user>``
 pruned     spool files of the series removed (retention)         node process
+evaluated  a model version was evaluated on this site's cases    ``cli:<OS user>``
+activated  a model version was activated (``forced``: the gate)  ``cli:<OS user>``
 ========== ===================================================== ==============================
+
+``evaluated`` and ``activated`` are about a model version, not a series: their ``series_uid``
+is ``model:<version>`` (:func:`model_subject`).
 
 The event names are the enums' values: :class:`~sarclym.node.store.records.SeriesStatus` for the
 lifecycle (complete to failed), :class:`~sarclym.node.store.records.DeliveryState` for delivered
@@ -53,6 +58,7 @@ __all__ = [
     "SeriesEvent",
     "audit_events",
     "latest_event_times",
+    "model_subject",
     "process_actor",
     "record_event",
     "series_result",
@@ -65,6 +71,10 @@ class SeriesEvent(str, Enum):
     RECEIVED = "received"  # the first instance of the series is durable
     RETRY = "retry"  # an operator re-armed a delivery
     PRUNED = "pruned"  # retention removed the series' spool files
+    EVALUATED = "evaluated"  # a model version's local evaluation (sarclym-node evaluate)
+    ACTIVATED = "activated"  # a model version made active (model activate; forced or not)
+    FEEDBACK = "feedback"  # a study's final diagnosis set or changed (series_uid: study:<uid>)
+    REVIEW = "review"  # a model version put under review or lifted (the stop rule, an admin)
 
 
 #: The statuses whose entry is audited (all but RECEIVING: "received" says when it began).
@@ -80,7 +90,21 @@ AUDIT_EVENTS: tuple[str, ...] = (
     DeliveryState.DEAD.value,
     SeriesEvent.RETRY.value,
     SeriesEvent.PRUNED.value,
+    SeriesEvent.EVALUATED.value,
+    SeriesEvent.ACTIVATED.value,
+    SeriesEvent.FEEDBACK.value,
+    SeriesEvent.REVIEW.value,
 )
+
+
+def model_subject(version: str) -> str:
+    """The ``series_uid`` of audit events about a model version: ``model:<version>``."""
+    return f"model:{version}"
+
+
+def study_subject(study_uid: str) -> str:
+    """The ``series_uid`` of audit events about a whole study: ``study:<StudyInstanceUID>``."""
+    return f"study:{study_uid}"
 
 
 @dataclass(frozen=True)

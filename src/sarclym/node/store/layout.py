@@ -12,6 +12,8 @@
         thumbnails/<series>.png                Grad-CAM thumbnails for the dashboard
         mip-cache/                             retrain's MIP cache
         dashboard-admin.token                  the bootstrap admin token (0600)
+        monitoring-hmac.key                    the key of the accession-number hashes (0600)
+        cases/                                 the case store of `cases pull` (its default)
         serve.lock                             held (flock) by the one ``serve`` of this folder
 
 Every module takes these paths from :class:`DataLayout`, never from a literal.
@@ -86,6 +88,16 @@ class DataLayout:
     def admin_token(self) -> Path:
         """The dashboard's bootstrap admin token."""
         return self.root / "dashboard-admin.token"
+
+    @property
+    def monitoring_key(self) -> Path:
+        """The key that hashes analysed studies' accession numbers (feedback import matches)."""
+        return self.root / "monitoring-hmac.key"
+
+    @property
+    def cases(self) -> Path:
+        """The case store ``cases pull`` writes when ``--out`` is not given."""
+        return self.root / "cases"
 
     @property
     def serve_lock(self) -> Path:

@@ -161,10 +161,91 @@ RETENTION_MIGRATIONS: Migrations = (
 )
 
 #: Local evaluations of model versions (:mod:`.evaluations`).
-EVALUATION_MIGRATIONS: Migrations = ()
+EVALUATION_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE evaluations (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_version    TEXT NOT NULL,
+            weights_sha256   TEXT NOT NULL,
+            case_set         TEXT NOT NULL,     -- SHA-256 of the sorted (study UID, label) pairs
+            n_cases          INTEGER NOT NULL,  -- analysed
+            n_refused        INTEGER NOT NULL,  -- labelled but refused, unmatched or ambiguous
+            metrics          TEXT NOT NULL,     -- JSON object
+            passed           INTEGER NOT NULL CHECK (passed IN (0, 1)),
+            report_path      TEXT NOT NULL,
+            report_sha256    TEXT NOT NULL,
+            run_by           TEXT NOT NULL,     -- OS user
+            run_at           REAL NOT NULL      -- POSIX seconds
+        )""",
+        "CREATE INDEX evaluations_by_version ON evaluations "
+        "(model_version, weights_sha256, run_at)",
+    ),
+)
 
-#: Final diagnoses fed back for results (:mod:`.feedback`).
-FEEDBACK_MIGRATIONS: Migrations = ()
+#: Final diagnoses fed back for results, what the worker saw of each analysed study, the stop
+#: rule's reviews and the monitoring figures (:mod:`.feedback`).
+FEEDBACK_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE analysed_studies (
+            study_uid       TEXT PRIMARY KEY,
+            accession_hmac  TEXT,               -- HMAC-SHA256 of AccessionNumber (node key)
+            recorded_at     REAL NOT NULL
+        )""",
+        "CREATE INDEX analysed_by_accession ON analysed_studies (accession_hmac)",
+        """CREATE TABLE input_facts (
+            series_uid      TEXT PRIMARY KEY,
+            study_uid       TEXT NOT NULL,
+            at              REAL NOT NULL,
+            outcome         TEXT NOT NULL CHECK (outcome IN ('scored', 'refused', 'not_scored')),
+            model_version   TEXT,
+            facts           TEXT NOT NULL DEFAULT '{}'   -- JSON: scanner, dose, uptake...
+        )""",
+        "CREATE INDEX input_facts_by_time ON input_facts (at)",
+        """CREATE TABLE feedback (
+            study_uid   TEXT PRIMARY KEY,
+            diagnosis   TEXT NOT NULL
+                CHECK (diagnosis IN ('sarcoidosis', 'lymphoma', 'other', 'unknown')),
+            actor       TEXT NOT NULL,
+            source      TEXT NOT NULL CHECK (source IN ('dashboard', 'import')),
+            at          REAL NOT NULL
+        )""",
+        """CREATE TABLE feedback_history (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            study_uid   TEXT NOT NULL,
+            diagnosis   TEXT NOT NULL,
+            previous    TEXT,                 -- the value replaced, NULL for the first
+            actor       TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            at          REAL NOT NULL,
+            detail      TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX feedback_history_by_study ON feedback_history (study_uid, at)",
+        """CREATE TABLE model_reviews (
+            model_version   TEXT PRIMARY KEY,
+            under_review    INTEGER NOT NULL,
+            since           REAL NOT NULL,
+            reason          TEXT NOT NULL,
+            actor           TEXT NOT NULL,
+            figures         TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE model_review_history (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_version   TEXT NOT NULL,
+            event           TEXT NOT NULL CHECK (event IN ('under_review', 'lifted')),
+            at              REAL NOT NULL,
+            actor           TEXT NOT NULL,
+            reason          TEXT NOT NULL,
+            figures         TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE monitoring_figures (
+            model_version   TEXT NOT NULL,
+            kind            TEXT NOT NULL,        -- concordance, reference
+            computed_at     REAL NOT NULL,
+            data            TEXT NOT NULL,        -- JSON
+            PRIMARY KEY (model_version, kind)
+        )""",
+    ),
+)
 
 #: Every component, in the order :class:`StateDB` migrates them (``audit`` reads ``series``).
 COMPONENTS: tuple[tuple[str, Migrations], ...] = (

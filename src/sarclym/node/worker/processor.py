@@ -7,6 +7,13 @@ alone: the pipeline's selection skips CT, NAC, derived MIP series and the like w
 an AC whole-body FDG PET series gets a Secondary Capture and a Structured Report, written
 durably to the outbox before they are recorded in the delivery ledger, and the series is marked
 DONE last (with the stage times, the label, the probability and the model in the audit log).
+
+Monitoring (:mod:`sarclym.node.monitoring`): each analysed series' input facts and the keyed
+hash of its accession number are recorded after its status (:class:`~sarclym.node.monitoring.
+watch.Monitor`). A model version under review (the stop rule) either still scores, every SC
+and SR then saying "MODEL UNDER REVIEW" (``monitoring.on_breach: warn``), or scores nothing:
+the series is SKIPPED with the reason "not scored: model under review ..." and no result is
+made or sent (``stop``), as a refusal is.
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import structlog
 
 from sarclym.node.config import Config
 from sarclym.node.delivery.ledger import DeliveryLedger
+from sarclym.node.monitoring.review import not_scored_reason
+from sarclym.node.monitoring.watch import Monitor
 from sarclym.node.store.durable import make_dirs, write_durable
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import ResultId, SeriesResult, SeriesStatus
 from sarclym.node.store.state import StateDB
+from sarclym.node.worker.registry import registry_root
 from sarclym.node.worker.running_model import LoadedVersion, RunningModel
 from sarclym.node.worker.thumbnail import write_thumbnail
 
@@ -130,6 +140,8 @@ class Processor:
         self.outbox = DataLayout(config.storage.data_dir).outbox
         #: The model of the next job (reloaded between jobs when the active version changes).
         self.model = RunningModel(config)
+        #: Input facts, drift and the stop rule (:mod:`sarclym.node.monitoring`).
+        self.monitor = Monitor(config, state)
         self._lock = threading.Lock()  # predictions, one at a time
 
     @property
@@ -165,9 +177,12 @@ class Processor:
             status, reason = SeriesStatus.FAILED, f"{type(exc).__name__}: {exc}"
         detail["seconds"] = round(time.perf_counter() - t0, 3)
         sc_file = detail.pop("_sc_file", None)
+        seen = detail.pop("_monitor", None)
         self.state.mark_series(
             series_uid, status, reason, expected_status=SeriesStatus.PROCESSING, detail=detail
         )
+        if seen is not None:  # after the status: the stop rule reads the "done" event
+            self.monitor.record(series_uid=series_uid, **seen)
         if sc_file is not None:
             # After DONE: the dashboard's images add nothing to the results' latency, and the
             # audit log keeps its order (done before any destination's delivered).
@@ -194,6 +209,8 @@ class Processor:
         datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
         clock.lap("read")
         predictor = self.predictor
+        version = predictor.identity.version
+        review = self.monitor.review(version, activated_at=self._activated_at(version))
         crash_point("processing")
         hold_point()
         prepared = prepare_study(
@@ -211,11 +228,21 @@ class Processor:
             attributes = list(dict.fromkeys(a for s in skipped for a in s.attributes))
             detail = {"stage_ms": clock.laps, "attributes": attributes}
             return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, detail
+        if review is not None and self.config.monitoring.on_breach == "stop":
+            held: dict[str, Any] = {"stage_ms": clock.laps, "model_version": version}
+            held["under_review"] = True
+            held["_monitor"] = self._seen(record.study_uid, datasets, "not_scored", version)
+            return SeriesStatus.SKIPPED, not_scored_reason(review), held
         with self._lock:
             prediction = predictor.predict(prepared)
         clock.lap("predict")  # inference and Grad-CAM
         created = dt.datetime.fromtimestamp(record.completed_at or record.last_received)
-        files = self._write_results(prediction, prepared.datasets, created.replace(microsecond=0))
+        files = self._write_results(
+            prediction,
+            prepared.datasets,
+            created.replace(microsecond=0),
+            review=None if review is None else review.reason,
+        )
         crash_point("outbox")
         result_id = str(ResultId(series_uid, prediction.model.version))
         self.ledger.enqueue(result_id, files, self.destinations)
@@ -237,17 +264,59 @@ class Processor:
                 "results": [p.name for p in files],
                 "stage_ms": clock.laps,
                 "_sc_file": files[0],  # for the thumbnail, written once the series is DONE
+                "_monitor": {
+                    **self._seen(record.study_uid, prepared.datasets, "scored", version),
+                    "conversion": prepared.conversion,
+                    "suv_max": prepared.mips.suv_max,
+                    "card": predictor.loaded.card,
+                },
+                **({"under_review": True} if review is not None else {}),
             },
         )
 
+    @staticmethod
+    def _seen(
+        study_uid: str, datasets: Sequence[Any], outcome: str, version: str
+    ) -> dict[str, Any]:
+        """What :meth:`Monitor.record` is told of a series (after its status is recorded)."""
+        return {
+            "study_uid": study_uid,
+            "header": datasets[0] if datasets else None,
+            "outcome": outcome,
+            "model_version": version,
+        }
+
+    def _activated_at(self, version: str) -> float | None:
+        """When the registry last made ``version`` the active one (its ``ACTIVE`` file's time),
+        None when it is not the active one or ``model.version`` pins the version."""
+        if self.config.model.version is not None:
+            return None
+        active = registry_root(self.config) / "ACTIVE"
+        try:
+            if active.read_text(encoding="utf-8").strip() != version:
+                return None
+            return active.stat().st_mtime
+        except OSError:
+            return None
+
     def _write_results(
-        self, prediction: Any, datasets: Sequence[Dataset], created: dt.datetime
+        self,
+        prediction: Any,
+        datasets: Sequence[Dataset],
+        created: dt.datetime,
+        *,
+        review: str | None = None,
     ) -> list[Path]:
         folder = self.outbox / prediction.study_instance_uid / prediction.series_instance_uid
         self.outbox.mkdir(parents=True, exist_ok=True)
         make_dirs(folder.parent, root=self.outbox)  # the study folder, synced into the outbox
         return write_results(
-            prediction, datasets, folder, created=created, kind=self.config.service.sr_kind
+            prediction,
+            datasets,
+            folder,
+            created=created,
+            kind=self.config.service.sr_kind,
+            review=review,
         )
 
     def _write_thumbnail(self, sc_file: Path, series_uid: str) -> None:
@@ -273,8 +342,12 @@ def write_results(
     *,
     created: dt.datetime,
     kind: SrKind = "comprehensive3d",
+    review: str | None = None,
 ) -> list[Path]:
     """Build the SC and the SR of a prediction and write them durably into ``folder``.
+
+    ``review``: the model version is under review (the stop rule, ``warn``): why. Both objects
+    then say "MODEL UNDER REVIEW" (the SC in its banner, the SR in a TEXT item).
 
     Files ``SC_<SOPInstanceUID>.dcm`` then ``SR_<SOPInstanceUID>.dcm`` (the order to send them
     in: the SR references the SC), each written with
@@ -285,8 +358,8 @@ def write_results(
 
     from sarclym.node.results import build_sc, build_sr
 
-    sc = build_sc(prediction, datasets, created=created)
-    sr = build_sr(prediction, datasets, sc, created=created, kind=kind)
+    sc = build_sc(prediction, datasets, created=created, review=review)
+    sr = build_sr(prediction, datasets, sc, created=created, kind=kind, review=review)
     folder.parent.mkdir(parents=True, exist_ok=True)
     make_dirs(folder, root=folder.parent)
     files = []

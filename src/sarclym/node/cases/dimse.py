@@ -1,0 +1,318 @@
+"""A PACS over DIMSE: C-FIND (Study Root), then C-GET, or C-MOVE to the pull's own Storage SCP.
+
+One association per study (:meth:`DimseSource.session`): C-FIND at study, series and image
+level, then the retrieve of one series. C-GET brings the instances back on the same association
+(the storage contexts of the PET SOP classes are proposed with the SCP role, PS3.7 D.3.3.4);
+C-MOVE has the PACS open its own association to ``move_aet`` on ``move_port``, where
+:class:`_MoveReceiver` (a pynetdicom Storage SCP that lives as long as the pull) routes each
+instance by its SeriesInstanceUID to the retrieve that asked for it and refuses any other
+(0xA801-like status 0xC001: no retrieve waits for it).
+
+Only PET storage is proposed or accepted: the pull retrieves the PET series the selection would
+analyse, never CT or anything else.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from sarclym.model.imaging.selection import PET_SOP_CLASSES
+from sarclym.node.cases.labels import KeyKind
+from sarclym.node.cases.source import (
+    HEADER_KEYS,
+    SERIES_KEYS,
+    STUDY_KEYS,
+    Retrieved,
+    Sink,
+    SourceError,
+    StudyFound,
+    match_filter,
+)
+from sarclym.node.config.sources import DimseSource as DimseConfig
+from sarclym.node.dicom.compat import guard_responses
+from sarclym.node.dicom.send import set_nodelay
+
+__all__ = ["DimseSource"]
+
+_PENDING = (0xFF00, 0xFF01)
+_RETRIEVE_PENDING = (0xFF00,)
+
+
+def _query(level: str, keys: Sequence[str], **values: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword in keys:
+        setattr(ds, keyword, "")
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+class _MoveReceiver:
+    """The Storage SCP that C-MOVE sub-operations arrive at, for the whole pull."""
+
+    def __init__(self, config: DimseConfig, aet: str, timeout: float) -> None:
+        self._sinks: dict[str, Sink] = {}
+        self._received: dict[str, int] = {}
+        self._lock = threading.Lock()
+        ae = AE(ae_title=aet)
+        ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = timeout
+        ae.maximum_associations = 32
+        for uid in PET_SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
+        assert config.move_port is not None
+        try:
+            server = ae.start_server(
+                (config.move_host, config.move_port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            raise SourceError(
+                f"source {config.name!r}: cannot listen for C-MOVE on "
+                f"{config.move_host}:{config.move_port} ({exc.strerror})"
+            ) from exc
+        assert server is not None  # block=False returns the server
+        self._server = server
+
+    @staticmethod
+    def _accepted(event: Any) -> None:
+        set_nodelay(event.assoc)
+
+    def _store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        series = str(ds.get("SeriesInstanceUID", ""))
+        with self._lock:
+            sink = self._sinks.get(series)
+        if sink is None:
+            return 0xC001  # no retrieve of ours waits for this series
+        sink(ds)
+        with self._lock:
+            self._received[series] = self._received.get(series, 0) + 1
+        return 0x0000
+
+    @contextmanager
+    def expecting(self, series_uid: str, sink: Sink) -> Iterator[None]:
+        with self._lock:
+            self._sinks[series_uid] = sink
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._sinks[series_uid]
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+class DimseSource:
+    """A configured DIMSE PACS.
+
+    Parameters
+    ----------
+    config
+        The ``sources.pacs`` entry.
+    calling_aet
+        Our AE title when the entry names none (``listener.ae_title``).
+    """
+
+    def __init__(self, config: DimseConfig, *, calling_aet: str) -> None:
+        self.config = config
+        self.name = config.name
+        self.calling_aet = config.calling_aet or calling_aet
+        self._receiver: _MoveReceiver | None = None
+        self._receiver_lock = threading.Lock()
+        self._get_sinks: dict[int, Sink] = {}
+
+    def describe(self) -> str:
+        c = self.config
+        return f"{c.host}:{c.port} (AE {c.called_aet}, C-{c.retrieve.upper()})"
+
+    def _ae(self, *, get: bool) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        t = self.config.timeout
+        ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = t
+        ae.connection_timeout = t
+        for ctx in (
+            Verification,
+            StudyRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelGet,
+            StudyRootQueryRetrieveInformationModelMove,
+        ):
+            ae.add_requested_context(ctx)
+        if get:
+            for uid in PET_SOP_CLASSES:
+                ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    @contextmanager
+    def _associate(self) -> Iterator[Association]:
+        c = self.config
+        get = c.retrieve == "get"
+        ae = self._ae(get=get)
+        roles: list[Any] = (
+            [build_role(uid, scp_role=True) for uid in PET_SOP_CLASSES] if get else []
+        )
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._get_store)] if get else []
+        try:
+            assoc = ae.associate(
+                c.host, c.port, ae_title=c.called_aet, ext_neg=roles, evt_handlers=handlers
+            )
+        except OSError as exc:  # name resolution
+            raise SourceError(
+                f"source {self.name!r}: cannot reach {self.describe()}: {exc}"
+            ) from exc
+        if not assoc.is_established:
+            why = "rejected the association" if assoc.is_rejected else "did not answer"
+            raise SourceError(f"source {self.name!r}: {self.describe()} {why}")
+        set_nodelay(assoc)
+        guard_responses(assoc)
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def check(self) -> None:
+        """C-ECHO the PACS; :class:`SourceError` naming host:port when it does not answer."""
+        with self._associate() as assoc:
+            status = assoc.send_c_echo()
+            if status is None or getattr(status, "Status", 0xC000) != 0x0000:
+                raise SourceError(f"source {self.name!r}: {self.describe()} failed C-ECHO")
+        if self.config.retrieve == "move":
+            self._move_receiver()
+
+    def _move_receiver(self) -> _MoveReceiver:
+        with self._receiver_lock:
+            if self._receiver is None:
+                aet = self.config.move_aet or self.calling_aet
+                self._receiver = _MoveReceiver(self.config, aet, self.config.timeout)
+            return self._receiver
+
+    def close(self) -> None:
+        with self._receiver_lock:
+            if self._receiver is not None:
+                self._receiver.close()
+                self._receiver = None
+
+    def _get_store(self, event: Any) -> int:
+        # C-GET sub-operations arrive on the association: the sink of its running retrieve.
+        with self._receiver_lock:
+            sink = self._get_sinks.get(id(event.assoc))
+        if sink is None:
+            return 0xC001
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        sink(ds)
+        return 0x0000
+
+    @contextmanager
+    def session(self) -> Iterator[_Session]:
+        with self._associate() as assoc:
+            yield _Session(self, assoc)
+
+
+class _Session:
+    """One association: the queries and the retrieve of one study."""
+
+    def __init__(self, source: DimseSource, assoc: Association) -> None:
+        self.source = source
+        self.assoc = assoc
+
+    def _find(self, query: Dataset) -> list[Dataset]:
+        out: list[Dataset] = []
+        for status, identifier in self.assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind
+        ):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise SourceError(
+                    f"source {self.source.name!r}: {self.source.describe()} aborted or did not "
+                    f"answer a C-FIND (does it allow queries from AE {self.source.calling_aet}?)"
+                )
+            if code in _PENDING and identifier is not None:
+                out.append(identifier)
+            elif code not in _PENDING and code != 0x0000:
+                raise SourceError(
+                    f"source {self.source.name!r}: C-FIND {query.QueryRetrieveLevel} failed "
+                    f"with status 0x{code:04X}"
+                )
+        return out
+
+    def find_studies(self, kind: KeyKind, key: tuple[str, ...]) -> list[StudyFound]:
+        found = self._find(_query("STUDY", STUDY_KEYS, **match_filter(kind, key)))
+        studies = [StudyFound.from_dataset(ds) for ds in found]
+        # Exact match only: a PACS may match wildcards or case-insensitively.
+        return [s for s in studies if s.key(kind) == key]
+
+    def find_series(self, study_uid: str) -> list[Dataset]:
+        return self._find(_query("SERIES", SERIES_KEYS, StudyInstanceUID=study_uid))
+
+    def find_instances(self, study_uid: str, series_uid: str, *, header: bool) -> list[Dataset]:
+        keys = HEADER_KEYS if header else ("SOPInstanceUID",)
+        return self._find(
+            _query("IMAGE", keys, StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
+        )
+
+    def retrieve(
+        self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, sink: Sink
+    ) -> Retrieved:
+        if sop_uids:
+            query = _query("IMAGE", (), StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
+            query.SOPInstanceUID = list(sop_uids)
+        else:
+            query = _query("SERIES", (), StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
+        if self.source.config.retrieve == "get":
+            sinks = self.source._get_sinks
+            sinks[id(self.assoc)] = sink
+            try:
+                responses = self.assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                return self._final(responses, "C-GET")
+            finally:
+                sinks.pop(id(self.assoc), None)
+        receiver = self.source._move_receiver()
+        aet = self.source.config.move_aet or self.source.calling_aet
+        with receiver.expecting(series_uid, sink):
+            responses = self.assoc.send_c_move(
+                query, aet, StudyRootQueryRetrieveInformationModelMove
+            )
+            return self._final(responses, "C-MOVE")
+
+    def _final(self, responses: Iterator[tuple[Dataset, Dataset | None]], what: str) -> Retrieved:
+        last: Dataset | None = None
+        for status, _identifier in responses:
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise SourceError(
+                    f"source {self.source.name!r}: {self.source.describe()} did not answer the "
+                    f"{what} (timeout or aborted)"
+                )
+            last = status
+            if code not in _RETRIEVE_PENDING:
+                break
+        assert last is not None
+        code = int(last.Status)
+        done = int(last.get("NumberOfCompletedSuboperations", 0) or 0)
+        failed = int(last.get("NumberOfFailedSuboperations", 0) or 0)
+        warning = int(last.get("NumberOfWarningSuboperations", 0) or 0)
+        if code not in (0x0000, 0xB000) and not done:
+            hint = ""
+            if what == "C-MOVE" and code == 0xA801:
+                hint = ": the PACS does not know the move destination AE (register it)"
+            raise SourceError(
+                f"source {self.source.name!r}: {what} failed with status 0x{code:04X}{hint}"
+            )
+        return Retrieved(completed=done, failed=failed, warning=warning)
