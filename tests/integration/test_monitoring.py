@@ -192,6 +192,10 @@ def test_feedback_for_20_results_gives_concordance_on_metrics_and_dashboard(
         html = page.body.decode()
         assert f'data-version="{version}"' in html
         assert "Research use only" in html
+        from sarclym.node.store.feedback import weights_of_versions
+
+        (sha,) = weights_of_versions(node.state)[version]  # every figure names its weights
+        assert f'title="{sha}"' in html
         auc = metrics[f"sarclym_concordance_auc{label}"]
         assert f"{auc:.3f}" in html
         (tmp_path / "monitoring.html").write_text(html)

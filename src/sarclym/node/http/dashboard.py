@@ -586,7 +586,7 @@ class Dashboard:
 
         loaded = self.loaded_model() if self.loaded_model is not None else None
         events = audit_events(self.state, limit=2000)  # each process's latest "done" among them
-        return "Model", model(self.config, loaded=loaded, events=events)
+        return "Model", model(self.config, loaded=loaded, events=events, state=self.state)
 
     def _audit(
         self, request: Request, principal: Principal, session: Session | None

@@ -125,6 +125,7 @@ def monitoring_body(state: StateDB, config: Config) -> str:
         + (", ".join(f"{esc(k)} {v}" for k, v in sorted(counts.items())) or "none yet")
         + "</p>",
     ]
+    weights = store.weights_of_versions(state)
     rows = []
     for version in sorted(set(concordance) | set(reviews)):
         c = concordance.get(version)
@@ -144,9 +145,13 @@ def monitoring_body(state: StateDB, config: Config) -> str:
                 f"<td>{_estimate(c.specificity, acceptance.min_specificity)}</td>"
                 f'<td class="n">{c.n} ({c.positives} lymphoma, {c.negatives} sarcoidosis)</td>'
             )
+        shas = " ".join(
+            f'<code title="{esc(sha)}">{esc(sha[:12])}</code>' for sha in weights.get(version, [])
+        )
         rows.append(
-            f'<tr data-version="{esc(version)}"><td>{esc(version)}</td>{cells}'
-            f"<td>{state_cell}</td></tr>"
+            f'<tr data-version="{esc(version)}"><td>{esc(version)}'
+            + (f'<br><span class="muted">weights {shas}</span>' if shas else "")
+            + f"</td>{cells}<td>{state_cell}</td></tr>"
         )
     parts.append(
         "<h2>Concordance</h2>"

@@ -31,6 +31,7 @@ from sarclym.node.store.records import DeliveryRecord, SeriesStatus
 
 if TYPE_CHECKING:
     from sarclym.node.config import Config
+    from sarclym.node.store.state import StateDB
     from sarclym.node.worker.running_model import LoadedVersion
 
 __all__ = ["audit", "deliveries", "model", "overview", "results", "series"]
@@ -332,9 +333,11 @@ def model(
     *,
     loaded: LoadedVersion | None = None,
     events: Sequence[AuditEvent] = (),
+    state: StateDB | None = None,
 ) -> str:
     """The model: active (or pinned) beside what the processes have loaded, the registry's
-    versions, the card (:func:`sarclym.node.http.model_page.model_page`)."""
+    versions, the card, local evaluations and activations
+    (:func:`sarclym.node.http.model_page.model_page`)."""
     from sarclym.node.http.model_page import model_page
 
-    return model_page(config, loaded=loaded, events=events)
+    return model_page(config, loaded=loaded, events=events, state=state)

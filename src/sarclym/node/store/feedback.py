@@ -68,6 +68,7 @@ __all__ = [
     "review_history",
     "save_figures",
     "set_feedback",
+    "weights_of_versions",
 ]
 
 #: What a final diagnosis fed back after go-live may be (the two classes, then the rest).
@@ -390,6 +391,24 @@ def labelled_results(state: StateDB) -> list[LabelledResult]:
             at=float(row["at"]),
         )
     return sorted(latest.values(), key=lambda r: r.at)
+
+
+def weights_of_versions(state: StateDB) -> dict[str, list[str]]:
+    """Model version -> the weights' SHA-256 its results were made with (audit ``done`` events).
+
+    One hash per version unless a registry was replaced under the same version name; every
+    figure of the Monitoring page names the weights it is about.
+    """
+    rows = state.query(
+        "SELECT DISTINCT json_extract(detail, '$.model_version') AS version, "
+        "json_extract(detail, '$.weights_sha256') AS sha FROM audit "
+        "WHERE event = ? AND json_extract(detail, '$.weights_sha256') IS NOT NULL",
+        (SeriesStatus.DONE.value,),
+    )
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(str(row["version"] or ""), []).append(str(row["sha"]))
+    return {version: sorted(shas) for version, shas in out.items()}
 
 
 # -- the stop rule's reviews ---------------------------------------------------------------------
