@@ -8,6 +8,16 @@ cohort with its ``labels.csv``, an export). The labels file is keyed any way
 headers. Rows that match no study or several are kept, with why, and count against the
 refusal rate: nothing is dropped silently.
 
+A pseudonymised case store (``cases pull --pseudonymise``) holds keyed hashes of accession
+numbers, patient IDs and UIDs. Its own ``labels.csv`` (keyed by the stored StudyInstanceUID)
+matches without more; the site's original labels file matches once the key the store was
+pulled with is given (``--key-file`` or ``$SARCLYM_PSEUDONYM_KEY``, read by
+:func:`~sarclym.node.cases.pseudonym.load_key`): its rows' keys are hashed the way the pull
+hashed the headers (:meth:`~sarclym.node.cases.pseudonym.Pseudonymiser.hasher`). The key's
+fingerprint must be the one the store's index records. The key is never shown, and the rows of
+such a file that match no study are described by their line only: their values are the
+original identifiers the store was made to leave behind.
+
 Row keys and header identifiers are patient identifiers: they go into the report a person
 reads, never into the log.
 """
@@ -16,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +40,14 @@ from sarclym.model.classes import CLASSES
 from sarclym.model.imaging.prepare import StudyFiles, scan_paths
 from sarclym.node.cases.labels import (
     KeyKind,
+    LabelRow,
+    LabelsFile,
     StudyKeys,
     match_labels,
     read_labels_file,
     study_keys,
 )
+from sarclym.node.cases.pseudonym import KEY_ENV, Pseudonymiser, load_key
 from sarclym.node.errors import InputError
 
 __all__ = [
@@ -89,6 +103,12 @@ class CaseSet:
         The folder has an ``index.json`` (a case store).
     pseudonymised
         The case store says its identifiers were replaced; ``False`` for any other folder.
+    key_fingerprint
+        The fingerprint of the pseudonymisation key the store's index records (``None`` when
+        not pseudonymised): it names the key without revealing it.
+    labels_hashed
+        The labels file's keys were hashed with the key to match (the site's original file on a
+        pseudonymised store); its unmatched rows then show their line only.
     """
 
     folder: Path
@@ -102,6 +122,8 @@ class CaseSet:
     facts: dict[str, StudyFacts] = field(default_factory=dict)
     case_store: bool = False
     pseudonymised: bool = False
+    key_fingerprint: str | None = None
+    labels_hashed: bool = False
 
 
 def file_sha256(path: Path) -> str:
@@ -149,8 +171,73 @@ def _facts(study: StudyFiles) -> StudyFacts | None:
     return None
 
 
+def _key_source(key_file: Path | None, environ: Mapping[str, str]) -> str | None:
+    """Where the key comes from (for messages), or ``None`` when no key is given."""
+    if key_file is not None:
+        return f"--key-file {key_file}"
+    return f"${KEY_ENV}" if environ.get(KEY_ENV, "").strip() else None
+
+
+def _store_key(
+    folder: Path,
+    index: Mapping[str, Any],
+    key_file: Path | None,
+    environ: Mapping[str, str],
+) -> Pseudonymiser:
+    """The pseudonymiser of the key given, checked against the store's recorded fingerprint.
+
+    Raises
+    ------
+    InputError
+        The key file is unreadable or the key too short (:func:`load_key`); the index records
+        no fingerprint; the key's fingerprint is not the store's. Messages name fingerprints,
+        never the key.
+    """
+    where = _key_source(key_file, environ)
+    pseudo = Pseudonymiser(load_key(key_file, dict(environ)))
+    recorded = index.get("key_fingerprint")
+    if not isinstance(recorded, str) or not recorded:
+        raise InputError(
+            f"{folder / CASE_STORE_INDEX}: the pseudonymised case store records no key "
+            "fingerprint (key_fingerprint), so the key cannot be checked; pull it again with "
+            "`cases pull --pseudonymise`"
+        )
+    if pseudo.fingerprint != recorded:
+        raise InputError(
+            f"the key of {where} has fingerprint {pseudo.fingerprint}, but the case store "
+            f"{folder} was pseudonymised with the key of fingerprint {recorded} (its "
+            f"{CASE_STORE_INDEX}); give the key it was pulled with"
+        )
+    return pseudo
+
+
+def _hasher(
+    pseudo: Pseudonymiser, labels_file: LabelsFile, stored_uids: set[str]
+) -> Callable[[str, str], str]:
+    """The hash of a row's key; a study-UID file may hold stored UIDs already (kept as they are).
+
+    A stored UID is ``2.25.<HMAC>``: an original UID equal to one is not a practical concern.
+    """
+    if labels_file.kind is not KeyKind.STUDY_UID:
+        return pseudo.hasher
+    return lambda keyword, value: (
+        value.strip() if value.strip() in stored_uids else pseudo.hasher(keyword, value)
+    )
+
+
+def _describe(row: LabelRow, labels_file: LabelsFile, hide: bool) -> str:
+    if hide:  # the original identifiers of a pseudonymised store: the line says which row
+        return f"{labels_file.kind.value} on line {row.line} of {labels_file.path.name}"
+    return row.describe(labels_file.kind)
+
+
 def load_case_set(
-    folder: Path, labels_path: Path | None = None, *, option: str = "--cases"
+    folder: Path,
+    labels_path: Path | None = None,
+    *,
+    option: str = "--cases",
+    key_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> CaseSet:
     """Scan ``folder``, read the labels file and match its rows to the studies.
 
@@ -162,19 +249,30 @@ def load_case_set(
         The labels file; ``None``: ``<folder>/labels.csv``.
     option
         The command-line option that named ``folder`` (for messages).
+    key_file
+        The pseudonymisation key's file (``--key-file``), for a pseudonymised store and a
+        labels file keyed by original identifiers; ``None``: ``$SARCLYM_PSEUDONYM_KEY`` of
+        ``environ`` if set. A key given is checked against the store's fingerprint; it is read
+        only for a pseudonymised store and a labels file other than the store's own.
+    environ
+        The environment to read the key from (``os.environ`` when ``None``).
 
     Raises
     ------
     InputError
         The folder is missing or holds no DICOM study; the labels file is missing or malformed
         (:func:`~sarclym.node.cases.labels.read_labels_file` names the line); a pseudonymised
-        case store with a labels file keyed by anything but the stored StudyInstanceUID (the
-        original identifiers are not in the store); the index is unreadable.
+        case store with a labels file keyed by original identifiers and no key (the message
+        says how to give it); a key whose fingerprint is not the store's (both named); a
+        ``key_file`` for a folder that is not a pseudonymised case store; the index is
+        unreadable.
     """
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if not folder.is_dir():
         raise InputError(f"{option} {folder}: no such folder")
+    own_labels = folder / DEFAULT_LABELS
     if labels_path is None:
-        labels_path = folder / DEFAULT_LABELS
+        labels_path = own_labels
         if not labels_path.is_file():
             raise InputError(
                 f"{option} {folder}: no {DEFAULT_LABELS} in it; name the labels file with "
@@ -185,12 +283,27 @@ def load_case_set(
     labels_file = read_labels_file(labels_path, allowed=CLASSES)
     index = _case_store_index(folder)
     pseudonymised = bool(index.get("pseudonymised", False)) if index is not None else False
-    if pseudonymised and labels_file.kind is not KeyKind.STUDY_UID:
+    if key_file is not None and not pseudonymised:
         raise InputError(
-            f"--labels {labels_path}: keyed by {labels_file.kind.value}, but the case store "
-            f"{folder} is pseudonymised (its identifiers were replaced); use the store's own "
-            f"{folder / DEFAULT_LABELS}, keyed by the stored StudyInstanceUID"
+            f"--key-file {key_file}: {option} {folder} is not a pseudonymised case store "
+            "(its index.json does not say pseudonymised); leave --key-file out"
         )
+    pseudo: Pseudonymiser | None = None  # checked before the (slow) scan of the folder
+    is_own = labels_path.resolve() == own_labels.resolve()
+    if index is not None and pseudonymised:
+        original = labels_file.kind is not KeyKind.STUDY_UID
+        given = _key_source(key_file, env) is not None
+        if original and not given and not is_own:
+            raise InputError(
+                f"--labels {labels_path}: keyed by {labels_file.kind.value}, but the case store "
+                f"{folder} is pseudonymised (it holds keyed hashes of the identifiers): give "
+                f"the key it was pulled with (--key-file FILE or ${KEY_ENV}; its fingerprint is "
+                f"{index.get('key_fingerprint')}) so the labels' keys are hashed the same way, "
+                f"or use the store's own {own_labels}, keyed by the stored StudyInstanceUID"
+            )
+        if key_file is not None or (given and not is_own):
+            checked = _store_key(folder, index, key_file, env)
+            pseudo = None if is_own else checked  # the store's own labels: stored UIDs
     scan = scan_paths([folder])
     if not scan.studies:
         raise InputError(f"{option} {folder}: no DICOM study found")
@@ -198,14 +311,28 @@ def load_case_set(
     for uid, study in scan.studies.items():
         read = _facts(study)
         facts[uid] = read if read is not None else StudyFacts(StudyKeys(uid))
-    matched = match_labels(labels_file, (f.keys for f in facts.values()))
+    hasher = None if pseudo is None else _hasher(pseudo, labels_file, set(facts))
+    matched = match_labels(labels_file, (f.keys for f in facts.values()), hasher=hasher)
+    if pseudonymised and hasher is None and not is_own and not matched.labels:
+        raise InputError(
+            f"--labels {labels_path}: no row matches a study of the pseudonymised case store "
+            f"{folder}; if it holds the original StudyInstanceUIDs, give the key the store was "
+            f"pulled with (--key-file FILE or ${KEY_ENV}), or use its own {own_labels}"
+        )
+    # A site's file on a pseudonymised store: its unmatched keys are original identifiers.
+    hide = pseudonymised and not is_own
     unmatched = [
-        {"row": row.describe(labels_file.kind), "reason": "not found"} for row in matched.not_found
+        {"row": _describe(row, labels_file, hide), "reason": "not found"}
+        for row in matched.not_found
     ]
     unmatched += [
-        {"row": row.describe(labels_file.kind), "reason": f"ambiguous: matches {len(uids)} studies"}
+        {
+            "row": _describe(row, labels_file, hide),
+            "reason": f"ambiguous: matches {len(uids)} studies",
+        }
         for row, uids in matched.ambiguous
     ]
+    fingerprint = index.get("key_fingerprint") if index is not None and pseudonymised else None
     return CaseSet(
         folder=folder,
         labels_path=labels_path,
@@ -218,6 +345,8 @@ def load_case_set(
         facts=facts,
         case_store=index is not None,
         pseudonymised=pseudonymised,
+        key_fingerprint=str(fingerprint) if fingerprint else None,
+        labels_hashed=hasher is not None,
     )
 
 
@@ -232,8 +361,9 @@ def data_summary(cases: CaseSet, study_uids: Iterable[str]) -> dict[str, Any]:
     -------
     dict
         ``n``, ``per_class``, ``scanners`` (``"Manufacturer / ManufacturerModelName" -> n``),
-        ``study_date_range`` (ISO dates, ``None`` when no study has one), ``pseudonymised``,
-        ``case_store``, ``folder``, ``labels_file`` and its ``labels_sha256``.
+        ``study_date_range`` (ISO dates, ``None`` when no study has one), ``pseudonymised``
+        with the store's ``key_fingerprint`` (``None`` when not) and
+        ``labels_matched_by_keyed_hash``, ``case_store``, ``folder``, ``labels_file`` and its ``labels_sha256``.
     """
     uids = sorted(study_uids)
     per_class = Counter(cases.labels[u] for u in uids)
@@ -253,6 +383,8 @@ def data_summary(cases: CaseSet, study_uids: Iterable[str]) -> dict[str, Any]:
         "scanners": dict(sorted(scanners.items())),
         "study_date_range": [min(dates), max(dates)] if dates else None,
         "pseudonymised": cases.pseudonymised,
+        "key_fingerprint": cases.key_fingerprint,
+        "labels_matched_by_keyed_hash": cases.labels_hashed,
         "case_store": cases.case_store,
         "folder": str(cases.folder),
         "labels_file": str(cases.labels_path),

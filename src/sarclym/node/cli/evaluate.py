@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ def add_commands(sub: Any, command: CommandFactory) -> None:
         metavar="FILE",
         help="labels file keyed by study_instance_uid, accession_number or patient_id + "
         "study_date, with label sarcoidosis|lymphoma (default DIR/labels.csv)",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="F",
+        help="the pseudonymisation key a pseudonymised case store was pulled with (else "
+        "$SARCLYM_PSEUDONYM_KEY): lets the site's original labels file (accession numbers, "
+        "patient IDs, study UIDs) match the store's keyed hashes; never shown or logged",
     )
     parser.add_argument(
         "--model",
@@ -101,7 +110,7 @@ def run_evaluate(args: argparse.Namespace, config: Config) -> int:
         models = [registry.load(v) for v in versions]
     except RegistryError as exc:
         raise ModelError(str(exc)) from exc
-    cases = load_case_set(args.cases, args.labels)
+    cases = load_case_set(args.cases, args.labels, key_file=args.key_file, environ=os.environ)
     layout = DataLayout(config.storage.data_dir)
     cache = args.cache or layout.mip_cache
     out = args.out.resolve()

@@ -410,6 +410,13 @@ def _add_model_commands(sub: Any) -> None:
         "study_date); the card gets a change record",
     )
     retrain.add_argument("--labels", type=Path, metavar="CSV", help="labels file")
+    retrain.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="F",
+        help="with --cases of a pseudonymised store: the key it was pulled with (else "
+        "$SARCLYM_PSEUDONYM_KEY), so that the site's original labels file matches",
+    )
     retrain.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
     retrain.add_argument("--epochs", type=positive_int, default=40, help="epochs (default 40)")
     retrain.add_argument("--batch-size", type=positive_int, default=16, help="default 16")

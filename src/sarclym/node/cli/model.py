@@ -179,7 +179,13 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
             device = resolve_device(_device(args, config))
         except ValueError as exc:
             raise ModelError(str(exc)) from exc
-        cases = load_case_set(args.cases, args.labels, option="--cases")
+        cases = load_case_set(
+            args.cases,
+            args.labels,
+            option="--cases",
+            key_file=getattr(args, "key_file", None),
+            environ=os.environ,
+        )
         args.labels = cases.labels_path
         labels = dict(cases.labels)
         for row in cases.unmatched:
@@ -195,6 +201,8 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     else:
         if args.labels is None:
             raise InputError("--data needs --labels CSV (or use --cases DIR)")
+        if getattr(args, "key_file", None) is not None:
+            raise InputError("--key-file goes with --cases DIR (a pseudonymised case store)")
         if not args.data.exists():
             raise InputError(f"--data {args.data}: no such folder")
         if not args.data.is_dir():
@@ -440,6 +448,8 @@ def _command_line(args: argparse.Namespace) -> str:
             "--labels",
             str(args.labels),
         ]
+        if getattr(args, "key_file", None) is not None:  # the key's file, never the key
+            parts += ["--key-file", str(args.key_file)]
     else:
         parts = ["sarclym-node", "retrain", "--data", str(args.data), "--labels", str(args.labels)]
     for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "suv_max"):
