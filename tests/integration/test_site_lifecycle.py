@@ -146,7 +146,8 @@ def test_pull_evaluate_retrain_evaluate_both_activate_show(
 
     # Retrain on the store, fast settings, with the same labels file.
     code = site.cli("retrain", "--cases", str(store), "--labels", str(site.labels),
-                    "--folds", "2", "--epochs", "1", "--input-size", "32", "--version", NEW)  # fmt: skip
+                    "--folds", "2", "--epochs", "1", "--input-size", "32",
+                    "--version", NEW)  # fmt: skip
     assert code == EXIT_OK, capsys.readouterr()
     capsys.readouterr()
 
@@ -193,7 +194,8 @@ def test_pull_evaluate_retrain_evaluate_both_activate_show(
     assert "- folds: 2" in md
     assert f"| metric | {SHIPPED} | this version |" in md
     assert "| auc | " in md
-    assert "local evaluation " in md and "passed" in md
+    assert "local evaluation " in md
+    assert "passed" in md
     assert "- activated " in md
     assert "(forced" not in md
 
@@ -208,7 +210,8 @@ def _assert_nothing_original(site: Site, text: str) -> None:
 def pseudo_store(site: Site) -> Path:
     store = site.base / "cases-pseudo"
     code = site.cli("cases", "pull", "--labels", str(site.labels), "--source", "pacs",
-                    "--out", str(store), "--pseudonymise", "--key-file", str(site.key_file))  # fmt: skip
+                    "--out", str(store), "--pseudonymise",
+                    "--key-file", str(site.key_file))  # fmt: skip
     assert code == EXIT_OK
     return store
 
@@ -229,7 +232,8 @@ def test_pseudonymised_store_with_the_sites_labels_and_the_key(
     assert site.cli(*evaluate, "--labels", str(site.labels)) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "pseudonymised" in err
-    assert "--key-file" in err and KEY_ENV in err
+    assert "--key-file" in err
+    assert KEY_ENV in err
     assert "labels.csv" in err
 
     # Another key: refused, naming both fingerprints (never the key).
@@ -239,7 +243,8 @@ def test_pseudonymised_store_with_the_sites_labels_and_the_key(
                     "--key-file", str(site.wrong_key_file))  # fmt: skip
     assert code == EXIT_BAD_INPUT
     captured = capsys.readouterr()
-    assert wrong in captured.err and right in captured.err
+    assert wrong in captured.err
+    assert right in captured.err
     assert "another-key" not in captured.err + captured.out
 
     # The right key: the original accession-keyed file matches every study; the unknown
@@ -263,6 +268,25 @@ def test_pseudonymised_store_with_the_sites_labels_and_the_key(
     # Without a key the store's own labels.csv (stored study UIDs) still works.
     assert site.cli(*evaluate) == EXIT_OK
     assert _report(capsys.readouterr().out)["cases"]["matched"] == N
+
+    # A site's file keyed by the original StudyInstanceUIDs matches with the key.
+    by_uid = site.base / "by-uid.csv"
+    by_uid.write_text(
+        "study_instance_uid,label\n"
+        + "".join(f"{s.written.study_instance_uid},{s.label}\n" for s in site.studies)
+    )
+    assert site.cli(*evaluate, "--labels", str(by_uid)) == EXIT_BAD_INPUT  # no key
+    assert "give the key" in capsys.readouterr().err
+    assert site.cli(*evaluate, "--labels", str(by_uid), "--key-file", str(site.key_file)) == 0
+    captured = capsys.readouterr()
+    assert _report(captured.out)["cases"]["matched"] == N
+    _assert_nothing_original(site, captured.out + captured.err)
+
+    # A key for a folder that is not a pseudonymised store: refused, before any work.
+    code = site.cli("evaluate", "--cases", str(site.base / "cohort"), "--labels",
+                    str(site.labels), "--key-file", str(site.key_file))  # fmt: skip
+    assert code == EXIT_BAD_INPUT
+    assert "is not a pseudonymised case store" in capsys.readouterr().err
 
     # retrain with the key from the environment: the change record says pseudonymised.
     monkeypatch.setenv(KEY_ENV, KEY)

@@ -75,6 +75,8 @@ def build_report(
                 "folder": str(cases.folder),
                 "case_store": cases.case_store,
                 "pseudonymised": cases.pseudonymised,
+                "key_fingerprint": cases.key_fingerprint,
+                "labels_matched_by_keyed_hash": cases.labels_hashed,
                 "labels_file": str(cases.labels_path),
                 "labels_sha256": cases.labels_sha256,
                 "labels_keyed_by": cases.labels_kind.value,
