@@ -3,19 +3,23 @@
 Ten synthetic studies (AC PET 128x128, 150 slices, plus CT, NAC and MIP series that the pull must
 leave) are stored in a real Orthanc. In turn, ``ROUNDS`` times:
 
-- ``sarclym-node cases pull --source move`` (C-FIND study, series, image; C-MOVE of the AC
-  series to the pull's own Storage SCP; each instance written durably; index per study), into a
-  fresh store, with the configured ``sources.max_parallel``;
+- ``sarclym-node cases pull --source move`` (C-FIND study and series; C-MOVE of the AC series
+  to the pull's own Storage SCP; each instance written as received, fsynced, renamed; the
+  series' folder fsynced once; index per study), into a fresh store, with the configured
+  ``sources.max_parallel``;
 - the reference: DCMTK ``movescu`` of the same ten AC series, one after the other, into DCMTK
   ``storescp`` (no query, no selection, no fsync).
 
-Medians of studies per minute and MB/s are printed with the ratio pull / reference. No
-assertion on time: figures are read, not enforced (a loaded CI machine is not a regression).
+Medians of studies per minute and MB/s are printed with the ratio pull / reference, and the
+CPU seconds the pull's process spent per instance (user + system: where the pull is bound by
+one core, pynetdicom's per-message work and the GIL, this is the figure that explains the gap).
+No assertion on time: figures are read, not enforced (a loaded CI machine is not a regression).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,15 +71,18 @@ def test_bench_pull_against_movescu(tmp_path: Path) -> None:
             " move_host: 127.0.0.1}\n"
         )
         labels = accession_labels(tmp_path / "labels.csv", studies)
-        pull_s, ref_s = [], []
+        pull_s, ref_s, cpu_s = [], [], []
         for k in range(ROUNDS):
             store = tmp_path / f"cases{k}"
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             code = main(
                 ["--config", str(config), "cases", "pull", "--labels", str(labels),
                  "--source", "move", "--out", str(store)]
             )  # fmt: skip
             pull_s.append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu_s.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
             assert code == 0
             shutil.rmtree(out)
             out.mkdir()
@@ -98,9 +105,11 @@ def test_bench_pull_against_movescu(tmp_path: Path) -> None:
         stop_orthanc(server)
     pull, ref = statistics.median(pull_s), statistics.median(ref_s)
     mb = ac_bytes / 1e6
+    instances = sum(len(s.written.by_role("PT_AC").paths) for s in studies)
     print(
         f"\ncases pull (C-MOVE): {STUDIES / pull * 60:.1f} studies/min, {mb / pull:.1f} MB/s; "
         f"movescu -> storescp: {STUDIES / ref * 60:.1f} studies/min, {mb / ref:.1f} MB/s; "
         f"ratio pull/reference {ref / pull:.2f} ({STUDIES} studies, {mb:.1f} MB, "
-        f"median of {ROUNDS})"
+        f"median of {ROUNDS}); pull CPU {statistics.median(cpu_s) / instances * 1e3:.2f} ms "
+        f"per instance over {instances} instances, {statistics.median(cpu_s) / pull:.2f} cores"
     )

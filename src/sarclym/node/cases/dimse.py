@@ -22,6 +22,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -42,13 +43,20 @@ from sarclym.node.cases.source import (
     match_filter,
 )
 from sarclym.node.config.sources import DimseSource as DimseConfig
-from sarclym.node.dicom.compat import guard_responses
+from sarclym.node.dicom.compat import guard_responses, set_dul_loop_delay
 from sarclym.node.dicom.send import set_nodelay
 
 __all__ = ["DimseSource"]
 
 _PENDING = (0xFF00, 0xFF01)
 _RETRIEVE_PENDING = (0xFF00,)
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+#: Maximum Length we announce (PS3.8 D.1): 0, none; the PACS sends an instance in one PDU
+#: rather than pynetdicom's 16 kB pieces, each a pass of its reactor.
+_MAX_PDU = 0
+#: pynetdicom's DUL reactor nap after an idle pass (its default 1 ms, per instance and per
+#: response); as the listener's (``dicom.listener._DUL_POLL_S``).
+_DUL_POLL_S = 0.0002
 
 
 def _query(level: str, keys: Sequence[str], **values: str) -> Dataset:
@@ -61,6 +69,23 @@ def _query(level: str, keys: Sequence[str], **values: str) -> Dataset:
     return ds
 
 
+def _deliver(sink: Sink, event: Any, ds: Dataset) -> None:
+    """Hand a received instance to ``sink``; with its bytes as sent where the sink takes them.
+
+    ``event.dataset`` is decoded lazily (element values on access), so reading the UIDs costs
+    little; a sink with ``take_encoded`` (the pull's writer) gets the instance in the file
+    format as it came, to write without re-encoding.
+    """
+    meta = event.file_meta  # built anew by each access: once here
+    ds.file_meta = meta
+    take = getattr(sink, "take_encoded", None)
+    if take is None:
+        sink(ds)
+        return
+    stream = event.encoded_dataset(include_meta=False)
+    take(ds, b"".join((_PREAMBLE, encode_file_meta(meta), stream)))
+
+
 class _MoveReceiver:
     """The Storage SCP that C-MOVE sub-operations arrive at, for the whole pull."""
 
@@ -71,6 +96,7 @@ class _MoveReceiver:
         ae = AE(ae_title=aet)
         ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = timeout
         ae.maximum_associations = 32
+        ae.maximum_pdu_size = _MAX_PDU
         for uid in PET_SOP_CLASSES:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
@@ -90,16 +116,16 @@ class _MoveReceiver:
     @staticmethod
     def _accepted(event: Any) -> None:
         set_nodelay(event.assoc)
+        set_dul_loop_delay(event.assoc, _DUL_POLL_S)
 
     def _store(self, event: Any) -> int:
         ds = event.dataset
-        ds.file_meta = event.file_meta
         series = str(ds.get("SeriesInstanceUID", ""))
         with self._lock:
             sink = self._sinks.get(series)
         if sink is None:
             return 0xC001  # no retrieve of ours waits for this series
-        sink(ds)
+        _deliver(sink, event, ds)
         with self._lock:
             self._received[series] = self._received.get(series, 0) + 1
         return 0x0000
@@ -146,6 +172,7 @@ class DimseSource:
         t = self.config.timeout
         ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = t
         ae.connection_timeout = t
+        ae.maximum_pdu_size = _MAX_PDU
         for ctx in (
             Verification,
             StudyRootQueryRetrieveInformationModelFind,
@@ -179,6 +206,7 @@ class DimseSource:
             why = "rejected the association" if assoc.is_rejected else "did not answer"
             raise SourceError(f"source {self.name!r}: {self.describe()} {why}")
         set_nodelay(assoc)
+        set_dul_loop_delay(assoc, _DUL_POLL_S)
         guard_responses(assoc)
         try:
             yield assoc
@@ -214,9 +242,7 @@ class DimseSource:
             sink = self._get_sinks.get(id(event.assoc))
         if sink is None:
             return 0xC001
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        sink(ds)
+        _deliver(sink, event, event.dataset)
         return 0x0000
 
     @contextmanager

@@ -5,12 +5,16 @@ Per row (:func:`pull_row`), on one session (association) with the PACS:
 1. study-level query by the row's key; 0 studies: *not found*, several: *ambiguous*;
 2. series-level query; :func:`~sarclym.node.cases.choose.choose_series` picks the series the
    node's selection would analyse, or the row is *refused* with the reasons;
-3. image-level query: the SOPInstanceUIDs the PACS holds for that series;
-4. only those not yet on disk are retrieved (all of them at first; after a crash the missing
-   ones: C-GET/C-MOVE at IMAGE level with their list, WADO-RS one by one; if the PACS does not
-   send them that way, the whole series again: each instance is written under its own name, so
-   nothing ends up twice);
-5. the row is *done* only when every listed instance is on disk; else *failed* with the count.
+3. a series with nothing on disk is retrieved whole; when the PACS reports no failure and the
+   files on disk number both the instances it sent and NumberOfSeriesRelatedInstances, they are
+   the series (:func:`_retrieve`);
+4. otherwise (after a crash, or counts that disagree or are missing) an image-level query lists
+   the SOPInstanceUIDs the PACS holds for that series, and only those not yet on disk are
+   retrieved (C-GET/C-MOVE at IMAGE level with their list, WADO-RS one by one; if the PACS does
+   not send them that way, the whole series again: each instance is written under its own
+   name, so nothing ends up twice);
+5. the series' folder is fsynced once, and the row is *done* only when every instance of the
+   series is on disk; else *failed* with the count. The index is rewritten once per row.
 
 A row already *done* whose files are all there is *skipped* without a query. Rows run
 ``jobs`` at a time (threads: the work is waiting on the network and the disk).
@@ -30,7 +34,7 @@ from sarclym.model.imaging.selection import SelectionRules
 from sarclym.node.cases.choose import SeriesInfo, choose_series
 from sarclym.node.cases.labels import LabelRow, LabelsFile
 from sarclym.node.cases.pseudonym import Pseudonymiser
-from sarclym.node.cases.source import Source, SourceError
+from sarclym.node.cases.source import Session, Source, SourceError
 from sarclym.node.cases.store import CaseStore, RowStatus, row_entry
 
 __all__ = ["Outcome", "PullReport", "pull"]
@@ -91,24 +95,44 @@ class PullReport:
 
 
 class _Writer:
-    """The sink of one series' retrieve: checks, pseudonymises, writes, counts."""
+    """The sink of one series' retrieve: checks, pseudonymises, writes, counts.
+
+    Without pseudonymisation an instance is written as the PACS sent it
+    (:meth:`take_encoded`: no decoding and re-encoding by pydicom); with it, decoded, changed
+    and encoded again.
+    """
 
     def __init__(
         self, store: CaseStore, pseudo: Pseudonymiser | None, study: str, series: str
     ) -> None:
-        self.store, self.pseudo = store, pseudo
+        self.pseudo = pseudo
         self.study, self.series = study, series
+        self.out = store.series_writer(_stored(pseudo, study), _stored(pseudo, series))
         self.received = 0
         self.unexpected = 0
 
-    def __call__(self, ds: Dataset) -> None:
+    def _ours(self, ds: Dataset) -> bool:
         if ds.get("StudyInstanceUID") != self.study or ds.get("SeriesInstanceUID") != self.series:
             self.unexpected += 1
+            return False
+        return True
+
+    def __call__(self, ds: Dataset) -> None:
+        if not self._ours(ds):
             return
         if self.pseudo is not None:
             self.pseudo.apply(ds)
-        self.store.write_instance(ds)
+        self.out.write(ds)
         self.received += 1
+
+    def take_encoded(self, ds: Dataset, encoded: bytes) -> None:
+        """An instance with its bytes as received (file format, meta included)."""
+        if self.pseudo is not None:
+            self(ds)
+            return
+        if self._ours(ds):
+            self.out.write(ds, encoded)
+            self.received += 1
 
 
 def _stored(pseudo: Pseudonymiser | None, uid: str) -> str:
@@ -178,23 +202,10 @@ def _fetch(
             store.set_row(row_id, row_entry(row, RowStatus.REFUSED, reason=choice.reason))
             return Outcome(row, RowStatus.REFUSED, reason=choice.reason)
         series_uid = choice.series.series_instance_uid
-        listed = [
-            str(ds.SOPInstanceUID)
-            for ds in session.find_instances(uid, series_uid, header=False)
-            if ds.get("SOPInstanceUID")
-        ]
         stored_study, stored_series = _stored(pseudo, uid), _stored(pseudo, series_uid)
-        wanted = {_stored(pseudo, sop): sop for sop in listed}
-        missing = [
-            sop for s, sop in wanted.items() if s not in store.present(stored_study, stored_series)
-        ]
         writer = _Writer(store, pseudo, uid, series_uid)
-        if missing:
-            partial = len(missing) < len(wanted)
-            session.retrieve(uid, series_uid, missing if partial else None, writer)
-            still = [s for s in wanted if s not in store.present(stored_study, stored_series)]
-            if still and partial:  # the PACS did not honour the list: the whole series
-                session.retrieve(uid, series_uid, None, writer)
+        wanted = _retrieve(session, store, pseudo, writer, uid, choice.series)
+    writer.out.flush()  # the names of the series' files durable before the row is done
     have = store.present(stored_study, stored_series)
     absent = [s for s in wanted if s not in have]
     if absent or not wanted:
@@ -231,6 +242,50 @@ def _fetch(
         bytes=size,
         retrieved=writer.received,
     )
+
+
+def _retrieve(
+    session: Session,
+    store: CaseStore,
+    pseudo: Pseudonymiser | None,
+    writer: _Writer,
+    study_uid: str,
+    series: SeriesInfo,
+) -> set[str]:
+    """Retrieve what the store lacks of a series; return the stored SOPInstanceUIDs it must hold.
+
+    A series with nothing on disk is retrieved whole at once; when the PACS then reports no
+    failed sub-operation and the files on disk number what it sent and what it announced at
+    series level (NumberOfSeriesRelatedInstances), those files are the series: no image-level
+    query is needed (it cost one decoded response per instance). Otherwise (a series partly
+    on disk after a crash, no count announced, or counts that disagree) the image-level
+    listing decides, and only the listed instances not on disk are retrieved (by their list;
+    the whole series again if the PACS does not honour it).
+    """
+    series_uid = series.series_instance_uid
+    stored_study, stored_series = _stored(pseudo, study_uid), _stored(pseudo, series_uid)
+    have = store.present(stored_study, stored_series)
+    if not have:
+        sent = session.retrieve(study_uid, series_uid, None, writer)
+        have = store.present(stored_study, stored_series)
+        counted = (sent.completed + sent.warning, series.instances)
+        if not sent.failed and have and counted == (len(have), len(have)):
+            return have
+    listed = [
+        str(ds.SOPInstanceUID)
+        for ds in session.find_instances(study_uid, series_uid, header=False)
+        if ds.get("SOPInstanceUID")
+    ]
+    wanted = {_stored(pseudo, sop): sop for sop in listed}
+    missing = [sop for s, sop in wanted.items() if s not in have]
+    if missing:
+        partial = len(missing) < len(wanted)
+        session.retrieve(study_uid, series_uid, missing if partial else None, writer)
+        have = store.present(stored_study, stored_series)
+        if partial and any(s not in have for s in wanted):
+            # The PACS did not honour the list: the whole series.
+            session.retrieve(study_uid, series_uid, None, writer)
+    return set(wanted)
 
 
 def pull(

@@ -8,10 +8,13 @@ Layout (``<out>``, by default ``<storage.data_dir>/cases``)::
     <out>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
 
 UIDs are the stored ones (pseudonyms in a pseudonymised store). Invariants: an instance file is
-whole or absent (temporary name, fsync, rename: :mod:`sarclym.node.store.durable`);
-a row is ``done`` in the index only after every instance the PACS listed for its series is on
-disk; ``labels.csv`` lists exactly the studies whose row is ``done``. A store is pseudonymised or
-not for good: the index records it and the key's fingerprint, never the key.
+whole or absent (temporary name held under its lock, fsync, rename: the protocol of
+:mod:`sarclym.node.store.durable`); a series' folder is fsynced once, after its last instance
+(:meth:`SeriesWriter.flush`), and a row is ``done`` in the index only after that flush found
+every instance of its series on disk, so a power cut loses at most the names of the series
+in flight, which the next pull fetches again; ``labels.csv`` lists exactly the studies whose
+row is ``done``; the index is rewritten once per row, never per instance. A store is
+pseudonymised or not for good: the index records it and the key's fingerprint, never the key.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ from pydicom.dataset import Dataset
 
 from sarclym.node.cases.labels import KeyKind, LabelRow, StudyKeys
 from sarclym.node.errors import InputError
-from sarclym.node.store.durable import make_dirs, remove_orphaned_temp, write_durable
+from sarclym.node.store.durable import (
+    fsync_dir,
+    make_dirs,
+    remove_orphaned_temp,
+    write_durable,
+)
 
-__all__ = ["INDEX_FORMAT", "CaseStore", "RowStatus"]
+__all__ = ["INDEX_FORMAT", "CaseStore", "RowStatus", "SeriesWriter"]
 
 INDEX_FORMAT = 1
 
@@ -180,19 +188,14 @@ class CaseStore:
             return set()
         return {p.stem for p in folder.glob("*.dcm") if not p.name.startswith(".")}
 
-    def write_instance(self, ds: Dataset) -> int:
-        """Write one (already pseudonymised where due) instance; return its size in bytes.
-
-        The file name is its SOPInstanceUID; an instance already there is replaced by the same
-        content, so a retrieve repeated after a crash leaves each instance once.
-        """
-        folder = self.series_folder(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
-        if folder not in self._made:
-            make_dirs(folder, root=self.root)
-            self._made.add(folder)
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        return write_durable(folder / f"{ds.SOPInstanceUID}.dcm", [buffer.getbuffer()])
+    def series_writer(self, study_uid: str, series_uid: str) -> SeriesWriter:
+        """The writer of one stored series' instances (its folder is created durably)."""
+        folder = self.series_folder(study_uid, series_uid)
+        with self._lock:  # two rows may name one study: the folder made once, before use
+            if folder not in self._made:
+                make_dirs(folder, root=self.root)
+                self._made.add(folder)
+        return SeriesWriter(folder)
 
     def series_bytes(self, study_uid: str, series_uid: str) -> int:
         """Bytes of a stored series on disk."""
@@ -202,6 +205,48 @@ class CaseStore:
     def write_report(self, report: dict[str, Any]) -> None:
         """Write ``pull-report.json`` durably."""
         write_durable(self.paths.report, [json.dumps(report, indent=1).encode()])
+
+
+class SeriesWriter:
+    """Writes the instances of one series into its folder; :meth:`flush` makes their names durable.
+
+    Each instance goes to a temporary name in the folder, locked from before its first byte
+    until it is renamed (so :func:`~sarclym.node.store.durable.remove_orphaned_temp` removes it
+    only after a crash), is written and fsynced, then renamed onto ``<SOPInstanceUID>.dcm``: a
+    file under its final name is whole (``write_durable(..., sync_dir=False)``). The folder
+    itself is fsynced once, by :meth:`flush`, not after every rename (that fsync was most of
+    the cost of a file). An instance already there is replaced by the same content, so a retrieve
+    repeated after a crash leaves each instance once. Safe for one thread at a time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written = 0
+
+    def write(self, ds: Dataset, encoded: bytes | None = None) -> int:
+        """Write one instance; return its size in bytes.
+
+        Parameters
+        ----------
+        ds
+            The instance with its ``file_meta`` (already pseudonymised where due).
+        encoded
+            The instance in the DICOM file format exactly as it arrived (preamble, file meta,
+            data set), written as it is; ``None``: ``ds`` is encoded by pydicom.
+        """
+        if encoded is None:
+            buffer = io.BytesIO()
+            dcmwrite(buffer, ds, enforce_file_format=True)
+            data: bytes | memoryview = buffer.getbuffer()
+        else:
+            data = encoded
+        size = write_durable(self.folder / f"{ds.SOPInstanceUID}.dcm", [data], sync_dir=False)
+        self.written += 1
+        return size
+
+    def flush(self) -> None:
+        """fsync the folder: every instance written so far keeps its name after a power cut."""
+        fsync_dir(self.folder)
 
 
 def row_entry(row: LabelRow, status: str, **fields: Any) -> dict[str, Any]:

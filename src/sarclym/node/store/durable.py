@@ -157,7 +157,9 @@ def make_dirs(folder: Path, *, root: Path) -> None:
         fsync_dir(level.parent)
 
 
-def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+def write_durable(
+    path: Path, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True
+) -> int:
     """Write ``chunks`` to ``path`` atomically and durably; ``path``'s folder must exist.
 
     Temporary file in the same folder (:func:`temp_path`, locked while it exists), write,
@@ -170,6 +172,10 @@ def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
         Final file name; an existing file is replaced.
     chunks
         The content, in order.
+    sync_dir
+        ``False``: leave the folder's fsync to the caller, who writes many files into it and
+        syncs it once (:func:`fsync_dir`) before it relies on their names (the case store does,
+        per series); until then a power cut may lose the name, never leave a partial file.
 
     Returns
     -------
@@ -193,7 +199,8 @@ def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
     return size
 
 
