@@ -44,6 +44,7 @@ from sarclym.node.cases.source import (
 )
 from sarclym.node.config.sources import DimseSource as DimseConfig
 from sarclym.node.dicom.compat import guard_responses, set_dul_loop_delay
+from sarclym.node.dicom.pdu_reader import quickack_after_reads
 from sarclym.node.dicom.send import set_nodelay
 
 __all__ = ["DimseSource"]
@@ -116,6 +117,7 @@ class _MoveReceiver:
     @staticmethod
     def _accepted(event: Any) -> None:
         set_nodelay(event.assoc)
+        quickack_after_reads(event.assoc)  # a PACS that leaves Nagle on: no delayed-ACK stall
         set_dul_loop_delay(event.assoc, _DUL_POLL_S)
 
     def _store(self, event: Any) -> int:
@@ -206,6 +208,7 @@ class DimseSource:
             why = "rejected the association" if assoc.is_rejected else "did not answer"
             raise SourceError(f"source {self.name!r}: {self.describe()} {why}")
         set_nodelay(assoc)
+        quickack_after_reads(assoc)  # C-GET sub-operations arrive on this association
         set_dul_loop_delay(assoc, _DUL_POLL_S)
         guard_responses(assoc)
         try:

@@ -17,6 +17,7 @@ function                       private attribute
 :func:`guard_responses`        ``DIMSEServiceProvider.msg_queue`` (through :func:`intercept_served`)
 :func:`read_file_meta`         ``pydicom.filereader._read_file_meta_info``
 :func:`replace_pdu_reader`     ``DULServiceProvider._read_pdu_data``
+:func:`after_each_pdu`         ``DULServiceProvider._read_pdu_data`` (wrapped, not replaced)
 :func:`decode_pdu`             ``DULServiceProvider._decode_pdu``
 :func:`queue_pdu`              ``DULServiceProvider._recv_pdu``
 :func:`end_request_wait`       ``Association.run_reactor``'s wait for the A-ASSOCIATE-RQ
@@ -41,6 +42,7 @@ from pynetdicom.pdu import PDU
 __all__ = [
     "PYDICOM_CHECKED",
     "PYNETDICOM_CHECKED",
+    "after_each_pdu",
     "association_socket",
     "buffer_data_sets",
     "decode_pdu",
@@ -215,6 +217,37 @@ def replace_pdu_reader(assoc: Association, reader: Callable[[], None]) -> None:
         Called by the DUL thread for each PDU there is data for.
     """
     assoc.dul._read_pdu_data = reader  # type: ignore[method-assign]
+
+
+def after_each_pdu(assoc: Association, hook: Callable[[], None]) -> None:
+    """Call ``hook`` on the DUL thread after each PDU pynetdicom's own reader reads.
+
+    For the node's associations that keep pynetdicom's reader (not the listener's, which reads
+    with :func:`replace_pdu_reader`): ``sarclym.node.dicom.pdu_reader.quickack_after_reads``
+    re-arms TCP_QUICKACK with it where the node receives C-STOREs outside the listener.
+
+    Checked on pynetdicom 3.0.4: the DUL reactor (``run_reactor``, through
+    ``_is_transport_event``) looks ``self._read_pdu_data`` up on every call, with no arguments
+    and its result unused, whenever the socket has data; each call reads one whole PDU (or
+    puts ``"Evt17"``/``"Evt19"`` on ``event_queue``).
+
+    Parameters
+    ----------
+    assoc
+        The association; from the next PDU on when the DUL is already reading.
+    hook
+        Called with no arguments after each read (also after one that failed).
+    """
+    dul = assoc.dul
+    read = dul._read_pdu_data
+
+    def read_then_hook() -> None:
+        try:
+            read()
+        finally:
+            hook()
+
+    dul._read_pdu_data = read_then_hook  # type: ignore[method-assign]
 
 
 def decode_pdu(assoc: Association, data: bytearray) -> tuple[PDU, str]:

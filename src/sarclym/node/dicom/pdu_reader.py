@@ -14,11 +14,15 @@ listener accepts (:func:`~sarclym.node.dicom.compat.replace_pdu_reader`):
 - the A-ASSOCIATE-RQ must be complete by the connection's ARTIM deadline
   (``listener.artim_seconds``), or the connection is closed;
 - once the association is up, a PDU that stops arriving half way for the association's network
-  timeout closes the connection.
+  timeout closes the connection;
+- after every read the kernel is told to acknowledge at once (:func:`rearm_quickack`, Linux's
+  ``TCP_QUICKACK``; nothing elsewhere): a sender that leaves Nagle's algorithm on would
+  otherwise wait up to 40 ms for a delayed ACK per C-STORE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -28,9 +32,9 @@ from typing import Any, Protocol
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
-from sarclym.node.dicom.compat import association_socket, decode_pdu, queue_pdu
+from sarclym.node.dicom.compat import after_each_pdu, association_socket, decode_pdu, queue_pdu
 
-__all__ = ["MAX_OTHER_PDU", "EventLog", "PduReader"]
+__all__ = ["MAX_OTHER_PDU", "EventLog", "PduReader", "quickack_after_reads", "rearm_quickack"]
 
 #: The longest PDU other than P-DATA-TF the node reads, in bytes. An A-ASSOCIATE-RQ is the only
 #: large one: 128 presentation contexts with 20 transfer syntaxes each and a 64 KiB user
@@ -53,6 +57,7 @@ _INVALID_PDU, _TRANSPORT_CLOSED = "Evt19", "Evt17"  # PS3.8 9.2.1 events
 _PREALLOCATE = 16 << 20  # bodies up to this are read into one buffer; longer ones grow with data
 _DRAIN_CHUNK = 1 << 16
 _DRAIN_MAX = 1 << 20  # read and dropped after an A-ABORT, at most, before closing
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only (12)
 
 
 class EventLog(Protocol):
@@ -74,7 +79,8 @@ class PduReader:
     opens; the DUL thread calls it whenever the socket has data. Invariants: nothing beyond a
     PDU's 6-byte header is read before its length is checked; before the association request
     is complete, no read waits past ``request_deadline``; after it, no read waits longer than
-    ``stall_s`` for the next byte of a PDU that has begun.
+    ``stall_s`` for the next byte of a PDU that has begun; with ``quickack``, every read is
+    followed by :func:`rearm_quickack` (Linux; a no-op elsewhere).
 
     Parameters
     ----------
@@ -92,6 +98,9 @@ class PduReader:
     log
         Where log lines go (the listener's throttles them: a flood of connections is not a
         flood of lines); the reader adds ``peer``.
+    quickack
+        Re-arm TCP_QUICKACK after every read (:func:`rearm_quickack`); False only to measure
+        what that saves (``tests/bench/test_bench_nagle.py``).
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class PduReader:
         stall_s: float | None,
         peer: str,
         log: EventLog,
+        quickack: bool = True,
     ) -> None:
         self._assoc = assoc
         self._max_pdu = max_pdu
@@ -110,6 +120,7 @@ class PduReader:
         self._stall_s = stall_s
         self._peer = peer
         self._log = log
+        self._quickack = quickack
         self._drained = 0
         self._requesting = True  # until an A-ASSOCIATE-RQ has been read whole
 
@@ -205,6 +216,8 @@ class PduReader:
             self._set_timeout(sock, deadline)
             with memoryview(buf) as whole, whole[got:] as rest:
                 count = sock.recv_into(rest)
+            if self._quickack:
+                rearm_quickack(sock)  # before the peer can wait on an ACK held back
             if count == 0:
                 if got == len(prefix) and eof_ok:
                     return None
@@ -257,6 +270,57 @@ class PduReader:
 
     def _warn(self, event: str, **fields: Any) -> None:
         self._log.warning(event, peer=self._peer, **fields)
+
+
+def rearm_quickack(sock: socket.socket) -> None:
+    """Make the kernel acknowledge what arrives on ``sock`` at once (Linux ``TCP_QUICKACK``).
+
+    A sender that leaves Nagle's algorithm on (DCMTK without ``TCP_NODELAY=1``, Orthanc
+    forwarding, many modalities) holds the last, short segment of each PDU until everything it
+    sent before is acknowledged. Linux delays that ACK by up to 40 ms once the receiver has
+    answered on the connection (its "pingpong" mode, entered with every C-STORE-RSP): about
+    40 ms per instance. ``TCP_QUICKACK`` is not sticky (tcp(7): "subsequent operation of the
+    TCP protocol will once again enter/leave quickack mode"), so the reader sets it after every
+    read; setting it also sends an ACK the kernel was holding back. One system call: about
+    1 us from Python, 5 per instance of the real PET series (``tests/bench/test_bench_nagle.py``).
+
+    Where Python's :mod:`socket` has no ``TCP_QUICKACK`` (on Python 3.11: every platform but
+    Linux) this does nothing: there a sender with Nagle on still waits for the platform's
+    delayed ACK. A socket that
+    takes no TCP options (a UNIX socket in a test) or is closed already is left alone.
+
+    Parameters
+    ----------
+    sock
+        A connected TCP socket (or the TLS socket over one).
+    """
+    if _TCP_QUICKACK is None:
+        return
+    with contextlib.suppress(OSError):  # not TCP, or closed: nothing to acknowledge
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+def quickack_after_reads(assoc: Association) -> None:
+    """Re-arm TCP_QUICKACK after each PDU on an association that keeps pynetdicom's reader.
+
+    Where the node receives C-STOREs outside the listener (a C-MOVE destination, a C-GET), the
+    sender may leave Nagle's algorithm on just the same (:func:`rearm_quickack`); once per PDU
+    is enough there, as the ACK the kernel holds back is sent when the PDU is read. Linux only;
+    a no-op elsewhere.
+
+    Parameters
+    ----------
+    assoc
+        The association (any side), best before the peer sends: EVT_CONN_OPEN or EVT_ACCEPTED
+        for an acceptor, once established for a requestor.
+    """
+
+    def rearm() -> None:
+        sock = association_socket(assoc)
+        if sock is not None:
+            rearm_quickack(sock)
+
+    after_each_pdu(assoc, rearm)
 
 
 def _check_request(pdu: A_ASSOCIATE_RQ) -> None:
