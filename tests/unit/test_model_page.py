@@ -137,3 +137,35 @@ def test_the_served_model_page_after_login(tmp_path: Path, json_log: io.StringIO
     assert "AUC 0.910" in shown
     assert "1.0.0 not evaluated on this site's cases" in shown
     assert "alice" in shown
+
+
+def test_model_show_and_the_page_read_the_same_newest_evaluation(site: Path) -> None:
+    """One read, :func:`newest_evaluation`, for ``model show`` and the Model page: the newest
+    evaluation of the version's own weights; evaluations of other weights under its name are
+    not its."""
+    import json
+
+    from sarclym.node.cli.model import _shown_card
+    from sarclym.node.store.evaluations import newest_evaluation
+
+    registry = Registry(site / "models")
+    card_path = site / "models" / NEW / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["change_record"] = {"data": {"n": 40}}  # as retrain writes one (shown by model show)
+    card_path.write_text(json.dumps(card))
+    sha = str(registry.card(NEW)["weights_sha256"])
+    with StateDB.in_data_dir(site) as state:
+        assert newest_evaluation(state, NEW, sha) is None
+        record_evaluation(state, _evaluation(NEW, sha, passed=True, auc=0.88, at=T0 + 60))
+        record_evaluation(state, _evaluation(NEW, "00" * 32, passed=True, auc=0.99, at=T0 + 120))
+        newest = newest_evaluation(state, NEW, sha)
+        assert newest is not None
+        assert newest.run_at == T0 + 60
+        assert newest_evaluation(state, "1.0.0", "00" * 32) is None
+        old = newest_evaluation(state, "1.0.0", str(registry.card("1.0.0")["weights_sha256"]))
+        assert old is not None
+        assert (old.passed, old.run_at) == (True, T0)  # not the older failing one
+    shown = _shown_card(registry, NEW, _plain_config(site))
+    assert f"evaluation-{NEW}-{int(T0 + 60)}.json" in shown
+    assert "passed" in shown
+    assert "0.990" not in shown

@@ -609,7 +609,7 @@ def _activate(registry: Registry, args: argparse.Namespace, config: Config) -> N
 def _shown_card(registry: Registry, version: str, config: Config) -> str:
     """``model show``: the card with its activations and this site's newest evaluation."""
     from sarclym.model.inference.registry import render_card
-    from sarclym.node.store.evaluations import evaluations_of
+    from sarclym.node.store.evaluations import newest_evaluation
     from sarclym.node.store.layout import DataLayout
     from sarclym.node.store.state import StateDB
 
@@ -618,22 +618,7 @@ def _shown_card(registry: Registry, version: str, config: Config) -> str:
     state_db = DataLayout(config.storage.data_dir).state_db
     if isinstance(record, dict) and state_db.exists():
         with StateDB(state_db) as state:
-            same = [
-                e
-                for e in evaluations_of(state, version)
-                if e.weights_sha256 == card.get("weights_sha256")
-            ]
-        if same:
-            newest = same[0]
-            import datetime as dt
-
-            record.setdefault("evaluation", {})["local"] = {
-                "run_at": dt.datetime.fromtimestamp(newest.run_at, dt.UTC).isoformat(),
-                "run_by": newest.run_by,
-                "n_cases": newest.n_cases,
-                "metrics": newest.metrics.get("metrics", {}),
-                "passed": newest.passed,
-                "report": newest.report_path,
-                "report_sha256": newest.report_sha256,
-            }
+            newest = newest_evaluation(state, version, str(card.get("weights_sha256", "")))
+        if newest is not None:
+            record.setdefault("evaluation", {})["local"] = newest.change_record_entry()
     return render_card(card)

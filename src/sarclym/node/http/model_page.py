@@ -26,14 +26,13 @@ card (their SHA-256), as the activation gate has it
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sarclym.node.http.views import esc, markdown_to_html, stamp, table
 from sarclym.node.store.audit import AuditEvent, process_actor
-from sarclym.node.store.evaluations import EvaluationRecord, evaluations_of
+from sarclym.node.store.evaluations import EvaluationRecord, newest_evaluation
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import SeriesResult, SeriesStatus
 from sarclym.node.store.state import StateDB
@@ -141,6 +140,9 @@ def newest_evaluations(
 ) -> dict[str, EvaluationRecord | None]:
     """The newest local evaluation of each version's own weights, or None.
 
+    :func:`~sarclym.node.store.evaluations.newest_evaluation` of each: the read ``model show``
+    uses too.
+
     Parameters
     ----------
     state
@@ -149,11 +151,7 @@ def newest_evaluations(
         ``version -> weights SHA-256`` of its card: an evaluation of other weights under the
         same version name is not this version's.
     """
-    newest: dict[str, EvaluationRecord | None] = {}
-    for version, sha in weights.items():
-        same = (e for e in evaluations_of(state, version) if e.weights_sha256 == sha)
-        newest[version] = next(same, None)
-    return newest
+    return {version: newest_evaluation(state, version, sha) for version, sha in weights.items()}
 
 
 def _read_evaluations(
@@ -285,15 +283,7 @@ def _with_local_evaluation(card: dict[str, Any], record: EvaluationRecord | None
     change = card.get("change_record")
     if record is None or not isinstance(change, dict):
         return
-    change.setdefault("evaluation", {})["local"] = {
-        "run_at": dt.datetime.fromtimestamp(record.run_at, dt.UTC).isoformat(),
-        "run_by": record.run_by,
-        "n_cases": record.n_cases,
-        "metrics": record.metrics.get("metrics", {}),
-        "passed": record.passed,
-        "report": record.report_path,
-        "report_sha256": record.report_sha256,
-    }
+    change.setdefault("evaluation", {})["local"] = record.change_record_entry()
 
 
 def _evaluation_fact(evaluations: Mapping[str, EvaluationRecord | None] | str, wanted: str) -> str:

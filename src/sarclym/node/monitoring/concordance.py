@@ -4,13 +4,21 @@ Over the results whose study has a final diagnosis of sarcoidosis or lymphoma (`
 ``unknown`` say nothing about the two classes), per model version: n, AUC of P(lymphoma), and
 the sensitivity and specificity of the label the node reported (lymphoma when P(lymphoma) >=
 the decision threshold, 0.5, as the SC and SR say: ``Predictor`` of
-:mod:`sarclym.model.inference.predictor`), lymphoma being the positive class. Each with a 95%
-percentile bootstrap interval: resamples drawn within each class (stratified: every resample
-has both classes), with a fixed seed so a figure does not move between two looks at the same
-data.
+:mod:`sarclym.model.inference.predictor`), lymphoma being the positive class.
 
-An interval is ``nan`` where its figure is undefined (AUC with one class only; sensitivity
-without a lymphoma case): the stop rule does not count an undefined bound as a breach.
+The figures and their intervals are defined as in ``sarclym-node evaluate`` (the local
+acceptance test), so that a site compares like with like: they are computed by the same function,
+:func:`sarclym.model.training.evaluation.bootstrap_metrics`, with the same seed (0) and the same
+number of resamples (``acceptance.bootstrap_samples``): 95% percentile bootstrap intervals,
+resamples drawn within each class (stratified: every resample keeps the class counts), so a
+figure does not move between two looks at the same data. The one difference is in what is
+scored, not how: sensitivity and specificity are of the label the node reported (what a reader
+saw; the stored probability is rounded to 4 decimals, so at the threshold it may disagree with
+the label), and a result without a stored probability counts for them but not for the AUC.
+
+Without both classes (only lymphoma, or only sarcoidosis, so far) no figure is defined, as in
+``evaluate``: every value and bound is ``nan``, and the stop rule does not count an undefined
+bound as a breach.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sarclym.model.training.evaluation import BootstrapCI, bootstrap_metrics
 from sarclym.node.store.feedback import LabelledResult
 
 __all__ = ["Concordance", "Estimate", "concordance", "concordance_by_version"]
 
 #: Lymphoma is the positive class; sarcoidosis the negative; other diagnoses are not counted.
 POSITIVE, NEGATIVE = "lymphoma", "sarcoidosis"
+
+#: The node's decision threshold: P(lymphoma) >= 0.5 is reported lymphoma (as ``evaluate``).
+THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,23 +85,23 @@ class Concordance:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def _pairs(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """``M[i, j]``: 1 when positive i outscores negative j, 0.5 for a tie, else 0."""
-    diff = pos[:, None] - neg[None, :]
-    return (diff > 0).astype(np.float64) + 0.5 * (diff == 0)
+def _figures(
+    y: np.ndarray, scores: np.ndarray, bootstrap_samples: int, seed: int
+) -> dict[str, BootstrapCI] | None:
+    """``evaluate``'s figures of ``scores`` (lymphoma at >= THRESHOLD); None without both
+    classes (``evaluate`` has no interval then either)."""
+    if not 0 < int(y.sum()) < y.size:
+        return None
+    return bootstrap_metrics(
+        y, scores, threshold=THRESHOLD, n_resamples=bootstrap_samples, seed=seed
+    )
 
 
-def _percentile(values: np.ndarray) -> tuple[float, float]:
-    lower, upper = np.percentile(values, [2.5, 97.5])
-    return float(lower), float(upper)
-
-
-def _rate(hits: np.ndarray, samples: np.ndarray) -> Estimate:
-    """Share of ``hits`` (0/1) and its interval from the resampled index sets."""
-    if hits.size == 0:
+def _estimate(figures: dict[str, BootstrapCI] | None, name: str) -> Estimate:
+    if figures is None:
         return _NAN
-    lower, upper = _percentile(hits[samples].mean(axis=1))
-    return Estimate(float(hits.mean()), lower, upper)
+    ci = figures[name]
+    return Estimate(ci.estimate, ci.low, ci.high)
 
 
 def concordance(
@@ -109,48 +121,38 @@ def concordance(
         Its labelled results (others than sarcoidosis / lymphoma, and results without a
         probability for the AUC, are left out).
     bootstrap_samples
-        Resamples of each interval (``acceptance.bootstrap_samples``).
+        Resamples of each interval (``acceptance.bootstrap_samples``, as ``evaluate``).
     seed
-        Of the resampling.
+        Of the resampling (0, as ``evaluate``): the same results give the same figures.
+
+    Returns
+    -------
+    Concordance
+        Figures defined as in ``evaluate``
+        (:func:`~sarclym.model.training.evaluation.bootstrap_metrics`); all ``nan`` without
+        both classes.
     """
     kept = [r for r in results if r.diagnosis in (POSITIVE, NEGATIVE)]
-    truth = np.array([r.diagnosis == POSITIVE for r in kept], dtype=bool)
-    said = np.array([r.label == POSITIVE for r in kept], dtype=bool)
-    rng = np.random.default_rng(seed)
-    pos_idx, neg_idx = np.flatnonzero(truth), np.flatnonzero(~truth)
-    pos_samples = rng.integers(0, max(pos_idx.size, 1), size=(bootstrap_samples, pos_idx.size))
-    neg_samples = rng.integers(0, max(neg_idx.size, 1), size=(bootstrap_samples, neg_idx.size))
-    sensitivity = _rate(said[pos_idx].astype(np.float64), pos_samples)
-    specificity = _rate((~said[neg_idx]).astype(np.float64), neg_samples)
-    scored = [r for r in kept if r.probability_lymphoma is not None]
-    auc = _NAN
-    pos = np.array([r.probability_lymphoma for r in scored if r.diagnosis == POSITIVE], float)
-    neg = np.array([r.probability_lymphoma for r in scored if r.diagnosis == NEGATIVE], float)
-    if pos.size and neg.size:
-        pairs = _pairs(pos, neg)
-        wp = np.stack(
-            [
-                np.bincount(s, minlength=pos.size)
-                for s in rng.integers(0, pos.size, size=(bootstrap_samples, pos.size))
-            ]
-        ).astype(np.float64)
-        wn = np.stack(
-            [
-                np.bincount(s, minlength=neg.size)
-                for s in rng.integers(0, neg.size, size=(bootstrap_samples, neg.size))
-            ]
-        ).astype(np.float64)
-        boot = np.einsum("bi,ij,bj->b", wp, pairs, wn) / (pos.size * neg.size)
-        lower, upper = _percentile(boot)
-        auc = Estimate(float(pairs.mean()), lower, upper)
+    y = np.array([r.diagnosis == POSITIVE for r in kept], dtype=np.int64)
+    said = np.array([r.label == POSITIVE for r in kept], dtype=np.float64)
+    scored = np.array([r.probability_lymphoma is not None for r in kept], dtype=bool)
+    p = np.array([math.nan if r.probability_lymphoma is None else r.probability_lymphoma
+                  for r in kept], dtype=np.float64)  # fmt: skip
+    # Usually every result has its probability and its label is p >= THRESHOLD: one bootstrap
+    # gives all three figures. Otherwise the rates are of the labels (as scores 0/1) and the
+    # AUC of the scored results; with the same seed, both draw the same resamples when the
+    # class counts are the same.
+    agree = bool(scored.all()) and np.array_equal(p >= THRESHOLD, said == 1.0)
+    rates = _figures(y, p if agree else said, bootstrap_samples, seed)
+    ranked = rates if agree else _figures(y[scored], p[scored], bootstrap_samples, seed)
     return Concordance(
         model_version=model_version,
         n=len(kept),
-        positives=int(truth.sum()),
-        negatives=int((~truth).sum()),
-        auc=auc,
-        sensitivity=sensitivity,
-        specificity=specificity,
+        positives=int(y.sum()),
+        negatives=int(y.size - y.sum()),
+        auc=_estimate(ranked, "auc"),
+        sensitivity=_estimate(rates, "sensitivity"),
+        specificity=_estimate(rates, "specificity"),
         bootstrap_samples=bootstrap_samples,
     )
 

@@ -12,6 +12,7 @@ same weights hash: a version folder whose weights were replaced is not the versi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EvaluationRecord",
     "evaluations_of",
+    "newest_evaluation",
     "passing_evaluation",
     "record_activation",
     "record_evaluation",
@@ -66,6 +68,20 @@ class EvaluationRecord:
     report_sha256: str
     run_by: str
     run_at: float
+
+    def change_record_entry(self) -> dict[str, Any]:
+        """The ``evaluation.local`` entry of a card's change record (``model show``, the Model
+        page): when (ISO 8601, UTC), who, cases, figures, pass or fail, the report and its hash.
+        """
+        return {
+            "run_at": dt.datetime.fromtimestamp(self.run_at, dt.UTC).isoformat(),
+            "run_by": self.run_by,
+            "n_cases": self.n_cases,
+            "metrics": self.metrics.get("metrics", {}),
+            "passed": self.passed,
+            "report": self.report_path,
+            "report_sha256": self.report_sha256,
+        }
 
 
 _COLUMNS = (
@@ -135,6 +151,22 @@ def evaluations_of(state: StateDB, model_version: str) -> list[EvaluationRecord]
         (model_version,),
     )
     return [_record(row) for row in rows]
+
+
+def newest_evaluation(
+    state: StateDB, model_version: str, weights_sha256: str
+) -> EvaluationRecord | None:
+    """The newest evaluation of these very weights, passed or failed, or None.
+
+    What ``model show`` and the dashboard's Model page report as a version's local evaluation:
+    an evaluation of other weights under the same version name is not this version's.
+    """
+    rows = state.query(
+        f"SELECT {_COLUMNS} FROM evaluations WHERE model_version = ? AND weights_sha256 = ? "
+        "ORDER BY run_at DESC, id DESC LIMIT 1",
+        (model_version, weights_sha256),
+    )
+    return _record(rows[0]) if rows else None
 
 
 def passing_evaluation(
