@@ -35,6 +35,7 @@ from sarclym.node.delivery.destinations import (
     FolderDestination,
     OrthancRestDestination,
     StowRsDestination,
+    close_destinations,
 )
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.dicom.send import send_files
@@ -231,6 +232,7 @@ def test_into_orthanc_once_even_when_sent_twice(
         ledger.enqueue("r1", source["results"], [dest])
         assert ledger.run_due([dest]).delivered == 1
     again = dest.deliver(source["results"])  # a re-sent result: same UIDs
+    close_destinations([dest])  # release a kept association: Orthanc's stop would wait for it
     assert again.ok
     assert again.confirmed == tuple(source["results"])
     for path in source["results"]:

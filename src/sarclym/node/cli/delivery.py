@@ -10,7 +10,7 @@ import structlog
 
 from sarclym.node.cli.exitcodes import EXIT_DELIVERY, EXIT_OK
 from sarclym.node.config import Config
-from sarclym.node.delivery.destinations import build_destinations
+from sarclym.node.delivery.destinations import build_destinations, close_destinations
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import DeliveryState
@@ -47,7 +47,11 @@ def run_retry(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write(f"re-armed {count} {what}\n")
         if count == 0 or args.no_send:
             return EXIT_OK
-        report = ledger.run_due(build_destinations(config))
+        destinations = build_destinations(config)
+        try:
+            report = ledger.run_due(destinations)
+        finally:  # kept-open associations released now, not by the exit hook
+            close_destinations(destinations)
         sys.stdout.write(
             f"sent {report.attempted}: {report.delivered} delivered, "
             f"{report.retrying} to retry, {report.dead} dead\n"

@@ -69,6 +69,15 @@ class CStoreTarget(Frozen):
     timeout: Annotated[float, Field(gt=0)] = Field(
         default=30.0, description="Seconds for the association, each response and the network."
     )
+    keep_open_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=10.0,
+        description=(
+            "Seconds the association stays established after a delivery, for the next one "
+            "(released with A-RELEASE when idle that long and at shutdown); 0: one association "
+            "per delivery. Keep it below the peer's own idle timeout (Orthanc: 30 s); a peer "
+            "that stops gracefully may wait for it to end (Orthanc does)."
+        ),
+    )
 
 
 class StowRsTarget(Frozen):

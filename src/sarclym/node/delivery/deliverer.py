@@ -9,6 +9,7 @@ import structlog
 
 from sarclym.node.delivery.destinations import (
     Destination,
+    close_destinations,
 )
 from sarclym.node.delivery.ledger import DeliveryLedger
 
@@ -19,6 +20,9 @@ log = structlog.get_logger(__name__)
 
 class Deliverer:
     """A thread that runs :meth:`DeliveryLedger.run_due` when notified, or every ``interval``.
+
+    One thread per process delivers (``serve``; ``sarclym-node retry`` runs one pass in its
+    own thread): each destination is called by one thread at a time, and guards itself anyway.
 
     Parameters
     ----------
@@ -56,11 +60,17 @@ class Deliverer:
         self._wake.set()
 
     def stop(self, timeout: float | None = 60.0) -> None:
-        """Finish the delivery in progress and end the thread."""
+        """Finish the delivery in progress, end the thread, close the destinations' connections.
+
+        Kept associations are released (A-RELEASE, never left to an A-ABORT) and HTTP sessions
+        closed; a delivery still running past ``timeout`` finishes first (each destination
+        serialises its calls and its close).
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        close_destinations(self.destinations)
 
     @property
     def running(self) -> bool:

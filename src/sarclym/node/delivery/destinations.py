@@ -4,12 +4,18 @@ One module per kind (:mod:`~sarclym.node.delivery.cstore`, :mod:`~sarclym.node.d
 :mod:`~sarclym.node.delivery.orthanc`, :mod:`~sarclym.node.delivery.folder`); what they confirm
 and how failures are classified is in :mod:`sarclym.node.delivery.outcome`. This module builds
 them from ``destinations.targets`` and re-exports the public names.
+
+The C-STORE, STOW-RS and Orthanc REST destinations keep their connection open between
+deliveries (an association, an HTTP keep-alive session); whoever builds destinations closes them
+when done (:func:`close_destinations`): the deliverer at stop, a one-shot command at its end.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -50,6 +56,7 @@ __all__ = [
     "build_destinations",
     "classify_http_status",
     "classify_store_status",
+    "close_destinations",
     "destination_from_target",
 ]
 
@@ -92,6 +99,7 @@ def destination_from_target(target: TargetConfig, *, data_dir: Path) -> Destinat
             called_aet=target.called_aet,
             calling_aet=target.calling_aet,
             timeout=target.timeout,
+            keep_open_s=target.keep_open_s,
         )
     if isinstance(target, StowRsTarget):
         return StowRsDestination(
@@ -121,3 +129,21 @@ def build_destinations(config: Config) -> list[Destination]:
         destination_from_target(t, data_dir=config.storage.data_dir)
         for t in config.destinations.targets
     ]
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def close_destinations(destinations: Iterable[Destination]) -> None:
+    """Close every destination that holds a connection (association released, session closed).
+
+    A destination that fails to close is logged and skipped: the others are still closed.
+    """
+    for destination in destinations:
+        if isinstance(destination, _Closable):
+            try:
+                destination.close()
+            except Exception:  # a peer that misbehaves at release must not block the rest
+                log.exception("closing a destination failed", destination=destination.name)

@@ -1,8 +1,13 @@
-"""The Orthanc REST destination (confirmation: ``POST /instances`` Success or AlreadyStored)."""
+"""The Orthanc REST destination (confirmation: ``POST /instances`` Success or AlreadyStored).
+
+One pyorthanc client (an ``httpx.Client``: a connection pool with HTTP keep-alive) per
+destination, kept between deliveries and closed at :meth:`OrthancRestDestination.close`.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,10 @@ class OrthancRestDestination:
     """An Orthanc server, through its REST API (pyorthanc): ``POST /instances``, file by file.
 
     ``AlreadyStored`` counts as confirmed: with deterministic UIDs it is the same instance.
+    The client and its kept-alive connection serve every delivery; a request on a reused
+    connection that fails in transport (the server closed it, restarted) is sent once more on a
+    new one before the file counts as failed. Calls are serialised (a lock), so several threads
+    may share the destination.
 
     Parameters
     ----------
@@ -54,6 +63,9 @@ class OrthancRestDestination:
         self._password = password
         self.verify_tls = verify_tls
         self.timeout = timeout
+        self._lock = threading.Lock()
+        self._api: Any = None  # pyorthanc.Orthanc, made at the first delivery
+        self._requests = 0  # requests sent through self._api
 
     @property
     def name(self) -> str:
@@ -62,21 +74,20 @@ class OrthancRestDestination:
     def __repr__(self) -> str:  # never shows the password
         return f"OrthancRestDestination({self._name!r}, {self.url!r})"
 
+    def close(self) -> None:
+        """Close the client and its kept-alive connections (a later delivery opens new ones)."""
+        with self._lock:
+            api, self._api = self._api, None
+            if api is not None:
+                api.close()
+
     def deliver(self, paths: Sequence[Path]) -> DeliveryOutcome:
         """Upload each file; confirmed = 2xx with Status Success or AlreadyStored."""
         import httpx
-        from pyorthanc import Orthanc
 
         confirmed: list[Path] = []
         failures: list[FileFailure] = []
-        with Orthanc(
-            self.url,
-            self.username,
-            self._password,
-            return_raw_response=True,
-            timeout=self.timeout,
-            verify=self.verify_tls,
-        ) as api:
+        with self._lock:
             for index, path in enumerate(paths):
                 try:
                     content = path.read_bytes()
@@ -86,7 +97,7 @@ class OrthancRestDestination:
                     )
                     continue
                 try:
-                    response = api.post_instances(content=content)
+                    response = self._post(content)
                 except httpx.HTTPError as exc:
                     # Connection refused, timeout, reset: the same for every file left.
                     reason = f"Orthanc REST: {type(exc).__name__}: {exc}"
@@ -100,6 +111,35 @@ class OrthancRestDestination:
                 else:
                     failures.append(FileFailure(path, *failure))
         return DeliveryOutcome(confirmed=tuple(confirmed), failures=tuple(failures))
+
+    def _post(self, content: bytes) -> Any:
+        """``POST /instances``; once more on a new connection if a reused one broke (lock held)."""
+        import httpx
+        from pyorthanc import Orthanc
+
+        if self._api is None:
+            self._api = Orthanc(
+                self.url,
+                self.username,
+                self._password,
+                return_raw_response=True,
+                timeout=self.timeout,
+                verify=self.verify_tls,
+            )
+            self._requests = 0
+        reused = self._requests > 0
+        self._requests += 1
+        try:
+            return self._api.post_instances(content=content)
+        except httpx.TimeoutException:
+            raise  # a slow server: sending again would double the wait
+        except httpx.TransportError:
+            if not reused:
+                raise
+            # The kept connection went stale (closed, server restarted): a new one, once.
+            self._api.close()
+            self._api = None
+            return self._post(content)
 
 
 def _orthanc_failure(response: Any) -> tuple[FailureKind, str] | None:

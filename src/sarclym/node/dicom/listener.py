@@ -70,6 +70,7 @@ from sarclym.node.dicom.status import StoreStatus
 from sarclym.node.dicom.store_guard import BoundedDataSet, guard_store_requests
 from sarclym.node.dicom.transport import LOCAL_LIMIT_EXCEEDED, ListenerServer, tls_context
 from sarclym.node.errors import ConfigError
+from sarclym.node.store.partials import record_instance_with_partial
 from sarclym.node.store.spool import Spool, SpoolError, SpoolFull
 from sarclym.node.store.state import ReceivedInstance, StateDB, StateError
 
@@ -454,7 +455,7 @@ class Listener:
         calling = event.assoc.requestor.ae_title.strip()
         # Part 10: preamble and file meta made here, then the data set as sent.
         prefix = part10_prefix(sop_class, sop_instance, syntax, calling)
-        return self._keep(header, [prefix, data], syntax, calling, stats)
+        return self._keep(header, [prefix, data], syntax, calling, stats, dataset=data)
 
     def ingest_part10(self, data: bytes, *, source: str) -> Ingested:
         """Store one DICOM Part 10 file that came by another route (STOW-RS).
@@ -493,7 +494,9 @@ class Listener:
                 meta.sop_instance,
                 limits=self._limits,
             )
-            status = self._keep(header, [data], meta.syntax, source, stats)
+            status = self._keep(
+                header, [data], meta.syntax, source, stats, dataset=data[meta.offset :]
+            )
         except Refusal as refusal:  # the caller logs it (http/stow.py: "stow-rs instance refused")
             self._count_refusal(refusal)
             return Ingested(
@@ -545,6 +548,8 @@ class Listener:
         syntax: str,
         calling: str,
         stats: _AssocStats,
+        *,
+        dataset: bytes | None = None,
     ) -> StoreStatus:
         size = sum(len(chunk) for chunk in chunks)
         if self.state.has_instance(header.sop_instance_uid):
@@ -561,7 +566,13 @@ class Listener:
         except SpoolError as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store: {exc}") from exc
         relative = str(path.relative_to(self.spool.data_dir))
-        self._record(header, syntax, calling, stats, path=relative, size=size)
+        # Issue 16: a PET slice's contribution to its series' MIPs, recorded with it.
+        partial = None
+        if dataset is not None and header.modality == "PT":
+            from sarclym.model.imaging.accumulate import accumulated_blobs
+
+            partial = accumulated_blobs(header.sop_class_uid, dataset, syntax)
+        self._record(header, syntax, calling, stats, path=relative, size=size, partial=partial)
         stats.stored += 1
         stats.bytes += size
         return StoreStatus.SUCCESS
@@ -575,6 +586,7 @@ class Listener:
         *,
         path: str,
         size: int,
+        partial: tuple[bytes, bytes] | None = None,
     ) -> None:
         instance = ReceivedInstance(
             sop_instance_uid=header.sop_instance_uid,
@@ -590,7 +602,13 @@ class Listener:
             calling_ae=calling,
         )
         try:
-            outcome = self.state.record_instance(instance)
+            if partial is None:
+                outcome = self.state.record_instance(instance)
+            else:  # its contribution in the same transaction (issue 16)
+                contribution, series_header = partial
+                outcome = record_instance_with_partial(
+                    self.state, instance, contribution=contribution, header=series_header
+                )
         except (sqlite3.Error, StateError) as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not writable") from exc
         if not outcome.series_complete_now:

@@ -1,6 +1,8 @@
 """C-STORE SCU: send DICOM files to a peer, as a scanner's auto-routing does.
 
-Used by ``sarclym-node synth --send`` now and by the C-STORE destination of the delivery stage.
+Used by ``sarclym-node synth --send`` (:func:`send_files`: one association per call) and by the
+C-STORE destination of the delivery stage (:class:`StoreAssociation`: one association kept
+established across deliveries, released when idle, re-established when it went stale).
 Every association sets TCP_NODELAY (without it each C-STORE stalls 40-50 ms on Nagle's algorithm,
 see docs/design.md), every response is checked, and an empty response (timeout, abort, garbage)
 counts as a failure, never as a success (PS3.7 9.1.1.1.9, Annex C). Statuses are named in
@@ -10,8 +12,11 @@ counts as a failure, never as a success (PS3.7 9.1.1.1.9, Annex C). Statuses are
 
 from __future__ import annotations
 
+import atexit
 import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,14 @@ from sarclym.node.dicom.compat import association_socket, guard_responses
 from sarclym.node.dicom.status import STORE_WARNINGS, StoreStatus
 from sarclym.node.errors import AssociationRejected, InputError
 
-__all__ = ["SendReport", "StoreFailure", "guard_responses", "send_files", "set_nodelay"]
+__all__ = [
+    "SendReport",
+    "StoreAssociation",
+    "StoreFailure",
+    "guard_responses",
+    "send_files",
+    "set_nodelay",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +97,7 @@ def send_files(
     timeout: float = 30.0,
     on_sent: Callable[[Path], None] | None = None,
 ) -> SendReport:
-    """Send files by C-STORE over one association, in the order given.
+    """Send files by C-STORE over one association, in the order given; release it after.
 
     Parameters
     ----------
@@ -112,49 +124,284 @@ def send_files(
     AssociationRejected
         The peer rejected or aborted the association.
     """
-    files = [Path(p) for p in paths]
-    report = SendReport()
-    if not files:
+    peer = StoreAssociation(
+        host, port, called_aet=called_aet, calling_aet=calling_aet, timeout=timeout, keep_open_s=0
+    )
+    return peer.send(paths, on_sent=on_sent)
+
+
+class StoreAssociation:
+    """One Storage SCP, by C-STORE over an association kept established between calls.
+
+    :meth:`send` reuses the association that the previous call left established when it
+    offered a presentation context for every file; otherwise (none yet, the peer released or
+    aborted it, a new SOP class) it opens one that also offers the contexts asked for before.
+    An association is released (A-RELEASE) once ``keep_open_s`` passed without a call, at
+    :meth:`close`, and at interpreter exit; with ``keep_open_s`` 0 right after each call.
+
+    A kept association can go stale unseen: the peer restarted, or dropped it just as a call
+    starts. So when a reused association loses a response (no valid C-STORE-RSP, association
+    lost), the files without one are sent again, once, on a fresh association; only what fails
+    there is reported. Results have deterministic UIDs, so a file the peer did store before the
+    association broke is stored again as the same instance. A fresh association that fails is
+    not retried: that is the peer's state, for the caller's retry policy.
+
+    Invariant: at most one association per instance is established, and it is used by one
+    call at a time (:meth:`send` holds a lock for the whole call; concurrent calls queue).
+
+    Parameters
+    ----------
+    host, port
+        The Storage SCP.
+    called_aet, calling_aet
+        AE titles of the peer and of this side.
+    timeout
+        Seconds to wait for the association, each response and the network.
+    keep_open_s
+        Seconds an idle association stays established; 0 releases it after each call.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_aet: str,
+        calling_aet: str = "SARCLYM",
+        timeout: float = 30.0,
+        keep_open_s: float = 0.0,
+    ) -> None:
+        if keep_open_s < 0:
+            raise ValueError(f"keep_open_s must be >= 0, not {keep_open_s}")
+        self.host = host
+        self.port = port
+        self.called_aet = called_aet
+        self.calling_aet = calling_aet
+        self.timeout = timeout
+        self.keep_open_s = keep_open_s
+        #: Associations this instance established (a statistic for logs and tests).
+        self.opened = 0
+        self._lock = threading.Lock()
+        self._assoc: Association | None = None
+        self._offered: dict[tuple[str, str], None] = {}
+        self._msg_id = 0
+        self._timer: threading.Timer | None = None
+        self._generation = 0
+
+    @property
+    def peer(self) -> str:
+        return f"{self.called_aet}@{self.host}:{self.port}"
+
+    def send(
+        self, paths: Iterable[str | Path], *, on_sent: Callable[[Path], None] | None = None
+    ) -> SendReport:
+        """Send files by C-STORE, in the order given, over the kept or a new association.
+
+        Parameters
+        ----------
+        paths
+            DICOM Part 10 files.
+        on_sent
+            Called after each instance, whatever its outcome (progress bars).
+
+        Returns
+        -------
+        SendReport
+            Counts of confirmed instances and every failure with its status.
+
+        Raises
+        ------
+        InputError
+            A file is not readable DICOM, or the files need more than 128 presentation contexts.
+        AssociationRejected
+            The peer rejected or aborted a new association (nothing was sent).
+        """
+        files = [Path(p) for p in paths]
+        report = SendReport()
+        if not files:
+            return report
+        start = time.perf_counter()
+        wanted = dict.fromkeys(_read_pairs(files))
+        if len(wanted) > 128:
+            raise InputError(
+                f"{len(wanted)} SOP class/transfer syntax pairs: more than 128 contexts"
+            )
+        with self._lock:
+            self._cancel_timer()
+            try:
+                reused = self._ensure(wanted)
+                self._send_over(files, report, on_sent)
+                lost = [f for f in report.failures if f.status is None and not f.not_sendable]
+                if reused and lost:
+                    self._retry_fresh(wanted, lost, report, on_sent)
+            finally:
+                self._after_call()
+        report.seconds = time.perf_counter() - start
+        log.info(
+            "c-store finished",
+            peer=self.peer,
+            stored=report.stored,
+            warnings=report.warnings,
+            failed=len(report.failures),
+            seconds=round(report.seconds, 3),
+            associations=self.opened,
+        )
         return report
-    start = time.perf_counter()
-    wanted = dict.fromkeys(_read_pairs(files))
-    if len(wanted) > 128:
-        raise InputError(f"{len(wanted)} SOP class/transfer syntax pairs: more than 128 contexts")
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class, syntax in wanted:
-        # Offer the file's own syntax, and both uncompressed ones so the peer can choose.
-        ae.add_requested_context(sop_class, [syntax, *(s for s in _UNCOMPRESSED if s != syntax)])
-    assoc = ae.associate(host, port, ae_title=called_aet)
-    if not assoc.is_established:
-        _close_failed_socket(assoc)
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise AssociationRejected(f"association to {called_aet}@{host}:{port} {why}")
-    try:
+
+    def close(self) -> None:
+        """Release the kept association, if any (idempotent; a later :meth:`send` reopens)."""
+        with self._lock:
+            self._cancel_timer()
+            self._release()
+
+    # -- under self._lock ------------------------------------------------------------------
+
+    def _ensure(self, wanted: dict[tuple[str, str], None]) -> bool:
+        """Make ``self._assoc`` an established association offering ``wanted``; True if kept."""
+        assoc = self._assoc
+        if assoc is not None and assoc.is_established and wanted.keys() <= self._offered.keys():
+            return True
+        self._release()
+        offered = {**self._offered, **wanted}
+        self._open(offered if len(offered) <= 128 else wanted)
+        return False
+
+    def _open(self, offered: dict[tuple[str, str], None]) -> None:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = self.timeout
+        # pynetdicom aborts an association idle for network_timeout: past our own release.
+        ae.network_timeout = self.keep_open_s + self.timeout
+        for sop_class, syntax in offered:
+            # Offer the file's own syntax, and both uncompressed ones so the peer can choose.
+            ae.add_requested_context(
+                sop_class, [syntax, *(s for s in _UNCOMPRESSED if s != syntax)]
+            )
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
+        if not assoc.is_established:
+            _close_failed_socket(assoc)
+            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+            raise AssociationRejected(f"association to {self.peer} {why}")
         set_nodelay(assoc)
         guard_responses(assoc)
+        self.opened += 1
+        self._assoc = assoc
+        self._offered = dict(offered)
+        self._msg_id = 0
+        if self.keep_open_s > 0:
+            _release_at_exit(self)
+
+    def _send_over(
+        self,
+        files: Sequence[Path],
+        report: SendReport,
+        on_sent: Callable[[Path], None] | None,
+    ) -> None:
+        assoc = self._assoc
+        assert assoc is not None  # _ensure or _retry_fresh opened it
         for index, path in enumerate(files):
             if not assoc.is_established:
                 report.failures.extend(
                     StoreFailure(rest, None, "association lost") for rest in files[index:]
                 )
                 break
-            _store_one(assoc, path, report, msg_id=index % 65535 + 1)
+            self._msg_id = self._msg_id % 65535 + 1
+            _store_one(assoc, path, report, msg_id=self._msg_id)
             if on_sent is not None:
                 on_sent(path)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    report.seconds = time.perf_counter() - start
-    log.info(
-        "c-store finished",
-        peer=f"{called_aet}@{host}:{port}",
-        stored=report.stored,
-        warnings=report.warnings,
-        failed=len(report.failures),
-        seconds=round(report.seconds, 3),
-    )
-    return report
+
+    def _retry_fresh(
+        self,
+        wanted: dict[tuple[str, str], None],
+        lost: list[StoreFailure],
+        report: SendReport,
+        on_sent: Callable[[Path], None] | None,
+    ) -> None:
+        """Send the files a stale kept association lost again, once, on a fresh association."""
+        log.info("kept association went stale; sending again on a fresh one", peer=self.peer)
+        self._release()
+        try:
+            self._open({**self._offered, **wanted})
+        except AssociationRejected as exc:
+            log.warning("fresh association failed", peer=self.peer, reason=str(exc))
+            return  # the lost files stay failures, for the caller's retry policy
+        lost_paths = {f.path for f in lost}
+        report.failures = [f for f in report.failures if f.path not in lost_paths]
+        self._send_over([f.path for f in lost], report, on_sent)
+
+    def _after_call(self) -> None:
+        assoc = self._assoc
+        if assoc is None or not assoc.is_established or self.keep_open_s <= 0:
+            self._release()
+            return
+        self._generation += 1
+        timer = threading.Timer(self.keep_open_s, self._release_if_idle, args=(self._generation,))
+        timer.daemon = True  # an idle association never keeps the process alive for long
+        timer.name = f"sarclym-c-store-idle-{self.called_aet}"
+        self._timer = timer
+        timer.start()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _release(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()  # A-RELEASE-RQ, waits for the -RP (acse_timeout), else aborts
+        _forget_at_exit(self)
+
+    # -- the idle timer's thread -----------------------------------------------------------
+
+    def _release_if_idle(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or self._assoc is None:
+                return  # a call came after this timer was armed
+            self._timer = None
+            log.info("idle association released", peer=self.peer, idle_s=self.keep_open_s)
+            self._release()
+
+
+#: Instances holding a kept association, released at interpreter exit.
+_KEPT: weakref.WeakSet[StoreAssociation] = weakref.WeakSet()
+_KEPT_LOCK = threading.Lock()
+_EXIT_HOOK = False
+
+
+def _release_at_exit(peer: StoreAssociation) -> None:
+    """Release ``peer``'s association when the interpreter exits, before threads are joined.
+
+    pynetdicom's DUL thread is not a daemon: an established association would hold the exit
+    until its idle timer, then release. ``threading._register_atexit`` (the hook
+    concurrent.futures uses, Python >= 3.9) runs before non-daemon threads are joined; plain
+    ``atexit`` would run after, too late.
+    """
+    global _EXIT_HOOK
+    with _KEPT_LOCK:
+        _KEPT.add(peer)
+        if _EXIT_HOOK:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            if register is not None:
+                register(_release_all)
+            else:  # pragma: no cover - other interpreters
+                atexit.register(_release_all)
+        except RuntimeError:  # the interpreter is already shutting down
+            return
+        _EXIT_HOOK = True
+
+
+def _forget_at_exit(peer: StoreAssociation) -> None:
+    with _KEPT_LOCK:
+        _KEPT.discard(peer)
+
+
+def _release_all() -> None:
+    with _KEPT_LOCK:
+        kept = list(_KEPT)
+    for peer in kept:
+        peer.close()
 
 
 def _close_failed_socket(assoc: Association) -> None:

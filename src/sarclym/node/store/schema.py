@@ -14,6 +14,7 @@ component               tables                                      module
 ``retention``           ``pruned_series``                           :mod:`.retention`
 ``evaluations``         ``evaluations``                             :mod:`.evaluations`
 ``feedback``            ``feedback``                                :mod:`.feedback`
+``partials``            ``partial_slices``, ``partial_headers``     :mod:`.partials`
 ======================= =========================================== ==========================
 
 Earlier versions of the node created some tables outside this scheme, with ``CREATE ... IF NOT
@@ -31,6 +32,7 @@ __all__ = [
     "DELIVERY_MIGRATIONS",
     "EVALUATION_MIGRATIONS",
     "FEEDBACK_MIGRATIONS",
+    "PARTIALS_MIGRATIONS",
     "RECEIVE_MIGRATIONS",
     "RETENTION_MIGRATIONS",
     "Migrations",
@@ -247,6 +249,26 @@ FEEDBACK_MIGRATIONS: Migrations = (
     ),
 )
 
+#: Each received PET slice's contribution to its series' projections, and one header per series
+#: (:mod:`.partials`, :mod:`sarclym.model.imaging.accumulate`): the worker's input without reading
+#: the spool. Rows leave when their series is finished.
+PARTIALS_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE partial_slices (
+            sop_instance_uid TEXT PRIMARY KEY,
+            series_uid       TEXT NOT NULL,
+            size             INTEGER NOT NULL,   -- bytes of the spooled instance it came from
+            data             BLOB NOT NULL,      -- SliceContribution.to_bytes()
+            disagrees        INTEGER NOT NULL DEFAULT 0  -- the SOP came again, other content
+        )""",
+        "CREATE INDEX partial_slices_by_series ON partial_slices (series_uid)",
+        """CREATE TABLE partial_headers (
+            series_uid       TEXT PRIMARY KEY,
+            data             BLOB NOT NULL       -- SeriesHeader.to_bytes(), first instance
+        )""",
+    ),
+)
+
 #: Every component, in the order :class:`StateDB` migrates them (``audit`` reads ``series``).
 COMPONENTS: tuple[tuple[str, Migrations], ...] = (
     ("receive", RECEIVE_MIGRATIONS),
@@ -255,4 +277,5 @@ COMPONENTS: tuple[tuple[str, Migrations], ...] = (
     ("retention", RETENTION_MIGRATIONS),
     ("evaluations", EVALUATION_MIGRATIONS),
     ("feedback", FEEDBACK_MIGRATIONS),
+    ("partials", PARTIALS_MIGRATIONS),
 )

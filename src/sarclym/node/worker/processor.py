@@ -35,6 +35,7 @@ from sarclym.node.monitoring.review import not_scored_reason
 from sarclym.node.monitoring.watch import Monitor
 from sarclym.node.store.durable import make_dirs, write_durable
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.partials import PartialRows, discard_partials, load_partials
 from sarclym.node.store.records import ResultId, SeriesResult, SeriesStatus
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.registry import registry_root
@@ -44,10 +45,19 @@ from sarclym.node.worker.thumbnail import write_thumbnail
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from sarclym.model.imaging.prepare import PreparedStudy
     from sarclym.model.inference.predictor import Predictor
     from sarclym.node.results import SrKind
 
-__all__ = ["CRASH_ENV", "HOLD_ENV", "Processor", "crash_point", "hold_point", "write_results"]
+__all__ = [
+    "CRASH_ENV",
+    "FULL_READ_ENV",
+    "HOLD_ENV",
+    "Processor",
+    "crash_point",
+    "hold_point",
+    "write_results",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +72,45 @@ def crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         log.warning("crash point reached: killing this process", point=name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: Set (to anything): the worker reads every series from the spool as before issue 16, ignoring
+#: the projections accumulated while it arrived (the latency bench compares both paths).
+FULL_READ_ENV = "SARCLYM_FULL_READ"
+
+
+def _from_partials(
+    study_uid: str,
+    series_uid: str,
+    partials: PartialRows,
+    predictor: Predictor,
+    processor: Processor,
+) -> tuple[PreparedStudy | None, str]:
+    """The prepared study made from the accumulated state alone (no DICOM file read), and
+    ``"accumulated"``; or ``None`` and why it cannot be (the caller reads the files)."""
+    from sarclym.model.imaging.accumulate import (
+        AccumulationError,
+        SeriesAccumulator,
+        SeriesHeader,
+        SliceContribution,
+    )
+    from sarclym.model.imaging.prepare import PreparedStudy
+
+    try:
+        header = SeriesHeader.from_bytes(partials.header or b"")
+        slices = (SliceContribution.from_bytes(b) for b in partials.slices.values())
+        fast = SeriesAccumulator.of(slices, header).prepare(
+            series_uid,
+            size=predictor.input_size,
+            suv_window=predictor.suv_window,
+            rules=processor.config.selection.rules(),
+        )
+    except AccumulationError as exc:
+        log.warning("accumulated state not used", series_instance_uid=series_uid, why=str(exc))
+        return None, f"full read: {exc}"
+    datasets = fast.datasets if fast.mips is not None else []
+    prepared = PreparedStudy(study_uid, fast.selection, datasets, fast.conversion, fast.mips)
+    return prepared, "accumulated"
 
 
 #: For the activation tests: a job in flight, held. When ``$SARCLYM_TEST_HOLD_FILE`` names a
@@ -181,6 +230,8 @@ class Processor:
         self.state.mark_series(
             series_uid, status, reason, expected_status=SeriesStatus.PROCESSING, detail=detail
         )
+        if status in (SeriesStatus.DONE, SeriesStatus.SKIPPED):
+            discard_partials(self.state, series_uid)  # the spool keeps the instances
         if seen is not None:  # after the status: the stop rule reads the "done" event
             self.monitor.record(series_uid=series_uid, **seen)
         if sc_file is not None:
@@ -198,40 +249,51 @@ class Processor:
         return status
 
     def _run(self, series_uid: str) -> tuple[SeriesStatus, str, dict[str, Any]]:
-        from sarclym.model.imaging.prepare import prepare_study, read_deferred
+        from sarclym.model.imaging.prepare import prepare_study
 
         record = self.state.series(series_uid)
         if record is None:
             return SeriesStatus.FAILED, "series not in state.db", {}
-        data_dir = self.config.storage.data_dir
         clock = _StageClock()
-        paths = [data_dir / i.path for i in self.state.series_instances(series_uid)]
-        datasets = [read_deferred(p) for p in paths]  # pixel data read only if analysed
+        # Issue 16: the projections accumulated while the slices arrived, when they stand for
+        # exactly the instances recorded; else (or with $SARCLYM_FULL_READ) the files.
+        partials = None if os.environ.get(FULL_READ_ENV) else load_partials(self.state, series_uid)
+        how = f"forced by ${FULL_READ_ENV}" if partials is None else partials.mismatch
+        datasets = None if how is None else self._read_headers(series_uid)
         clock.lap("read")
         predictor = self.predictor
         version = predictor.identity.version
         review = self.monitor.review(version, activated_at=self._activated_at(version))
         crash_point("processing")
         hold_point()
-        prepared = prepare_study(
-            record.study_uid,
-            {series_uid: datasets},
-            None,
-            size=predictor.input_size,
-            suv_window=predictor.suv_window,
-            rules=self.config.selection.rules(),
-        )
-        clock.lap("prepare")  # selection, pixel decoding, SUV, MIPs
+        prepared = None
+        if partials is not None and datasets is None:
+            prepared, how = _from_partials(record.study_uid, series_uid, partials, predictor, self)
+        else:
+            how = f"full read: {how}"
+        if prepared is None:
+            prepared = prepare_study(
+                record.study_uid,
+                {series_uid: datasets or self._read_headers(series_uid)},
+                None,
+                size=predictor.input_size,
+                suv_window=predictor.suv_window,
+                rules=self.config.selection.rules(),
+            )
+        clock.lap("prepare")  # selection, pixel decoding (full read), SUV, MIPs
         if prepared.mips is None:
             skipped = prepared.selection.skipped
             reasons = "; ".join(s.reason for s in skipped)
             attributes = list(dict.fromkeys(a for s in skipped for a in s.attributes))
-            detail = {"stage_ms": clock.laps, "attributes": attributes}
+            detail = {"stage_ms": clock.laps, "attributes": attributes, "input": how}
             return SeriesStatus.SKIPPED, reasons or prepared.selection.reason, detail
         if review is not None and self.config.monitoring.on_breach == "stop":
             held: dict[str, Any] = {"stage_ms": clock.laps, "model_version": version}
             held["under_review"] = True
-            held["_monitor"] = self._seen(record.study_uid, datasets, "not_scored", version)
+            held["input"] = how
+            held["_monitor"] = self._seen(
+                record.study_uid, prepared.datasets, "not_scored", version
+            )
             return SeriesStatus.SKIPPED, not_scored_reason(review), held
         with self._lock:
             prediction = predictor.predict(prepared)
@@ -263,6 +325,7 @@ class Processor:
                 **result.detail(),
                 "results": [p.name for p in files],
                 "stage_ms": clock.laps,
+                "input": how,  # "accumulated", or "full read: <why>"
                 "_sc_file": files[0],  # for the thumbnail, written once the series is DONE
                 "_monitor": {
                     **self._seen(record.study_uid, prepared.datasets, "scored", version),
@@ -273,6 +336,13 @@ class Processor:
                 **({"under_review": True} if review is not None else {}),
             },
         )
+
+    def _read_headers(self, series_uid: str) -> list[Dataset]:
+        """The series' spooled instances, pixel data left on disk until it is used."""
+        from sarclym.model.imaging.prepare import read_deferred
+
+        data_dir = self.config.storage.data_dir
+        return [read_deferred(data_dir / i.path) for i in self.state.series_instances(series_uid)]
 
     @staticmethod
     def _seen(
