@@ -77,3 +77,31 @@ def test_no_series_header_is_a_mismatch(tmp_path: Path, header: bytes | None) ->
         record_instance_with_partial(state, _instance(1), contribution=b"c1", header=header)
         expected = None if header else "no series header accumulated"
         assert load_partials(state, SERIES).mismatch == expected
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_listener_accumulates_only_when_configured(tmp_path: Path, accumulate: bool) -> None:
+    """listener.accumulate_projections: false leaves the C-STORE path as before issue 16 (no
+    contribution computed; the worker reads the files)."""
+    from pydicom import dcmread
+
+    from sarclym.node.config import Config
+    from sarclym.node.dicom.listener import Listener
+    from sarclym.node.dicom.status import StoreStatus
+    from sarclym.node.store.partials import load_partials
+    from sarclym.node.store.state import StateDB
+
+    real = Path(__file__).resolve().parents[1] / "data" / "realpet" / "tcia-sts-001-wholebody-fdg"
+    path = sorted((real / "STS_001" / "FDG_PET" / "image").glob("*.dcm"))[0]
+    config = Config.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "listener": {"accumulate_projections": accumulate},
+        }
+    )
+    with StateDB.in_data_dir(config.storage.data_dir) as state:
+        listener = Listener(config, state)
+        ingested = listener.ingest_part10(path.read_bytes(), source="test")
+        assert ingested.status is StoreStatus.SUCCESS
+        series = str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+        assert len(load_partials(state, series).slices) == (1 if accumulate else 0)

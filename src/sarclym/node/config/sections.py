@@ -148,6 +148,13 @@ class ListenerConfig(Frozen):
         "The default holds a 512x512 PET slice a thousand times over, or a whole-body Enhanced "
         "PET series.",
     )
+    accumulate_projections: bool = Field(
+        default=True,
+        description="Compute each PET slice's contribution to its series' frontal and lateral "
+        "MIPs as it arrives (about 1 ms of CPU per slice on the C-STORE path), so that the "
+        "worker reads no DICOM file at completion (about half the latency after the last "
+        "slice); false: the worker reads the series' files as before (higher ingest MB/s).",
+    )
     max_inflation_ratio: Annotated[float, Field(ge=1, le=2000)] = Field(
         default=100.0,
         description="A deflated data set may inflate to at most this many times its size once "

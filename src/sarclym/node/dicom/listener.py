@@ -568,7 +568,7 @@ class Listener:
         relative = str(path.relative_to(self.spool.data_dir))
         # Issue 16: a PET slice's contribution to its series' MIPs, recorded with it.
         partial = None
-        if dataset is not None and header.modality == "PT":
+        if dataset is not None and header.modality == "PT" and self.config.accumulate_projections:
             from sarclym.model.imaging.accumulate import accumulated_blobs
 
             partial = accumulated_blobs(header.sop_class_uid, dataset, syntax)
