@@ -247,3 +247,21 @@ def test_real_ge_series_both_paths_same_mips_and_prediction(real_series: list[Pa
     assert {s.sop_instance_uid for s in p_fast.source_instances} == {
         s.sop_instance_uid for s in p_full.source_instances
     }
+
+
+def test_a_malformed_slice_is_not_accumulated_and_never_raises() -> None:
+    """Whatever a slice's header holds, the listener gets None (the worker reads the files),
+    never an exception after the instance was spooled (found by the fuzz suite)."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from sarclym.model.imaging.contribution import accumulated_blobs
+
+    real = Path(__file__).resolve().parents[1] / "data" / "realpet" / "tcia-sts-001-wholebody-fdg"
+    ds = dcmread(sorted((real / "STS_001" / "FDG_PET" / "image").glob("*.dcm"))[0])
+    ds.SamplesPerPixel = 3  # and no (0028,0006) Planar Configuration
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    assert accumulated_blobs(ds.SOPClassUID, fp.getvalue(), "1.2.840.10008.1.2.1") is None

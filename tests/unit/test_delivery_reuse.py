@@ -349,3 +349,25 @@ def test_orthanc_rest_keeps_one_connection(
     finally:
         dest.close()
     assert orthanc_like.connections == 3  # each file of the 4th delivery closed its connection
+
+
+def test_a_request_on_an_association_that_just_ended_is_a_lost_store(
+    results: list[Path],
+) -> None:
+    """The peer may end a kept association between the check and the next C-STORE-RQ;
+    pynetdicom then raises RuntimeError ("must be established"). That is a store the
+    association lost (retried on a fresh one), never an exception out of the delivery (CI)."""
+    from sarclym.node.dicom.send import SendReport, _store_one
+
+    scp = CountingSCP()
+    try:
+        ae = AE(ae_title="SARCLYM")
+        ae.add_requested_context(SecondaryCaptureImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="COUNTSCP")
+        assert assoc.is_established
+        assoc.release()
+        report = SendReport()
+        _store_one(assoc, results[0], report, msg_id=1)
+        assert [(f.status, f.reason) for f in report.failures] == [(None, "association lost")]
+    finally:
+        scp.server.shutdown()

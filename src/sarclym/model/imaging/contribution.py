@@ -435,6 +435,9 @@ def accumulated_blobs(
         return None
     try:
         contribution, header = contribution_from_bytes(data, transfer_syntax)
-    except AccumulationError:
+    except Exception:  # whatever a malformed slice raises, e.g. AttributeError
+        # Never a reason to refuse or fail the store: the instance is already spooled, and
+        # without a contribution the worker reads the series' files (fuzz suite: a Samples per
+        # Pixel of 3 without Planar Configuration raised AttributeError here).
         return None
     return contribution.to_bytes(), header.to_bytes()

@@ -422,6 +422,14 @@ def _store_one(assoc: Association, path: Path, report: SendReport, *, msg_id: in
     try:
         # Read it ourselves: pynetdicom 3.0 leaves a file it was given by path open.
         rsp = assoc.send_c_store(dcmread(path), msg_id=msg_id)
+    except RuntimeError:
+        # pynetdicom: "must be established before sending": the peer released or aborted the
+        # association between our check and this request (a kept association gone stale).
+        if assoc.is_established:
+            raise
+        report.failures.append(StoreFailure(path, None, "association lost"))
+        log.warning("c-store failed", path=str(path), status=None, reason="association lost")
+        return
     except ValueError as exc:
         # pynetdicom: no accepted presentation context fits this SOP class / transfer syntax.
         report.failures.append(StoreFailure(path, None, f"not sendable: {exc}", not_sendable=True))
