@@ -49,11 +49,13 @@ from sarclym.model.imaging.contribution import (
     unpack_blob,
 )
 from sarclym.model.imaging.mip import (
+    L_AXIS,
+    P_AXIS,
+    S_AXIS,
     Mips,
-    _net_input,
-    _patient_axes,
-    _project,
-    _resample,
+    check_mip_arguments,
+    mips_from_sources,
+    patient_axes,
 )
 from sarclym.model.imaging.selection import (
     Selection,
@@ -82,7 +84,6 @@ __all__ = [
 ]
 
 _SERIES_MAGIC = b"SCAS"
-_L, _P, _S = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -284,55 +285,22 @@ def mips_from_rows(
 
     ``over_rows`` ``(nz, columns)`` and ``over_columns`` ``(nz, rows)`` are the volume's maxima
     over axis 1 and axis 2, slices sorted along ``normal``; as 3-D arrays with that axis of
-    length one they project, transpose and flip exactly as the volume does. The steps after the
-    projection are make_mips' own.
+    length one they project, transpose and flip exactly as the volume does; every step after the
+    projection is make_mips' own (:func:`~sarclym.model.imaging.mip.mips_from_sources`).
     """
-    if not suv_window[1] > suv_window[0]:
-        raise ValueError(f"suv_window {suv_window} is empty")
-    if not scale > 0:
-        raise ValueError(f"scale {scale} is not positive")
-    components, signs = _patient_axes(row_cosine, col_cosine, normal)
-    if components[0] != _S:
+    check_mip_arguments(size, suv_window, scale)
+    components, signs = patient_axes(row_cosine, col_cosine, normal)
+    if components[0] != S_AXIS:
         raise NotAccumulable("the slice normal is not the patient's S axis")
-    spacing_by_axis = {components[a]: float(spacing_mm[a]) for a in range(3)}
-    target = min(float(spacing_mm[1]), float(spacing_mm[2]))
     reduced = {1: over_rows[:, None, :], 2: over_columns[:, :, None]}
-    factor = np.float32(scale)
-    views = []
-    for along, across in ((_P, _L), (_L, _P)):
-        source = reduced[components.index(along)]
-        mip = _project(source, components, signs, along, (_S, across))
-        mip = (
-            np.multiply(mip, factor, dtype=np.float32)
-            if scale != 1.0
-            else mip.astype(np.float32, copy=True)
-        )
-        views.append(mip)
-    suv_max = float(views[0].max())
-    resampled = []
-    for mip, across in zip(views, (_L, _P), strict=True):
-        mip = _resample(mip, 0, spacing_by_axis[_S], target)
-        mip = _resample(mip, 1, spacing_by_axis[across], target)
-        resampled.append(np.ascontiguousarray(mip[::-1], dtype=np.float32))
-    frontal, lateral = resampled
-    net_scale = min(
-        size[0] / frontal.shape[0],
-        size[1] / frontal.shape[1],
-        size[0] / lateral.shape[0],
-        size[1] / lateral.shape[1],
-    )
-    frontal_net, frontal_offset = _net_input(frontal, net_scale, size, suv_window)
-    lateral_net, lateral_offset = _net_input(lateral, net_scale, size, suv_window)
-    return Mips(
-        frontal=frontal,
-        lateral=lateral,
-        pixel_spacing_mm=(target, target),
-        frontal_net=frontal_net,
-        lateral_net=lateral_net,
-        net_pixel_spacing_mm=target / net_scale,
-        net_offsets=(frontal_offset, lateral_offset),
-        suv_max=suv_max,
-        suv_window=(float(suv_window[0]), float(suv_window[1])),
+    return mips_from_sources(
+        {along: reduced[components.index(along)] for along in (P_AXIS, L_AXIS)},
+        components,
+        signs,
+        spacing_mm,
+        size=size,
+        suv_window=suv_window,
+        scale=scale,
     )
 
 

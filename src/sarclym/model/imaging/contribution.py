@@ -37,7 +37,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from sarclym.model.errors import SarclymModelError, SeriesRejected
-from sarclym.model.imaging.mip import _patient_axes
+from sarclym.model.imaging.mip import S_AXIS, patient_axes
 from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR
 from sarclym.model.imaging.volume import _decode, has_pixel_data
 
@@ -63,7 +63,6 @@ _SLICE_MAGIC = b"SCAC"
 _HEADER_MAGIC = b"SCAH"
 #: Classic PET Image Storage (PS3.4 B.5): one slice per instance.
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-_S = 2  # LPS component index of S (mip.py)
 #: Per-instance values that suv_factor reads from every instance (PS3.3 C.7.6.1, C.8.9.1).
 _ACQUISITION_KEYWORDS = ("AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
 #: Philips (7053,xx00) SUV scale and (7053,xx09) activity concentration scale (suv.py).
@@ -268,10 +267,10 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
     col = (orientation[3], orientation[4], orientation[5])
     cross = np.cross(row, col)
     try:
-        components, _ = _patient_axes(row, col, (float(cross[0]), float(cross[1]), float(cross[2])))
+        components, _ = patient_axes(row, col, (float(cross[0]), float(cross[1]), float(cross[2])))
     except SeriesRejected as exc:
         raise NotAccumulable(str(exc)) from exc
-    if components[0] != _S:
+    if components[0] != S_AXIS:
         raise NotAccumulable("the slice normal is not the patient's S axis (not axial slices)")
     try:
         rows_n, cols_n = int(ds.Rows), int(ds.Columns)

@@ -18,6 +18,7 @@ instead of a second, resampled 3-D volume. ``suv_max`` is exact: it is taken bef
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,19 @@ from sarclym.model.errors import GeometryError
 from sarclym.model.imaging.suv import SuvConversion, suv_factor
 from sarclym.model.imaging.volume import Volume
 
-__all__ = ["FRONTAL_ORIENTATION", "LATERAL_ORIENTATION", "Mips", "make_mips", "mips_for_volume"]
+__all__ = [
+    "FRONTAL_ORIENTATION",
+    "LATERAL_ORIENTATION",
+    "L_AXIS",
+    "P_AXIS",
+    "S_AXIS",
+    "Mips",
+    "check_mip_arguments",
+    "make_mips",
+    "mips_for_volume",
+    "mips_from_sources",
+    "patient_axes",
+]
 
 #: (0020,0020) *Patient Orientation* of the frontal MIP: rows toward L, columns toward F.
 FRONTAL_ORIENTATION = ("L", "F")
@@ -36,6 +49,8 @@ LATERAL_ORIENTATION = ("P", "F")
 
 Vector3 = tuple[float, float, float]
 _L, _P, _S = 0, 1, 2  # LPS component indices
+#: Public names of the LPS component indices (:func:`patient_axes`).
+L_AXIS, P_AXIS, S_AXIS = _L, _P, _S
 
 
 @dataclass(frozen=True)
@@ -77,10 +92,16 @@ class Mips:
     suv_window: tuple[float, float]
 
 
-def _patient_axes(
+def patient_axes(
     row_cosine: Vector3, col_cosine: Vector3, normal: Vector3
 ) -> tuple[list[int], list[int]]:
-    """Map array axes (slice, row, column) to their LPS component and sign."""
+    """Map array axes (slice, row, column) to their LPS component and sign.
+
+    Raises
+    ------
+    GeometryError
+        The axes do not map to three distinct patient axes.
+    """
     directions = (normal, col_cosine, row_cosine)
     components = [int(np.argmax(np.abs(d))) for d in directions]
     signs = [1 if d[c] > 0 else -1 for d, c in zip(directions, components, strict=True)]
@@ -93,7 +114,11 @@ def _patient_axes(
 
 
 def _project(
-    values: np.ndarray, components: list[int], signs: list[int], along: int, keep: tuple[int, int]
+    values: np.ndarray,
+    components: Sequence[int],
+    signs: Sequence[int],
+    along: int,
+    keep: tuple[int, int],
 ) -> np.ndarray:
     """Max along patient axis ``along``; result axes are patient axes ``keep``, indices increasing
     toward the positive LPS direction."""
@@ -187,20 +212,57 @@ def make_mips(
     ValueError
         ``suv_window`` empty, ``scale`` not positive or ``size`` not positive.
     """
+    check_mip_arguments(size, suv_window, scale)
+    components, signs = patient_axes(row_cosine, col_cosine, normal)
+    return mips_from_sources(
+        {_P: volume_suv, _L: volume_suv},
+        components,
+        signs,
+        spacing_mm,
+        size=size,
+        suv_window=suv_window,
+        scale=scale,
+    )
+
+
+def check_mip_arguments(
+    size: tuple[int, int], suv_window: tuple[float, float], scale: float
+) -> None:
+    """Raise ValueError for an empty ``suv_window``, a ``scale`` or ``size`` not positive."""
     if not suv_window[1] > suv_window[0]:
         raise ValueError(f"suv_window {suv_window} is empty")
     if not scale > 0:
         raise ValueError(f"scale {scale} is not positive")
     if min(size) < 1:
         raise ValueError(f"size {size} is not positive")
-    components, signs = _patient_axes(row_cosine, col_cosine, normal)
+
+
+def mips_from_sources(
+    sources: Mapping[int, np.ndarray],
+    components: Sequence[int],
+    signs: Sequence[int],
+    spacing_mm: Vector3,
+    *,
+    size: tuple[int, int],
+    suv_window: tuple[float, float],
+    scale: float,
+) -> Mips:
+    """The MIPs from what is projected along P (frontal) and along L (lateral).
+
+    ``sources[P_AXIS]`` and ``sources[L_AXIS]`` are 3-D arrays in the stored axis order whose
+    maximum along that patient axis is the view: the SUV volume itself (:func:`make_mips`), or
+    per-slice maxima with the projected axis of length one (the projections accumulated while a
+    series arrives, :mod:`~sarclym.model.imaging.accumulate`); every step after the projection
+    (scale, z resampling, head up, net inputs) is this one. ``components`` and ``signs`` from
+    :func:`patient_axes`; arguments checked by :func:`check_mip_arguments`.
+    """
     spacing_by_axis = {components[a]: float(spacing_mm[a]) for a in range(3)}
     target = min(float(spacing_mm[1]), float(spacing_mm[2]))
 
     factor = np.float32(scale)
     views = []
     for along, across in ((_P, _L), (_L, _P)):
-        mip = _project(volume_suv, components, signs, along, (_S, across))
+        mip = _project(sources[along], components, signs, along, (_S, across))
         mip = (
             np.multiply(mip, factor, dtype=np.float32)
             if scale != 1.0
