@@ -44,11 +44,9 @@ what the attempt did rather than the re-armed row of a moment before
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -61,6 +59,15 @@ from sarclym.node.config import Config
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.http import views as h
 from sarclym.node.http.auth import Authenticator, Principal, Session, admin_token_path
+from sarclym.node.http.exchange import (
+    SECURITY_HEADERS,
+    Request,
+    Response,
+    html,
+    json_response,
+    redirect,
+    safe_next,
+)
 from sarclym.node.http.result_files import (
     PatientContext,
     has_result_png,
@@ -99,12 +106,6 @@ _THUMBNAIL = re.compile(rf"^/dashboard/thumbnails/{_UID}\.png$")
 _RESULT_IMAGE = re.compile(rf"^/dashboard/results/{_UID}/sc\.png$")
 #: Paths that answer 401 (not a redirect to the login form) without a credential.
 _API = re.compile(r"^/status$|^/dashboard/thumbnails/|^/dashboard/results/.+\.png$")
-_SECURITY_HEADERS = (
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
-)
 
 
 def dashboard_url(config: Config) -> str:
@@ -120,57 +121,6 @@ def login_hint(config: Config) -> str:
     if config.dashboard.users:
         return "log in with a token of dashboard.users"
     return f"log in with the token in {admin_token_path(config)}"
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the dashboard needs of an HTTP request."""
-
-    method: str
-    path: str
-    query: dict[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)  # names in lower case
-    form: dict[str, str] = field(default_factory=dict)
-    client: str = ""
-
-    def header(self, name: str) -> str:
-        """A header's value (names are case-insensitive), ``""`` when absent."""
-        return str(self.headers.get(name.lower()) or "")
-
-
-@dataclass
-class Response:
-    """What the dashboard answers."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "text/html; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _html(status: int, text: str) -> Response:
-    return Response(status, text.encode("utf-8"), headers=[("Content-Security-Policy", h.CSP)])
-
-
-def _json(status: int, data: Any) -> Response:
-    return Response(status, json.dumps(data).encode(), "application/json")
-
-
-def _redirect(location: str) -> Response:
-    return Response(303, headers=[("Location", location)])
-
-
-def _safe_next(value: str | None) -> str:
-    """A local path to go to after login; anything else becomes the overview."""
-    if (
-        value
-        and value.startswith("/")
-        and not value.startswith("//")
-        and "\\" not in value
-        and value.isprintable()  # no CR/LF into the Location header
-    ):
-        return value
-    return "/dashboard/"
 
 
 class Dashboard:
@@ -255,7 +205,7 @@ class Dashboard:
         handler.send_response(response.status)
         handler.send_header("Content-Type", response.content_type)
         handler.send_header("Content-Length", str(len(response.body)))
-        for name, value in (*_SECURITY_HEADERS, *response.headers):
+        for name, value in (*SECURITY_HEADERS, *response.headers):
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(response.body)
@@ -263,17 +213,17 @@ class Dashboard:
     def respond(self, request: Request) -> Response:
         """The response to a request on one of the dashboard's paths."""
         if request.method == "POST" and request.header("Sec-Fetch-Site") == "cross-site":
-            return _json(403, {"error": "cross-site request refused"})
+            return json_response(403, {"error": "cross-site request refused"})
         if request.path == "/login" and self.config.dashboard.enabled:
             return self._login(request)
         principal, session, refused = self._authenticate(request)
         if principal is None:
             api = _API.match(request.path) is not None
             if refused or api or request.method != "GET":
-                response = _json(401, {"error": "login or Authorization: Bearer <token>"})
+                response = json_response(401, {"error": "login or Authorization: Bearer <token>"})
                 response.headers.append(("WWW-Authenticate", 'Bearer realm="sarclym-node"'))
                 return response
-            return _redirect(f"/login?next={request.path}")
+            return redirect(f"/login?next={request.path}")
         if request.method == "POST":
             if session is not None and not self._csrf_ok(request, session):
                 log.warning("dashboard request without a valid CSRF token", user=principal.name)
@@ -327,20 +277,20 @@ class Dashboard:
     # -- login -------------------------------------------------------------------------------
 
     def _login(self, request: Request) -> Response:
-        target = _safe_next(request.form.get("next") or request.query.get("next"))
+        target = safe_next(request.form.get("next") or request.query.get("next"))
         if request.method == "GET":
             principal, _, _ = self._authenticate(request)
             if principal is not None:
-                return _redirect(target)
-            return _html(200, h.login_page(target, version=__version__))
+                return redirect(target)
+            return html(200, h.login_page(target, version=__version__))
         principal = self.auth.check_token(request.form.get("token", ""))
         if principal is None:
             log.warning("dashboard login refused", client=request.client)
             error = "That token is not valid."
-            return _html(401, h.login_page(target, error, version=__version__))
+            return html(401, h.login_page(target, error, version=__version__))
         session_id, _ = self.auth.open_session(principal)
         log.info("dashboard login", user=principal.name, role=principal.role, client=request.client)
-        response = _redirect(target)
+        response = redirect(target)
         response.headers.append(self._cookie_header(session_id, int(self.auth.session_s)))
         return response
 
@@ -348,7 +298,7 @@ class Dashboard:
         session_id = self._cookie(request)
         if session_id:
             self.auth.close_session(session_id)
-        response = _redirect("/login")
+        response = redirect("/login")
         response.headers.append(self._cookie_header("", 0))
         return response
 
@@ -377,8 +327,8 @@ class Dashboard:
             count=count,
             outcome_recorded=settled,
         )
-        back = _safe_next(request.form.get("next") or "/dashboard/deliveries").split("?", 1)[0]
-        return _redirect(
+        back = safe_next(request.form.get("next") or "/dashboard/deliveries").split("?", 1)[0]
+        return redirect(
             retry_location(
                 back, count=count, result_id=result_id, destination=destination, settled=settled
             )
@@ -393,26 +343,26 @@ class Dashboard:
         if status != 303:
             return self._error(status, text, principal, session)
         log.info("dashboard final diagnosis", user=principal.name)
-        return _redirect(text)
+        return redirect(text)
 
     # -- pages -------------------------------------------------------------------------------
 
     def _get(self, request: Request, principal: Principal, session: Session | None) -> Response:
         path = request.path
         if path == "/status":
-            return _json(200, self.status())
+            return json_response(200, self.status())
         if path in ("/", "/dashboard"):
-            return _redirect("/dashboard/")
+            return redirect("/dashboard/")
         if match := _THUMBNAIL.match(path):
             file = self.thumbnails / f"{match.group(1)}.png"
             if not file.is_file():
-                return _json(404, {"error": "no thumbnail"})
+                return json_response(404, {"error": "no thumbnail"})
             return Response(200, file.read_bytes(), "image/png")
         if match := _RESULT_IMAGE.match(path):
             record = self.state.series(match.group(1))
             png = result_png(self.layout, record) if record is not None else None
             if png is None:
-                return _json(404, {"error": "no result image on this node"})
+                return json_response(404, {"error": "no result image on this node"})
             return Response(200, png, "image/png")
         pages: dict[str, Callable[[Request, Principal, Session | None], tuple[str, str]]] = {
             "/dashboard/": self._overview,
@@ -451,7 +401,7 @@ class Dashboard:
             version=__version__,
             patient_context=self._shows_context(principal),
         )
-        return _html(status, text)
+        return html(status, text)
 
     def _shows_context(self, principal: Principal) -> bool:
         """Whether the user's role may see patient context (``patient_context_roles``)."""
