@@ -10,6 +10,14 @@ One tree; everything the model package raises on purpose derives from
      |    +-- SUVNotComputable       a quantity SUVbw needs is missing or invalid
      |    +-- GeometryError          gaps, oblique orientation, duplicate positions,
      |                               inconsistent spacing or size
+     +-- AccumulationError           issue 16's accumulated projections cannot stand for the
+     |    |                          series (:mod:`sarclym.model.imaging.contribution`); the
+     |    |                          caller reads the series' files instead
+     |    +-- NotAccumulable         the slice is not single-frame axial PET with pixel data
+     |    +-- Disagrees              the same SOP Instance with other content, or state that
+     |    |                          does not match the spool
+     |    +-- CorruptAccumulation    a stored blob is truncated, altered (CRC-32) or of
+     |                               another format version
      +-- LabelsError                 a retraining labels file is unusable
      +-- RegistryError               model registry: bad or existing version, AUC gate refused,
                                      weights missing, modified (SHA-256) or corrupt
