@@ -110,5 +110,74 @@ def main() -> None:
     json.dump(figures, sys.stdout)
 
 
+#: A study's series folders in the order a scanner routes them (``sarclym-node synth`` layout).
+ROUTED = ("CT", "PT_NAC", "PT_AC", "PT_MIP")
+
+
+def routed_files(study: Path) -> list[Path]:
+    """Every file of one study folder, series by series in :data:`ROUTED` order."""
+    return [p for role in ROUTED for p in sorted((study / role).glob("*.dcm"))]
+
+
+def write_small_study(
+    out_dir: Path, index: int, *, matrix: int = 48, slice_mm: float = 9.0
+) -> Path:
+    """A whole study (CT, NAC PET, AC PET, derived MIP series) on a coarse grid, for CI benches.
+
+    Same field of view and body coverage as ``sarclym-node synth`` (so that selection accepts
+    the AC series), ``matrix`` x ``matrix`` PET and CT, ``slice_mm`` apart: about 100 PET
+    slices of a few KiB instead of 300 of 70 KiB. Vendor by ``index`` (GE, Siemens, Philips);
+    depends on ``index`` alone. Returns the study folder, ``out_dir/case<NNNN>``.
+    """
+    rng = np.random.default_rng([2026, index])
+    case = draw_case(rng, ("lymphoma", "sarcoidosis")[index % 2], f"small{index:04d}")
+    vendor = (Vendor.GE, Vendor.SIEMENS, Vendor.PHILIPS)[index % 3]
+    spacing = 700.0 / matrix
+    profile = replace(draw_profile(vendor, rng), matrix=matrix, pixel_spacing_mm=spacing)
+    grid = PetGrid(
+        pixel_spacing_mm=spacing, matrix=matrix, slice_spacing_mm=slice_mm, fwhm_mm=2 * spacing
+    )
+    pet = render_pet(case, grid, rng)
+    z_bottom = pet.origin_lps_mm[2] - (pet.suv.shape[0] - 1) * pet.spacing_mm[0]
+    ct, ct_origin = render_ct(
+        case,
+        pixel_spacing_mm=spacing,
+        matrix=matrix,
+        slice_spacing_mm=slice_mm,
+        z_range_mm=(z_bottom, pet.origin_lps_mm[2]),
+    )
+    meta = StudyMeta(
+        patient_name="Bench^Small",
+        patient_id=f"SYN{index:07d}",
+        birth_date=dt.date(1960, 1, 1),
+        sex="F",
+        age=64,
+        weight_kg=70.0,
+        height_m=1.68,
+        study_date=dt.date(2026, 1, 5),
+        injection_time=dt.datetime(2026, 1, 5, 9, 0),
+        dose_bq=2.6e8,
+        uptake_min=60.0,
+        accession=f"A{index:07d}",
+        study_uid_seed=f"bench-small:{index}",
+        profile=profile,
+        transfer_syntax=TransferSyntax.EXPLICIT,
+    )
+    folder = out_dir / f"case{index:04d}"
+    write_study(
+        folder,
+        meta,
+        suv=pet.suv,
+        nac=pet.nac,
+        pet_origin_lps_mm=pet.origin_lps_mm,
+        pet_spacing_mm=pet.spacing_mm,
+        ct_hu=ct,
+        ct_origin_lps_mm=ct_origin,
+        ct_spacing_mm=(slice_mm, spacing, spacing),
+        mip_series=True,
+    )
+    return folder
+
+
 if __name__ == "__main__":
     main()

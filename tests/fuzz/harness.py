@@ -203,6 +203,18 @@ class FuzzNode:
         db.close()
         return {str(uid): str(path) for uid, path in rows}
 
+    def unspooled(self) -> set[str]:
+        """SOP Instance UIDs answered Success without a spool file: their series was refused at
+        its first instance and ``listener.keep_unanalysed`` is false (issue 16)."""
+        uri = f"file:{self.data_dir / 'state.db'}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=30) as db:
+            rows = db.execute(
+                "SELECT i.sop_instance_uid FROM instances i "
+                "JOIN first_instance_decisions d ON d.series_uid = i.series_uid WHERE i.path = ''"
+            ).fetchall()
+        db.close()
+        return {str(uid) for (uid,) in rows}
+
     def spool_files(self) -> set[str]:
         """SOP Instance UIDs of the files in the spool."""
         return {path.stem for path in (self.data_dir / "spool").rglob("*.dcm")}
@@ -239,23 +251,31 @@ class Ledger:
 
         A valid instance that was never answered Success is its category's mismatch already.
         """
-        kept = node.instances()
+        kept, unspooled = node.instances(), node.unspooled()
         return [
             f"answered Success, no longer kept as sent: {uid}"
             for uid, sent in sorted(self.stored.items())
             if uid not in kept
-            or not (node.data_dir / kept[uid]).is_file()
-            or not (node.data_dir / kept[uid]).read_bytes().endswith(sent)
+            or (
+                uid not in unspooled
+                and (
+                    not (node.data_dir / kept[uid]).is_file()
+                    or not (node.data_dir / kept[uid]).read_bytes().endswith(sent)
+                )
+            )
         ]
 
     def problems(self, node: FuzzNode) -> list[str]:
         """Where the node's spool and state.db differ from what it answered."""
         kept = node.instances()
         files = node.spool_files()
+        unspooled = node.unspooled()  # answered, recorded, not stored (issue 16)
         found = []
         for uid, sent in self.stored.items():
             if uid not in kept:
                 found.append(f"answered Success, not in state.db: {uid}")
+                continue
+            if uid in unspooled:
                 continue
             path = node.data_dir / kept[uid]
             if not path.is_file() or not path.read_bytes().endswith(sent):

@@ -625,3 +625,41 @@ def test_retry_command_exit_code_when_still_undelivered(
     out = capsys.readouterr().out
     assert "not configured any more, left as is: destination gone" in out
     assert "pending   copy  r1  0/1 confirmed, 1 attempts" in out
+
+
+class _BlockingLedger:
+    """A ledger whose passes wait for ``release`` (a delivery in progress), counting passes."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.passes = 0
+
+    def run_due(self, destinations: Sequence[object], *, stop: threading.Event) -> None:
+        self.passes += 1
+        self.release.wait(60)
+
+
+def test_wait_idle_returns_once_the_notified_pass_is_done() -> None:
+    """The worker writes the dashboard's PNGs once its results went out (issue 16: they took
+    the CPU from the delivery): :meth:`Deliverer.wait_idle` says when the pass is done."""
+    ledger = _BlockingLedger()
+    deliverer = Deliverer(ledger, [], interval=3600)  # type: ignore[arg-type]
+    assert deliverer.wait_idle(0)  # not started (a ``worker`` process): nothing to wait for
+    deliverer.start()
+    try:
+        ledger.release.set()
+        assert deliverer.wait_idle(30)  # the first pass ran and found nothing
+        ledger.release.clear()
+        deliverer.notify()
+        assert not deliverer.wait_idle(0)  # notified: a pass is due or running
+        for _ in range(600):  # bounded
+            if ledger.passes == 2:
+                break
+            time.sleep(0.05)
+        assert ledger.passes == 2
+        assert not deliverer.wait_idle(0.05)  # the pass is still delivering
+        ledger.release.set()
+        assert deliverer.wait_idle(30)
+    finally:
+        ledger.release.set()
+        deliverer.stop()

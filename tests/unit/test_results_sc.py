@@ -369,3 +369,48 @@ def test_source_from_another_study_is_refused(case: tuple[Prediction, list[Datas
         build_sc(prediction, [other], created=CREATED)
     with pytest.raises(ValueError, match="no source datasets"):
         build_sc(prediction, [], created=CREATED)
+
+
+def _overlay_reference(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The overlay as first written (one expression per step): the faster one must match it
+    bit for bit."""
+    low, high, opacity = render_module._CAM_LOW, render_module._CAM_HIGH, render_module._CAM_ALPHA
+    heat = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0)
+    colour = (
+        render_module._jet_lut()[np.round(heat * 255.0).astype(np.intp)].astype(np.float32) / 255.0
+    )
+    ramp = np.clip((heat - low) / (high - low), 0.0, 1.0)
+    alpha = (opacity * ramp * ramp * (3.0 - 2.0 * ramp))[..., None]
+    rgb = grey[..., None] * (1.0 - alpha) + colour * alpha
+    out: np.ndarray = np.round(rgb * 255.0).astype(np.uint8)
+    return out
+
+
+def test_the_overlay_is_bit_exact_and_leaves_its_inputs_alone() -> None:
+    rng = np.random.default_rng(5)
+    grey = rng.random((97, 61), dtype=np.float32)
+    heat = rng.random((97, 61), dtype=np.float32) * 1.2 - 0.1  # outside [0, 1] too
+    heat[3, 4] = np.nan
+    before = heat.copy()
+    out = render_module._overlay(grey, heat)
+    assert out.dtype == np.uint8
+    assert np.array_equal(out, _overlay_reference(grey, heat))
+    assert np.array_equal(heat, before, equal_nan=True)
+
+
+def test_render_resamples_each_view_once(
+    case: tuple[Prediction, list[Dataset]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain and the Grad-CAM panel of a view show the same grey image: it is made once
+    (issue 16: the SC build on the path from the last slice to the results)."""
+    prediction, _ = case
+    calls: list[tuple[int, int]] = []
+    grey = render_module._grey
+
+    def counting(mip: np.ndarray, *args: Any) -> np.ndarray:
+        calls.append(mip.shape)
+        return grey(mip, *args)
+
+    monkeypatch.setattr(render_module, "_grey", counting)
+    render_sc(prediction)
+    assert len(calls) == 2

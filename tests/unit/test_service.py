@@ -63,3 +63,57 @@ def test_idle_workers_look_at_the_queue_at_least_every_quarter_second(tmp_path: 
         assert all(0 < w.default_delay <= w.max_delay <= 0.25 for w in workers)
     finally:
         node.stop()
+
+
+def test_a_job_queued_in_this_process_wakes_an_idle_worker_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener's completion and the consumer share one ``serve``: the job's write wakes
+    the worker, which otherwise would sleep up to its poll interval (here an hour) first."""
+    import sarclym.node.service as service
+
+    monkeypatch.setattr(service, "_QUEUE_POLL_S", (3600.0, 3600.0))
+    node = Node(_config(tmp_path), worker_only=True)
+    node.start(worker_threads=1)
+    try:
+        time.sleep(0.2)  # the worker found the queue empty and sleeps
+        assert node._put_job(f"{STUDY}.9")  # no such series: the job returns at once
+        for _ in range(600):  # bounded: 60 s, far below the hour of the poll
+            if node.huey.pending_count() == 0:
+                break
+            time.sleep(0.1)
+        assert node.huey.pending_count() == 0
+    finally:
+        node.stop()
+
+
+def test_the_dashboard_pngs_wait_for_the_results_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitoring facts (SQL on the connection the deliverer shares) and the thumbnail
+    (about 0.1 s of CPU) wait until this process' deliverer is idle (at most a bound): they
+    took the connection and the CPU from the SC and SR on their way to the PACS (issue 16)."""
+    import sarclym.node.worker.processor as processor_module
+
+    node = Node(_config(tmp_path))
+    order: list[str] = []
+    waits: list[float] = []
+
+    def settle(timeout: float) -> bool:
+        order.append("settle")
+        waits.append(timeout)
+        return True
+
+    monkeypatch.setattr(node.deliverer, "wait_idle", settle)
+    monkeypatch.setattr(
+        processor_module, "write_thumbnail", lambda sc, path: order.append("thumbnail")
+    )
+    prediction, datasets = make_prediction("lymphoma")
+    files = node.processor._write_results(prediction, datasets, datetime(2026, 11, 27, 9, 0))
+    monkeypatch.setattr(node.processor.monitor, "record", lambda **seen: order.append("monitor"))
+    node.processor._after_status("1.2.3", files[0], {"outcome": "scored"})
+    assert order == ["settle", "monitor", "thumbnail"]
+    order.clear()
+    node.processor._after_status("1.2.4", None, {"outcome": "refused"})  # no result: no wait
+    assert order == ["monitor"]
+    assert 0 < waits[0] <= 5

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from huey.consumer import Consumer, Worker
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sarclym.node.config import Config, DestinationsConfig
@@ -69,7 +70,10 @@ log = structlog.get_logger(__name__)
 TASK_NAME = "sarclym.process_series"
 
 
-#: First and longest nap (s) of an idle worker between two looks at the SQLite queue.
+#: First and longest nap (s) of an idle worker between two looks at the SQLite queue. A job
+#: queued by this process wakes its workers at once (:class:`_WakeableConsumer`); the naps are
+#: for jobs queued by other processes (``worker`` processes sharing the folder, listener
+#: replicas).
 _QUEUE_POLL_S = (0.05, 0.25)
 
 #: A QUEUED series without a job is queued again once it has been QUEUED this long (s): the
@@ -78,6 +82,55 @@ REQUEUE_AFTER_S = 1.0
 
 #: How often the sweeper removes orphaned temporary files from the data folder (s).
 TEMP_SWEEP_INTERVAL_S = 600
+
+
+class _WakeableWorker(Worker):
+    """A huey worker whose idle nap ends as soon as this process queues a job.
+
+    huey's own worker sleeps ``delay`` on the consumer's stop flag between two empty looks at
+    a polling queue (SQLite): a job queued just after a look waited up to the whole nap. This
+    one waits on ``wake`` instead, which :meth:`Node._put_job` sets after each job it wrote,
+    and :meth:`Node.stop` sets after the stop flag. Invariant: ``wake`` is set only after the
+    job is in the queue, so a worker that clears it looks at the queue next and finds the job.
+    Blocking queues (Redis: ``BRPOP``) never nap: huey's loop already returns on a push.
+    """
+
+    delay: float
+    default_delay: float
+    max_delay: float
+    backoff: float
+
+    def __init__(self, *args: Any, wake: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    def sleep(self) -> None:
+        if self.delay > self.max_delay:
+            self.delay = self.max_delay
+        if self.wake.wait(self.delay):
+            self.wake.clear()
+            self.delay = self.default_delay
+        else:
+            self.delay *= self.backoff
+
+
+class _WakeableConsumer(Consumer):
+    """huey's consumer with :class:`_WakeableWorker` workers sharing one ``wake`` event."""
+
+    def __init__(self, huey: Huey, wake: threading.Event, **options: Any) -> None:
+        self.wake = wake
+        super().__init__(huey, **options)
+
+    def _create_worker(self) -> _WakeableWorker:
+        return _WakeableWorker(
+            huey=self.huey,
+            stop_flag=self.stop_flag,
+            default_delay=self.default_delay,
+            max_delay=self.max_delay,
+            backoff=self.backoff,
+            max_tasks=self.max_tasks,
+            wake=self.wake,
+        )
 
 
 def make_queue(config: Config) -> Huey:
@@ -167,6 +220,7 @@ class Node:
             self.ledger,
             [d.name for d in self.deliverer.destinations],
             notify=self.deliverer.notify,
+            settle=lambda timeout: self.deliverer.wait_idle(timeout),
         )
         self.huey = make_queue(config)
         self._task = self.huey.task(name=TASK_NAME)(self.processor.process)
@@ -187,6 +241,8 @@ class Node:
         self._metrics_registry.register(RefusalCollector(self.refusals))
         self._queue_write_failing = False
         self._consumer: Any = None
+        #: Set after each job this process queues: wakes its idle workers (_WakeableWorker).
+        self._wake = threading.Event()
         self.dashboard: Dashboard | None = None
         if not worker_only and config.service.http_port:
             self.dashboard = Dashboard(
@@ -222,6 +278,7 @@ class Node:
         """Write the job of ``series_uid`` to the queue; False (logged) when the write fails."""
         try:
             self._task(series_uid)
+            self._wake.set()  # after the write: the woken worker finds the job
         except Exception as exc:  # the back-end's own: sqlite3.OperationalError, redis errors
             # Said once when writes start failing; the sweeper's retries each second are quiet.
             (log.debug if self._queue_write_failing else log.warning)(
@@ -398,8 +455,11 @@ class Node:
                 log.error("model not loaded", error=f"{type(exc).__name__}: {exc}")
             # huey's idle workers poll a SQLite queue ever more slowly, up to every 10 s by
             # default: the first series after a quiet night would wait that long. A quarter of
-            # a second at most (Redis workers block on the list instead of polling).
-            self._consumer = self.huey.create_consumer(
+            # a second at most for jobs of other processes; this process' own jobs wake them at
+            # once (Redis workers block on the list instead of polling).
+            self._consumer = _WakeableConsumer(
+                self.huey,
+                self._wake,
                 workers=workers,
                 worker_type="thread",
                 periodic=False,
@@ -449,6 +509,8 @@ class Node:
         if self._http is not None:
             self._http.stop()
         if self._consumer is not None:
+            self._consumer.stop_flag.set()
+            self._wake.set()  # idle workers see the stop flag now, not after their nap
             self._consumer.stop(graceful=True)
         for thread in self._threads:
             thread.join(timeout=5)

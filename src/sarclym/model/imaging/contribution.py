@@ -39,7 +39,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from sarclym.model.errors import SarclymModelError, SeriesRejected
 from sarclym.model.imaging.mip import S_AXIS, patient_axes
 from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR
-from sarclym.model.imaging.volume import _decode, has_pixel_data
+from sarclym.model.imaging.volume import decode_frame, has_pixel_data
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,15 +50,15 @@ __all__ = [
     "NotAccumulable",
     "SeriesHeader",
     "SliceContribution",
-    "accumulated_blobs",
     "contribution_from_bytes",
     "pack_blob",
+    "pixel_digest",
     "slice_contribution",
     "unpack_blob",
 ]
 
 #: Version of the serialised forms; a blob of another version is refused (the caller falls back).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the pixel digest is SHA-256 (was BLAKE2b)
 _SLICE_MAGIC = b"SCAC"
 _HEADER_MAGIC = b"SCAH"
 #: Classic PET Image Storage (PS3.4 B.5): one slice per instance.
@@ -84,6 +84,13 @@ class Disagrees(AccumulationError):
 class CorruptAccumulation(AccumulationError):
     """A serialised contribution, header or accumulator is truncated, altered or of another
     format version."""
+
+
+def pixel_digest(pixels: bytes | memoryview) -> str:
+    """What tells two copies of one SOP Instance apart: the first 128 bits of the SHA-256 of its
+    pixel data, in hexadecimal (about 3x faster than BLAKE2b here, where hardware SHA
+    instructions exist; format version 2)."""
+    return hashlib.sha256(pixels).hexdigest()[:32]
 
 
 def pack_blob(magic: bytes, body: bytes) -> bytes:
@@ -151,7 +158,8 @@ class SliceContribution:
         ``study``/``series`` UIDs, ``image_index`` (0054,1330), ``position`` (0020,0032),
         ``orientation`` (0020,0037), ``spacing`` (0028,0030), ``size`` (Rows, Columns),
         ``slope``/``intercept`` (0028,1053)/(0028,1052), ``acquisition`` (date/time texts),
-        ``philips`` (7053 factors as texts) and ``digest`` (BLAKE2b of the pixel data).
+        ``philips`` (7053 factors as texts) and ``digest`` (:func:`pixel_digest` of the pixel
+        data).
     over_rows : numpy.ndarray
         float32 ``(columns,)``: the slice's maximum over its rows (the axis along the
         (0020,0037) column cosine).
@@ -280,7 +288,7 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
     intercept_raw = ds.get("RescaleIntercept")
     intercept = float(intercept_raw) if intercept_raw not in (None, "") else 0.0
     try:
-        stored = _decode(ds, None, (rows_n, cols_n), ds)
+        stored = decode_frame(ds, None, (rows_n, cols_n), ds)
     except SeriesRejected as exc:
         raise NotAccumulable(str(exc)) from exc
     if stored.shape != (rows_n, cols_n):
@@ -291,7 +299,7 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
         values *= np.float32(slope)
     if intercept:
         values += np.float32(intercept)
-    digest = hashlib.blake2b(np.ascontiguousarray(stored).tobytes(), digest_size=16).hexdigest()
+    digest = pixel_digest(np.ascontiguousarray(stored).tobytes())
     acquisition = {k: t for k in _ACQUISITION_KEYWORDS if (t := _text(ds.get(k))) is not None}
     image_index = ds.get("ImageIndex")
     facts: dict[str, Any] = {
@@ -412,31 +420,3 @@ def contribution_from_bytes(
     start = elem.value_tell - (8 if implicit else 12 if explicit_long else 8)
     header = SeriesHeader(contribution.sop_instance_uid, str(syntax), data[:start])
     return contribution, header
-
-
-def accumulated_blobs(
-    sop_class_uid: str, data: bytes, transfer_syntax: str
-) -> tuple[bytes, bytes] | None:
-    """What the listener records with a received instance: its contribution and the series
-    header as bytes, or ``None`` when the instance is not accumulated (the worker then reads the
-    series' files as before issue 16).
-
-    Parameters
-    ----------
-    sop_class_uid : str
-        (0008,0016) of the instance; only classic PET Image Storage is accumulated.
-    data : bytes
-        The data set as received (no file meta).
-    transfer_syntax : str
-        Its transfer syntax UID.
-    """
-    if sop_class_uid != PET_IMAGE_STORAGE:
-        return None
-    try:
-        contribution, header = contribution_from_bytes(data, transfer_syntax)
-    except Exception:  # whatever a malformed slice raises, e.g. AttributeError
-        # Never a reason to refuse or fail the store: the instance is already spooled, and
-        # without a contribution the worker reads the series' files (fuzz suite: a Samples per
-        # Pixel of 3 without Planar Configuration raised AttributeError here).
-        return None
-    return contribution.to_bytes(), header.to_bytes()

@@ -45,6 +45,7 @@ __all__ = [
     "Selection",
     "SelectionRules",
     "Skipped",
+    "check_instance",
     "check_series",
     "select_series",
     "skipped_because",
@@ -256,7 +257,8 @@ def _check_coverage(geometry: SliceGeometry, min_extent_mm: float) -> None:
 def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = None) -> SliceGeometry:
     """Raise if a series must not be analysed; else return its geometry.
 
-    Series-level attributes are read from the first instance; geometry and SUV metadata from
+    Series-level attributes are read from the first instance (:func:`check_instance`, which the
+    listener also applies when a series' first instance arrives); geometry and SUV metadata from
     all of them (headers only, no pixel decoding).
 
     Parameters
@@ -292,7 +294,37 @@ def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = Non
     rules = rules or DEFAULT_RULES
     if not datasets:
         raise SeriesRejected("The series has no instances.")
-    ds = datasets[0]
+    check_instance(datasets[0], rules)
+    suv_factor(datasets[0], datasets)
+    geometry = read_geometry(datasets)
+    _check_coverage(geometry, rules.min_axial_extent_mm)
+    return geometry
+
+
+def check_instance(ds: Dataset, rules: SelectionRules | None = None) -> None:
+    """Raise if the series of this instance must not be analysed, by what one instance says.
+
+    The part of :func:`check_series` that reads only series-level attributes (the General
+    Series, PET Series, PET Isotope and Patient Study modules, the SOP class and Image Type),
+    in the same order and with the same reasons: :func:`check_series` calls it on the series'
+    first instance before what needs all of them (SUVbw, geometry, axial extent). The listener
+    calls it on the first instance it receives
+    (:func:`~sarclym.model.imaging.eligibility.first_instance_refusal`).
+
+    Parameters
+    ----------
+    ds : Dataset
+        One instance; its pixel data are not needed.
+    rules : SelectionRules, optional
+        Population limits; default :data:`DEFAULT_RULES`.
+
+    Raises
+    ------
+    SeriesRejected
+        Modality, SOP class, Image Type, Series Type, Corrected Image (or the description says
+        NAC), Units, Decay Correction, tracer or population, as listed in :func:`check_series`.
+    """
+    rules = rules or DEFAULT_RULES
     modality = str(ds.get("Modality", "")).strip() or "missing"
     if modality != "PT":
         raise SeriesRejected(f"Modality (0008,0060) is {modality}, not PT.", attribute="Modality")
@@ -339,10 +371,6 @@ def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = Non
         )
     identify_fdg(ds)
     _check_population(ds, rules.min_patient_age_years)
-    suv_factor(ds, datasets)
-    geometry = read_geometry(datasets)
-    _check_coverage(geometry, rules.min_axial_extent_mm)
-    return geometry
 
 
 def select_series(

@@ -32,6 +32,7 @@ __all__ = [
     "SliceInfo",
     "Volume",
     "build_volume",
+    "decode_frame",
     "frame_count",
     "functional_group_item",
     "has_pixel_data",
@@ -464,8 +465,34 @@ def _check_pixel_data(geometry: SliceGeometry, sources: Sequence[Dataset]) -> No
     )
 
 
-def _decode(ds: Dataset, frame: int | None, shape: tuple[int, int], header: Dataset) -> np.ndarray:
-    """Decode one frame of (7FE0,0010) *Pixel Data*, without caching it on the dataset."""
+def decode_frame(
+    ds: Dataset, frame: int | None, shape: tuple[int, int], header: Dataset
+) -> np.ndarray:
+    """Decode one frame of (7FE0,0010) *Pixel Data*, without caching it on the dataset.
+
+    Parameters
+    ----------
+    ds : Dataset
+        The instance holding the pixel data, with ``file_meta`` (0002,0010) *Transfer Syntax
+        UID*.
+    frame : int or None
+        0-based frame of a multi-frame instance; ``None`` for a single-frame one.
+    shape : tuple of int
+        (Rows, Columns) as read from ``header``.
+    header : Dataset
+        The same instance's attributes (may be ``ds`` itself): its pixel description.
+
+    Returns
+    -------
+    numpy.ndarray
+        The stored values, ``(rows, columns)``; a read-only view of the pixel data for plain
+        little-endian 16/32-bit data.
+
+    Raises
+    ------
+    SeriesRejected
+        The transfer syntax is unknown or the pixel data cannot be decoded.
+    """
     meta = getattr(ds, "file_meta", None)
     syntax = None if meta is None else meta.get("TransferSyntaxUID")
     if syntax is None:
@@ -536,7 +563,7 @@ def build_volume(datasets: Sequence[Dataset], *, geometry: SliceGeometry | None 
     for k, info in enumerate(geometry.slices):
         ds = sources[info.dataset_index]
         header = geometry.datasets[info.dataset_index]
-        arr = _decode(ds, info.frame_index, (ny, nx), header)
+        arr = decode_frame(ds, info.frame_index, (ny, nx), header)
         if arr.shape != (ny, nx):
             raise SeriesRejected(
                 f"decoded frame has shape {arr.shape}, expected {(ny, nx)}", attribute="PixelData"

@@ -151,9 +151,29 @@ class ListenerConfig(Frozen):
     accumulate_projections: bool = Field(
         default=True,
         description="Compute each PET slice's contribution to its series' frontal and lateral "
-        "MIPs as it arrives (about 1 ms of CPU per slice on the C-STORE path), so that the "
-        "worker reads no DICOM file at completion (about half the latency after the last "
-        "slice); false: the worker reads the series' files as before (higher ingest MB/s).",
+        "MIPs as it arrives (about 0.2 ms of CPU per native slice on the C-STORE path), so "
+        "that the worker reads no DICOM file at completion (about half the latency after the "
+        "last slice); false: the worker reads the series' files as before.",
+    )
+    decide_at_first_instance: bool = Field(
+        default=True,
+        description="Decide on the first instance of a new series whether it can be analysed "
+        "(modality, SOP class, Image Type, Series Type, Corrected Image, Units, tracer, patient "
+        "age: docs/pet-input.md); a series that cannot is SKIPPED at once with the reason, never "
+        "queued nor read again. false: every series is spooled and decided at completion.",
+    )
+    reactor: Literal["pynetdicom", "blocking"] = Field(
+        default="pynetdicom",
+        description="How each association's threads wait: pynetdicom's reactor (naps between "
+        "polls), or one that blocks on the socket and its queues (no CPU while an association "
+        "is idle; no MB/s or latency gain measured: tests/bench/test_bench_reactor.py).",
+    )
+    keep_unanalysed: bool = Field(
+        default=False,
+        description="Write the instances of a series refused on its first instance to the spool "
+        "(deleted after storage.retention_hours like any skipped series). false: they are "
+        "answered 0x0000 once their state.db row is durable, and not stored (the node is not an "
+        "archive).",
     )
     max_inflation_ratio: Annotated[float, Field(ge=1, le=2000)] = Field(
         default=100.0,

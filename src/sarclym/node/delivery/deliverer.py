@@ -46,6 +46,10 @@ class Deliverer:
         self.interval = interval
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Set when a pass ended and nobody notified since (see wait_idle); the lock makes
+        # "no notify since the pass began" and setting it one step.
+        self._idle = threading.Event()
+        self._idle_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -57,7 +61,21 @@ class Deliverer:
 
     def notify(self) -> None:
         """Run a pass now (something was enqueued)."""
-        self._wake.set()
+        with self._idle_lock:
+            self._idle.clear()
+            self._wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no pass is running or due in this process, at most ``timeout`` seconds.
+
+        True when idle: the pass after the last :meth:`notify` has ended (each due delivery
+        tried once), or the thread is not running (a ``worker`` process). The worker calls it
+        before work that only people look at later (the dashboard's PNGs), so that the work
+        does not take the CPU from the results on their way out.
+        """
+        if not self.running:
+            return True
+        return self._idle.wait(timeout)
 
     def stop(self, timeout: float | None = 60.0) -> None:
         """Finish the delivery in progress, end the thread, close the destinations' connections.
@@ -86,4 +104,7 @@ class Deliverer:
                 # e.g. "database is locked" past the busy timeout, or a bug: logged with its
                 # traceback, and the next pass tries again; a dead thread would deliver nothing.
                 log.exception("delivery pass failed")
+            with self._idle_lock:
+                if not self._wake.is_set():  # else notified during the pass: one more first
+                    self._idle.set()
             self._wake.wait(self.interval)

@@ -23,37 +23,63 @@ function                       private attribute
 :func:`end_request_wait`       ``Association.run_reactor``'s wait for the A-ASSOCIATE-RQ
 :func:`guard_dimse_decoding`   ``DIMSEServiceProvider.receive_primitive`` as the DUL calls it
 :func:`buffer_data_sets`       ``DIMSEServiceProvider.message`` and its ``data_set``
+:func:`make_acceptor`          ``RequestHandler._create_association`` (copied, own class)
+:func:`wake_on_put`            ``DULServiceProvider.event_queue``, ``to_provider_queue``,
+                               ``to_user_queue``, ``DIMSEServiceProvider.msg_queue``
+:func:`dul_reactor_pass`       ``DULServiceProvider.run_reactor``'s loop body (copied)
+:func:`dul_reactor_start`      ``DULServiceProvider._idle_timer``, ``Association._dul_ready``
+:func:`dul_stopping`           ``DULServiceProvider._kill_thread``
+:func:`association_pause`      ``Association._reactor_checkpoint``, ``_is_paused``
+:func:`association_pass`       ``Association._run_reactor``'s loop body (copied), ``_kill``
+:func:`idle_seconds_left`      ``DULServiceProvider._idle_timer``
 =============================  ==============================================================
+
+``sarclym.node.dicom.reactor`` overrides ``DULServiceProvider.run_reactor``, ``kill_dul``,
+``stop_dul`` and ``Association._run_reactor``, ``kill`` in subclasses, and reaches every private
+attribute through the functions above.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import queue
 import socket
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
-from pynetdicom.pdu import PDU
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ, PDU
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
 __all__ = [
     "PYDICOM_CHECKED",
     "PYNETDICOM_CHECKED",
     "after_each_pdu",
+    "association_pass",
+    "association_pause",
     "association_socket",
     "buffer_data_sets",
     "decode_pdu",
+    "dul_reactor_pass",
+    "dul_reactor_start",
+    "dul_stopping",
     "end_request_wait",
     "guard_dimse_decoding",
     "guard_responses",
+    "idle_seconds_left",
     "intercept_served",
+    "make_acceptor",
     "queue_pdu",
     "read_file_meta",
     "replace_pdu_reader",
     "set_dul_loop_delay",
+    "wake_on_put",
 ]
 
 #: The pynetdicom version the shims were checked on (pyproject pins ``>=3.0.4,<3.1``).
@@ -380,3 +406,198 @@ def buffer_data_sets(assoc: Association, make_buffer: Callable[[], io.BytesIO]) 
         receive(primitive)
 
     dimse.receive_primitive = receive_into_buffer  # type: ignore[method-assign]
+
+
+# -- the blocking reactor (sarclym.node.dicom.reactor): pynetdicom's loops, one pass each ------
+
+
+_DUL_LOG = logging.getLogger("pynetdicom.dul")  # pynetdicom's own loggers, as its loops log
+_ASSOC_LOG = logging.getLogger("pynetdicom.association")
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A :class:`queue.Queue` that calls ``wake`` after every ``put``."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+def make_acceptor(handler: RequestHandler, association_class: type[Association]) -> Association:
+    """Build an acceptor of ``association_class`` for ``handler``'s connection, as pynetdicom does.
+
+    Checked on pynetdicom 3.0.4: a copy of ``RequestHandler._create_association`` (which always
+    builds a plain ``Association``) with the class as a parameter; ``tests/unit/test_reactor.py``
+    fails when pynetdicom's own changes (its source is compared with the one this was copied
+    from).
+    """
+    from copy import deepcopy
+    from datetime import datetime
+
+    from pynetdicom._globals import MODE_ACCEPTOR
+
+    server = cast(Any, handler.server)
+    assoc = association_class(handler.ae, MODE_ACCEPTOR)
+    assoc._server = server
+    assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+    assoc.set_socket(AssociationSocket(assoc, client_socket=cast(socket.socket, handler.request)))
+    acceptor, ae = assoc.acceptor, handler.ae
+    acceptor.maximum_length = ae.maximum_pdu_size
+    acceptor.ae_title = server.ae_title
+    acceptor.address_info = handler.local
+    acceptor.implementation_class_uid = ae.implementation_class_uid
+    acceptor.implementation_version_name = ae.implementation_version_name
+    acceptor.supported_contexts = deepcopy(server.contexts)
+    assoc.requestor.address_info = handler.remote
+    for event, handlers in server._handlers.items():
+        if event.is_intervention and handlers:
+            assoc.bind(event, *handlers)
+        elif isinstance(event, evt.NotificationEvent):
+            for handler_ in handlers:
+                assoc.bind(event, handler_[0], handler_[1])
+    return assoc
+
+
+def wake_on_put(
+    assoc: Association, wake_dul: Callable[[], None], wake_assoc: Callable[[], None]
+) -> None:
+    """Make the queues the two reactor threads poll call a wake-up after each ``put``.
+
+    Checked on pynetdicom 3.0.4: the DUL thread takes work from ``dul.event_queue`` (state
+    machine events, also put by ``AssociationSocket.close`` from any thread) and
+    ``dul.to_provider_queue`` (primitives the association sends); the association thread from
+    ``dimse.msg_queue`` (decoded DIMSE messages) and ``dul.to_user_queue`` (A-RELEASE, A-ABORT,
+    A-P-ABORT, and the A-ASSOCIATE-RQ it waits for with a blocking ``get``). Every producer
+    uses ``put``. Call on a new association, before its socket is set (which queues Evt5).
+    """
+    dul, dimse = assoc.dul, assoc.dimse
+    dul.event_queue = _WakingQueue(wake_dul)
+    dul.to_provider_queue = _WakingQueue(wake_dul)
+    dul.to_user_queue = _WakingQueue(wake_assoc)
+    dimse.msg_queue = _WakingQueue(wake_assoc)
+
+
+def dul_reactor_start(dul: DULServiceProvider) -> None:
+    """What ``DULServiceProvider.run_reactor`` does before its loop: idle timer, DUL ready.
+
+    Checked on pynetdicom 3.0.4: it starts ``_idle_timer`` and sets ``assoc._dul_ready``
+    (``Association.run_reactor`` and ``request`` wait on it).
+    """
+    dul._idle_timer.start()
+    dul.assoc._dul_ready.set()
+
+
+def dul_stopping(dul: DULServiceProvider) -> bool:
+    """True once ``kill_dul``/``stop_dul`` asked the DUL thread to end (``_kill_thread``)."""
+    return dul._kill_thread
+
+
+def dul_reactor_pass(dul: DULServiceProvider) -> bool | None:
+    """One pass of pynetdicom's DUL loop, without its nap: True when an event was handled,
+    False when there was nothing to do, None when the thread must end.
+
+    Checked on pynetdicom 3.0.4 (``DULServiceProvider.run_reactor``): ARTIM expiry queues Evt18;
+    then either one primitive from the local user is turned into an event
+    (``_process_recv_primitive``) or the socket is read when it has data
+    (``_is_transport_event``, which restarts ``_idle_timer``); an exception there sends an
+    A-ABORT past the state machine and ends both threads; then one event from ``event_queue``
+    goes to the state machine.
+    """
+    if dul._kill_thread:
+        return None
+    if dul.artim_timer.expired:
+        dul.event_queue.put("Evt18")
+    try:
+        if dul._process_recv_primitive():
+            pass
+        elif dul._is_transport_event():
+            dul._idle_timer.restart()
+    except Exception:
+        _DUL_LOG.exception("Exception in DUL.run(), aborting association")
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        sock = dul.socket
+        if sock is not None:
+            sock.send(abort.encode())
+        assoc = dul.assoc
+        assoc.is_aborted, assoc.is_established, assoc._kill = True, False, True
+        dul._kill_thread = True
+        return None
+    try:
+        event = dul.event_queue.get(block=False)
+    except queue.Empty:
+        return False
+    dul.state_machine.do_action(event)
+    return True
+
+
+def association_pause(assoc: Association, paused: bool) -> None:
+    """Mark the association thread paused (or not) and, before a pass, honour a pause request.
+
+    Checked on pynetdicom 3.0.4: ``send_*`` and ``release`` clear ``_reactor_checkpoint`` and
+    spin until ``_is_paused`` is True; ``_run_reactor`` sets ``_is_paused``, waits on the
+    checkpoint, and clears ``_is_paused`` before each pass.
+    """
+    assoc._is_paused = True
+    if not paused:
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+
+
+def association_pass(assoc: Association) -> bool | None:
+    """One pass of pynetdicom's association loop, without its nap: True when a DIMSE message
+    was served, False when there was nothing to do, None when the association has ended.
+
+    Checked on pynetdicom 3.0.4 (``Association._run_reactor``): a message from
+    ``dimse.get_msg`` is served (``_serve_request``); an A-RELEASE-RQ is answered, an A-ABORT
+    or A-P-ABORT ends it, as do the DUL thread ending and the network timeout (``_kill`` set by
+    ``kill``: the loop stops).
+    """
+    if assoc._kill:
+        return None
+    context_id, msg = assoc.dimse.get_msg(block=False)
+    if msg:
+        assoc._serve_request(msg, cast(int, context_id))
+    if assoc.is_established and assoc.acse.is_release_requested():
+        assoc.acse.send_release(is_response=True)
+        _ASSOC_LOG.info("Association Released")
+        assoc.is_released, assoc.is_established = True, False
+        evt.trigger(assoc, evt.EVT_RELEASED, {})
+        assoc.kill()
+        return None
+    if assoc.acse.is_aborted():
+        _ASSOC_LOG.info("Association Aborted")
+        assoc.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV for subscribers
+        assoc.is_aborted, assoc.is_established = True, False
+        evt.trigger(assoc, evt.EVT_ABORTED, {})
+        assoc.kill()
+        return None
+    if not assoc.dul.is_alive():
+        assoc.kill()
+        return None
+    if assoc.dul.idle_timer_expired():
+        _ASSOC_LOG.error("Network timeout reached")
+        if assoc.network_timeout_response == "A-RELEASE":
+            assoc._is_paused = True
+            assoc._reactor_checkpoint.wait()
+            assoc.release()
+            assoc._is_paused = False
+        else:
+            assoc.abort()
+        assoc.kill()
+        return None
+    return bool(msg)
+
+
+def idle_seconds_left(assoc: Association) -> float | None:
+    """Seconds until the association's network timeout expires; None when it has none.
+
+    Checked on pynetdicom 3.0.4: ``dul._idle_timer`` (a ``pynetdicom.timer.Timer``) is
+    restarted on each read and expires after ``network_timeout``.
+    """
+    timer = assoc.dul._idle_timer
+    return None if timer.timeout is None else timer.remaining

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "MAX_DEPTH",
+    "PIXEL_DATA",
     "PIXEL_TAGS",
     "RATIO_FREE_BYTES",
     "DatasetLimits",
@@ -95,12 +96,19 @@ class PixelData:
         Length of the Basic Offset Table item (encapsulated only).
     fragments
         Number of fragments after the Basic Offset Table (encapsulated only).
+    start
+        Byte offset of the element's header in the data set (the bytes before it are the
+        data set's header).
+    value_offset
+        Byte offset of its value (native) or of its first item (encapsulated).
     """
 
     tag: int
     length: int | None
     offset_table: int = 0
     fragments: int = 0
+    start: int = 0
+    value_offset: int = 0
 
 
 @dataclass
@@ -113,10 +121,14 @@ class Walk:
         The raw value of each wanted top-level element, with its VR as sent (None in Implicit VR).
     pixel
         The top-level pixel data element; None when the data set has none.
+    implicit_vr
+        Whether it was walked as Implicit VR (also when labelled Explicit VR but sent without
+        VRs, see :func:`walk`).
     """
 
     values: dict[int, tuple[bytes | None, bytes]] = field(default_factory=dict)
     pixel: PixelData | None = None
+    implicit_vr: bool = False
 
 
 class _Codec:
@@ -177,7 +189,7 @@ class _Walker:
                     )
             if length == _UNDEFINED:
                 if tag in PIXEL_TAGS and (implicit or vr in (b"OB", b"OW")):
-                    pos = self.fragments(pos, end, codec, tag, depth)
+                    pos = self.fragments(pos, end, codec, tag, depth, start)
                 elif implicit or vr == b"SQ":
                     pos = self.sequence(pos, end, codec, implicit, depth + 1, None)
                 elif vr == b"UN":  # PS3.5 6.2.2: its items are Implicit VR Little Endian
@@ -198,7 +210,7 @@ class _Walker:
                 if tag in self.wanted:
                     self.found.values[tag] = (vr, bytes(data[pos:value_end]))
                 if tag in PIXEL_TAGS:
-                    self.found.pixel = PixelData(tag, length)
+                    self.found.pixel = PixelData(tag, length, start=start, value_offset=pos)
             if vr == b"SQ":
                 self.sequence(pos, value_end, codec, implicit, depth + 1, value_end)
             pos = value_end
@@ -234,10 +246,11 @@ class _Walker:
             pos = item_end
         return pos
 
-    def fragments(self, pos: int, end: int, codec: _Codec, tag: int, depth: int) -> int:
+    def fragments(self, pos: int, end: int, codec: _Codec, tag: int, depth: int, start: int) -> int:
         """Walk encapsulated pixel data (PS3.5 A.4): the Basic Offset Table item, the fragment
-        items, the Sequence Delimitation Item."""
+        items, the Sequence Delimitation Item; ``start``: where the element's header is."""
         data = self.data
+        first = pos
         offset_table = -1
         count = 0
         while True:
@@ -266,7 +279,7 @@ class _Walker:
                 count += 1
             pos += 8 + length
         if depth == 0:
-            self.found.pixel = PixelData(tag, None, offset_table, count)
+            self.found.pixel = PixelData(tag, None, offset_table, count, start, first)
         return pos + 8
 
 
@@ -306,6 +319,7 @@ def walk(
         # No VR where Explicit VR has one: the data set is Implicit VR whatever the transfer
         # syntax says; read as pydicom reads it (config.assume_implicit_vr_switch).
         implicit_vr = True
+    walker.found.implicit_vr = implicit_vr
     walker.dataset(0, len(data), codec, implicit_vr, 0, False)
     return walker.found
 

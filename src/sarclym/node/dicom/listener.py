@@ -14,8 +14,10 @@ thread) is bounded in :mod:`~sarclym.node.dicom.transport`.
 
 A C-STORE is answered Success only once the data set parsed whole to its last byte
 (:mod:`~sarclym.node.dicom.integrity`), its SOP class is its presentation context's, and the
-instance is durable in the spool and recorded in state.db (PS3.4 B.2.3); the instance that
-completes a series triggers ``on_series_complete`` before its response is sent. Failures map to
+instance is durable in the spool and recorded in state.db (PS3.4 B.2.3), or its series was
+refused at its first instance (:mod:`~sarclym.node.dicom.intake`, which does everything after
+the checks of the wire); the instance that completes a series triggers ``on_series_complete``
+before its response is sent. Failures map to
 the statuses in :class:`~sarclym.node.dicom.status.StoreStatus`. Each association's counters are
 logged in one line when it closes.
 
@@ -25,21 +27,17 @@ that callers have always imported from here.
 
 from __future__ import annotations
 
-import functools
 import io
 import socketserver
-import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, cast
+from typing import cast
 
 import structlog
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -55,24 +53,20 @@ from sarclym.node.dicom.contexts import (
     in_peer_order,
     storage_contexts,
 )
+from sarclym.node.dicom.intake import AssocStats, Ingested, Intake
 from sarclym.node.dicom.part10 import (
-    DatasetLimits,
-    Header,
-    Part10Meta,
     Refusal,
     expected_count,
     part10_prefix,
     read_header,
-    read_part10_meta,
 )
 from sarclym.node.dicom.peers import RejectReason, check_peer
 from sarclym.node.dicom.status import StoreStatus
 from sarclym.node.dicom.store_guard import BoundedDataSet, guard_store_requests
 from sarclym.node.dicom.transport import LOCAL_LIMIT_EXCEEDED, ListenerServer, tls_context
 from sarclym.node.errors import ConfigError
-from sarclym.node.store.partials import record_instance_with_partial
-from sarclym.node.store.spool import Spool, SpoolError, SpoolFull
-from sarclym.node.store.state import ReceivedInstance, StateDB, StateError
+from sarclym.node.store.spool import Spool
+from sarclym.node.store.state import StateDB
 
 __all__ = [
     "PRIVATE_STORAGE_CLASSES",
@@ -93,29 +87,6 @@ log = structlog.get_logger(__name__)
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed by the accept loop
 _DUL_POLL_S = 0.0002  # pynetdicom's DUL reactor nap (its default: 1 ms); see _on_established
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """Outcome of :meth:`Listener.ingest_part10`."""
-
-    status: StoreStatus
-    reason: str  # empty on success
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
-@dataclass
-class _AssocStats:
-    """Counters of one association, logged in one line when it closes."""
-
-    log: Any
-    started: float = field(default_factory=time.monotonic)
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    bytes: int = 0
-    outcome: str = "closed"
 
 
 class Listener:
@@ -149,18 +120,44 @@ class Listener:
         on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config.listener
-        self.state = state
-        self.spool = Spool(config.storage.data_dir, min_free_mb=config.storage.min_free_mb)
-        self.on_series_complete = on_series_complete
-        self.on_refused = on_refused
+        self.intake = Intake(config, state, on_series_complete, on_refused)
         self._server: ListenerServer | None = None
         self._thread: threading.Thread | None = None
-        self._stats: weakref.WeakKeyDictionary[Association, _AssocStats] = (
+        self._stats: weakref.WeakKeyDictionary[Association, AssocStats] = (
             weakref.WeakKeyDictionary()
         )
         self._stats_lock = threading.Lock()
         self._ids = count(1)
         self._syntaxes: dict[str, list[str]] = {}
+
+    @property
+    def state(self) -> StateDB:
+        """The state database instances and series are recorded in."""
+        return self.intake.state
+
+    @property
+    def spool(self) -> Spool:
+        """Where received instances are written."""
+        return self.intake.spool
+
+    @property
+    def on_series_complete(self) -> Callable[[str], None] | None:
+        """Called with the Series Instance UID of each series an instance completes."""
+        return self.intake.on_series_complete
+
+    @on_series_complete.setter
+    def on_series_complete(self, callback: Callable[[str], None] | None) -> None:
+        self.intake.on_series_complete = callback
+
+    def ingest_part10(self, data: bytes, *, source: str) -> Ingested:
+        """Store one DICOM Part 10 file that came by another route (STOW-RS): the same checks,
+        spool, state and completion as a C-STORE (:meth:`Intake.ingest_part10`)."""
+        return self.intake.ingest_part10(data, source=source)
+
+    def reindex_spool(self) -> int:
+        """Record the spool files that state.db does not list; return how many
+        (:meth:`Intake.reindex_spool`)."""
+        return self.intake.reindex_spool()
 
     @property
     def port(self) -> int:
@@ -329,13 +326,13 @@ class Listener:
         structlog.contextvars.bind_contextvars(**context)
         bound = log.bind(**context)
         with self._stats_lock:
-            self._stats[assoc] = _AssocStats(log=bound)
+            self._stats[assoc] = AssocStats(log=bound)
 
-    def _stats_for(self, assoc: Association) -> _AssocStats:
+    def _stats_for(self, assoc: Association) -> AssocStats:
         with self._stats_lock:
             stats = self._stats.get(assoc)
             if stats is None:  # not expected: EVT_ESTABLISHED precedes every DIMSE message
-                stats = self._stats[assoc] = _AssocStats(log=log.bind(peer="unknown"))
+                stats = self._stats[assoc] = AssocStats(log=log.bind(peer="unknown"))
             return stats
 
     def _on_ended(self, event: Event, outcome: str) -> None:
@@ -361,21 +358,6 @@ class Listener:
 
     # -- C-STORE ----------------------------------------------------------------------------
 
-    @functools.cached_property
-    def _limits(self) -> DatasetLimits:
-        """How large a received data set may be (``listener.max_dataset_mb``,
-        ``listener.max_inflation_ratio``)."""
-        return DatasetLimits(
-            max_bytes=self.config.max_dataset_mb * 2**20,
-            max_inflation_ratio=self.config.max_inflation_ratio,
-        )
-
-    @functools.cached_property
-    def _storage_classes(self) -> frozenset[str]:
-        """The storage SOP classes the node accepts (STOW-RS has no presentation contexts)."""
-        contexts = storage_contexts(self.config.extra_sop_classes)
-        return frozenset(str(cx.abstract_syntax) for cx in contexts) - {VERIFICATION}
-
     def _guard_store(self, assoc: Association) -> None:
         """Bound each C-STORE data set in memory and answer an unsupported SOP class with 0x0122
         rather than let pynetdicom abort the association (:mod:`~sarclym.node.dicom.store_guard`).
@@ -394,22 +376,18 @@ class Listener:
             )
 
         guard_store_requests(
-            assoc, max_dataset_bytes=self._limits.max_bytes, on_unsupported=refused
+            assoc, max_dataset_bytes=self.intake.limits.max_bytes, on_unsupported=refused
         )
 
-    def _log_refusal(self, stats: _AssocStats, refusal: Refusal, sop_instance: str) -> None:
+    def _log_refusal(self, stats: AssocStats, refusal: Refusal, sop_instance: str) -> None:
         stats.failed += 1
-        self._count_refusal(refusal)
+        self.intake.count_refusal(refusal)
         stats.log.warning(
             "c-store refused",
             status=f"0x{refusal.status:04X}",
             reason=refusal.reason,
             sop_instance_uid=sop_instance,
         )
-
-    def _count_refusal(self, refusal: Refusal) -> None:
-        if self.on_refused is not None:  # counted in memory: the log may be what is full
-            self.on_refused(int(refusal.status))
 
     def _on_store(self, event: Event) -> int | Dataset:
         stats = self._stats_for(event.assoc)
@@ -424,7 +402,7 @@ class Listener:
             return rsp
         return int(status)
 
-    def _store(self, event: Event, stats: _AssocStats) -> StoreStatus:
+    def _store(self, event: Event, stats: AssocStats) -> StoreStatus:
         request = cast(C_STORE, event.request)
         sop_class, sop_instance = (
             str(request.AffectedSOPClassUID),
@@ -451,180 +429,8 @@ class Listener:
             )
         data = cast(io.BytesIO, received).getvalue()  # the data set as sent
         syntax = str(event.context.transfer_syntax)
-        header = read_header(data, syntax, sop_class, sop_instance, limits=self._limits)
+        header = read_header(data, syntax, sop_class, sop_instance, limits=self.intake.limits)
         calling = event.assoc.requestor.ae_title.strip()
         # Part 10: preamble and file meta made here, then the data set as sent.
         prefix = part10_prefix(sop_class, sop_instance, syntax, calling)
-        return self._keep(header, [prefix, data], syntax, calling, stats, dataset=data)
-
-    def ingest_part10(self, data: bytes, *, source: str) -> Ingested:
-        """Store one DICOM Part 10 file that came by another route (STOW-RS).
-
-        The same checks, spool, state and completion as a C-STORE; nothing raised for bad
-        input.
-
-        Parameters
-        ----------
-        data
-            The file: preamble, file meta information, data set.
-        source
-            Who sent it, recorded like a calling AE title (e.g. ``"STOW-RS"``).
-
-        Returns
-        -------
-        Ingested
-            The status a C-STORE would have answered, the reason when not success, and the
-            SOP Class and Instance UIDs of the file meta (empty when unreadable).
-        """
-        stats = _AssocStats(log=log.bind(source=source))
-        meta = Part10Meta()
-        try:
-            meta = read_part10_meta(data)
-            if not meta.syntax:
-                raise Refusal(StoreStatus.CANNOT_DECODE, "file meta lacks TransferSyntaxUID")
-            if meta.sop_class not in self._storage_classes:
-                raise Refusal(
-                    StoreStatus.SOP_CLASS_NOT_SUPPORTED,
-                    "MediaStorageSOPClassUID is not a storage SOP class the node accepts",
-                )
-            header = read_header(
-                data[meta.offset :],
-                meta.syntax,
-                meta.sop_class,
-                meta.sop_instance,
-                limits=self._limits,
-            )
-            status = self._keep(
-                header, [data], meta.syntax, source, stats, dataset=data[meta.offset :]
-            )
-        except Refusal as refusal:  # the caller logs it (http/stow.py: "stow-rs instance refused")
-            self._count_refusal(refusal)
-            return Ingested(
-                StoreStatus(refusal.status), refusal.reason, meta.sop_class, meta.sop_instance
-            )
-        return Ingested(status, "", meta.sop_class, meta.sop_instance)
-
-    def reindex_spool(self) -> int:
-        """Record the spool files that state.db does not list; return how many.
-
-        The spool is the record of what was acknowledged: a file is fsynced under its final name
-        before the C-STORE response, while its state.db row is committed without waiting for
-        the disk (``synchronous=NORMAL`` for instance rows, see
-        :meth:`StateDB.record_instance`). After a power cut the last rows may be missing;
-        this finds their files again and records them (sender: the file meta's Source AE
-        Title), completing series as a C-STORE would. Unreadable files are left and logged.
-        """
-        known = self.state.instance_paths()
-        stats = _AssocStats(log=log.bind(source="spool"))
-        found = 0
-        for path in sorted(self.spool.root.rglob("*.dcm")):
-            relative = str(path.relative_to(self.spool.data_dir))
-            if relative in known:
-                continue
-            try:
-                data = path.read_bytes()
-                meta = read_part10_meta(data)
-                header = read_header(
-                    data[meta.offset :],
-                    meta.syntax,
-                    meta.sop_class,
-                    meta.sop_instance,
-                    limits=self._limits,
-                )
-                source = meta.source_ae or "spool"
-                self._record(header, meta.syntax, source, stats, path=relative, size=len(data))
-            except (OSError, Refusal) as exc:
-                log.warning("spool file not re-indexed", path=relative, error=str(exc))
-                continue
-            found += 1
-        if found:
-            log.warning("spool files missing from state.db re-indexed", files=found)
-        return found
-
-    def _keep(
-        self,
-        header: Header,
-        chunks: list[bytes],
-        syntax: str,
-        calling: str,
-        stats: _AssocStats,
-        *,
-        dataset: bytes | None = None,
-    ) -> StoreStatus:
-        size = sum(len(chunk) for chunk in chunks)
-        if self.state.has_instance(header.sop_instance_uid):
-            # A resend: stored once already; only its arrival time is recorded.
-            self._record(header, syntax, calling, stats, path="", size=size)
-            stats.duplicates += 1
-            return StoreStatus.SUCCESS
-        try:
-            path = self.spool.write(
-                header.study_uid, header.series_uid, header.sop_instance_uid, chunks
-            )
-        except SpoolFull as exc:
-            raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"out of disk space: {exc}") from exc
-        except SpoolError as exc:
-            raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store: {exc}") from exc
-        relative = str(path.relative_to(self.spool.data_dir))
-        # Issue 16: a PET slice's contribution to its series' MIPs, recorded with it.
-        partial = None
-        if dataset is not None and header.modality == "PT" and self.config.accumulate_projections:
-            from sarclym.model.imaging.accumulate import accumulated_blobs
-
-            partial = accumulated_blobs(header.sop_class_uid, dataset, syntax)
-        self._record(header, syntax, calling, stats, path=relative, size=size, partial=partial)
-        stats.stored += 1
-        stats.bytes += size
-        return StoreStatus.SUCCESS
-
-    def _record(
-        self,
-        header: Header,
-        syntax: str,
-        calling: str,
-        stats: _AssocStats,
-        *,
-        path: str,
-        size: int,
-        partial: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        instance = ReceivedInstance(
-            sop_instance_uid=header.sop_instance_uid,
-            series_uid=header.series_uid,
-            study_uid=header.study_uid,
-            sop_class_uid=header.sop_class_uid,
-            transfer_syntax=str(UID(syntax)),
-            path=path,
-            size=size,
-            modality=header.modality,
-            image_index=header.image_index,
-            expected_count=header.expected,
-            calling_ae=calling,
-        )
-        try:
-            if partial is None:
-                outcome = self.state.record_instance(instance)
-            else:  # its contribution in the same transaction (issue 16)
-                contribution, series_header = partial
-                outcome = record_instance_with_partial(
-                    self.state, instance, contribution=contribution, header=series_header
-                )
-        except (sqlite3.Error, StateError) as exc:
-            raise Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not writable") from exc
-        if not outcome.series_complete_now:
-            return
-        stats.log.info(
-            "series complete",
-            series_instance_uid=outcome.series_uid,
-            study_instance_uid=header.study_uid,
-            modality=header.modality,
-            instances=outcome.received,
-            expected=outcome.expected,
-        )
-        if self.on_series_complete is not None:
-            try:
-                self.on_series_complete(outcome.series_uid)
-            except Exception:  # the instance is durable; the series stays COMPLETE in state.db
-                stats.log.exception(
-                    "on_series_complete failed", series_instance_uid=outcome.series_uid
-                )
+        return self.intake.keep(header, [prefix, data], syntax, calling, stats, dataset=data)

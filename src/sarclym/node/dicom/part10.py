@@ -16,7 +16,7 @@ import functools
 import io
 import struct
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.filereader import read_preamble
 from pydicom.multival import MultiValue
@@ -26,6 +26,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from sarclym.node.dicom.compat import read_file_meta
 from sarclym.node.dicom.contexts import is_image_storage
 from sarclym.node.dicom.integrity import (
+    PIXEL_DATA,
     DatasetLimits,
     Incomplete,
     TooLarge,
@@ -37,6 +38,9 @@ from sarclym.node.dicom.integrity import (
 from sarclym.node.dicom.status import StoreStatus
 from sarclym.node.errors import Refusal
 from sarclym.node.store.spool import check_uid
+
+if TYPE_CHECKING:
+    from sarclym.model.imaging.contribution_walk import Walked
 
 __all__ = [
     "Attributes",
@@ -109,6 +113,9 @@ class Header:
     modality: str | None
     image_index: int | None
     expected: int | None
+    #: For classic PET with native pixel data: what the walk found, so that the slice's
+    #: contribution to its series' projections needs no parse (issue 16).
+    walked: Walked | None = None
 
 
 # (tag, standard VR) of the attributes read from every received data set; values of VR UN or
@@ -133,6 +140,32 @@ _WANTED: dict[str, tuple[int, bytes]] = {
     "ImageIndex": (0x00541330, b"US"),
 }
 _WANTED_TAGS = frozenset(tag for tag, _ in _WANTED.values())
+_PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+
+
+@functools.cache
+def _walk_tags() -> frozenset[int]:
+    """The tags the walk hands back: the listener's, and those a PET slice's contribution reads
+    (imported on first use: the model's imaging modules are heavy to import)."""
+    from sarclym.model.imaging.contribution_walk import WALK_TAGS
+
+    return _WANTED_TAGS | frozenset(WALK_TAGS)
+
+
+def _walked(found: Walk, sop_class: str, encoding: _Encoding) -> Walked | None:
+    """The walk's findings for
+    :func:`~sarclym.model.imaging.contribution_walk.contribution_from_walk` (classic PET, native
+    (7FE0,0010), not deflated: offsets are into the data as received)."""
+    pixel = found.pixel
+    if sop_class != _PET_IMAGE_STORAGE or pixel is None or pixel.tag != PIXEL_DATA:
+        return None
+    if pixel.length is None or encoding.deflated:
+        return None
+    from sarclym.model.imaging.contribution_walk import Walked
+
+    return Walked(found.values, found.implicit_vr, pixel.start, pixel.value_offset, pixel.length)
+
+
 _BINARY_INTS = {b"US": "H", b"SS": "h", b"UL": "I", b"SL": "i"}
 
 
@@ -233,7 +266,7 @@ def _walk(data: bytes, transfer_syntax: str, limits: DatasetLimits) -> tuple[_Va
             encoded,
             implicit_vr=encoding.implicit_vr,
             little_endian=encoding.little_endian,
-            wanted=_WANTED_TAGS,
+            wanted=_walk_tags(),
         )
     except TooLarge as exc:
         raise Refusal(StoreStatus.OUT_OF_RESOURCES, str(exc)) from None
@@ -388,4 +421,5 @@ def read_header(
         modality=modality,
         image_index=image_index,
         expected=expected,
+        walked=_walked(found, sop_class, _encoding(transfer_syntax)),
     )

@@ -21,6 +21,9 @@ announces, however long it takes. Here (docs/conformance-statement.md, 4.2.1.2):
 - **Senders' Nagle**: accepted sockets set TCP_NODELAY (the node's own responses) and re-arm
   TCP_QUICKACK after every read (Linux; no such option elsewhere): a sender that leaves Nagle's
   algorithm on does not wait for a delayed ACK (about 40 ms) per C-STORE.
+- **Reactor**: ``listener.reactor: blocking`` makes each association's two threads block on
+  their socket and queues (:mod:`~sarclym.node.dicom.reactor`) rather than nap between polls as
+  pynetdicom's do (the default, ``pynetdicom``): no CPU while idle, no throughput gain measured.
 
 Log lines about connections come at most once per :data:`_LOG_WINDOW_S` per kind, with the
 number left out since the last one (``suppressed``): a flood of connections is not a flood of
@@ -54,9 +57,10 @@ from sarclym.node.dicom.compat import (
 )
 from sarclym.node.dicom.pdu_reader import PduReader
 from sarclym.node.dicom.peers import host_is_named
+from sarclym.node.dicom.reactor import BLOCKING, PYNETDICOM, REACTORS, BlockingRequestHandler
 from sarclym.node.errors import ConfigError
 
-__all__ = ["LOCAL_LIMIT_EXCEEDED", "ListenerServer", "tls_context"]
+__all__ = ["DEFAULT_REACTOR", "LOCAL_LIMIT_EXCEEDED", "ListenerServer", "tls_context"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +71,8 @@ LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 _LOG_WINDOW_S = 10.0
 _EARLY_S = 0.05
 _NO_ASSOCIATIONS_LIMIT = 1 << 30  # pynetdicom's own count (every connection) is not used
+#: ``listener.reactor`` when the configuration has no such key (:mod:`~sarclym.node.dicom.reactor`).
+DEFAULT_REACTOR = PYNETDICOM
 
 
 class _Throttle:
@@ -178,9 +184,14 @@ class ListenerServer(ThreadedAssociationServer):
         Accepted sockets get TCP_NODELAY; with this (the default), their readers re-arm quick
         ACKs after every read (:func:`~sarclym.node.dicom.pdu_reader.rearm_quickack`: Linux; nothing
         elsewhere). Turned off only by the benchmark that measures what it saves.
+    reactor
+        ``"blocking"`` (:mod:`~sarclym.node.dicom.reactor`) or ``"pynetdicom"``; None (the
+        default): ``listener.reactor``, else :data:`DEFAULT_REACTOR`. Set only by tests and the
+        benchmark that compares the two.
     """
 
     quickack: ClassVar[bool] = True
+    reactor: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -208,7 +219,14 @@ class ListenerServer(ThreadedAssociationServer):
         self.throttle = _Throttle()
         ae.acse_timeout = config.artim_seconds
         ae.maximum_associations = _NO_ASSOCIATIONS_LIMIT
+        reactor = self.reactor or getattr(config, "reactor", DEFAULT_REACTOR)
+        if reactor not in REACTORS:  # before the port is bound
+            raise ConfigError(
+                [f"listener.reactor: {reactor!r} is not one of {REACTORS}"], "listener"
+            )
         super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers)
+        if reactor == BLOCKING:  # socketserver makes one handler of this class per connection
+            self.RequestHandlerClass = BlockingRequestHandler
         self.bind(evt.EVT_CONN_OPEN, self._on_conn_open)
         self.bind(evt.EVT_REQUESTED, self._on_requested)
         self.bind(evt.EVT_CONN_CLOSE, self._on_conn_close)

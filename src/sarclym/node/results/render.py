@@ -272,14 +272,47 @@ def _grey(mip: np.ndarray, window: tuple[float, float], rows: int, cols: int) ->
     return 1.0 - np.clip(_resize(normed, rows, cols), 0.0, 1.0)
 
 
+@cache
+def _jet_lut_float() -> np.ndarray:
+    """:func:`_jet_lut` as float32 in [0, 1] (each entry ``uint8 / 255``, as per pixel)."""
+    lut: np.ndarray = _jet_lut().astype(np.float32) / np.float32(255.0)
+    lut.flags.writeable = False
+    return lut
+
+
 def _overlay(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """Blend a jet-coloured heatmap over a grey image; both float, result uint8 RGB."""
-    heat = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0)
-    colour = _jet_lut()[np.round(heat * 255.0).astype(np.intp)].astype(np.float32) / 255.0
-    ramp = np.clip((heat - _CAM_LOW) / (_CAM_HIGH - _CAM_LOW), 0.0, 1.0)
-    alpha = (_CAM_ALPHA * ramp * ramp * (3.0 - 2.0 * ramp))[..., None]
-    rgb = grey[..., None] * (1.0 - alpha) + colour * alpha
-    out: np.ndarray = np.round(rgb * 255.0).astype(np.uint8)
+    """Blend a jet-coloured heatmap over a grey image; both float, result uint8 RGB.
+
+    Per pixel: ``rgb = grey * (1 - alpha) + jet(heat) * alpha``, ``alpha`` a smooth step of
+    ``heat`` from ``_CAM_LOW`` (0) to ``_CAM_HIGH`` (``_CAM_ALPHA``). Where ``alpha`` is 0 (heat
+    at most ``_CAM_LOW``: most of a panel) that is ``grey`` exactly, so only the other pixels
+    are blended; the steps keep the dtype and order of the plain expressions (the unit tests
+    compare bit for bit with them). ``grey`` and ``heat`` are not modified.
+    """
+    heat = np.nan_to_num(heat, nan=0.0)  # a copy: heat is the caller's
+    np.clip(heat, 0.0, 1.0, out=heat)
+    plain = np.round(grey * 255.0)
+    out: np.ndarray = np.repeat(plain.astype(np.uint8)[..., None], 3, axis=-1)
+    blended = heat > _CAM_LOW
+    if not blended.any():
+        return out
+    h = heat[blended]
+    colour = _jet_lut_float()[np.round(h * 255.0).astype(np.intp)]
+    ramp = h - _CAM_LOW
+    ramp /= _CAM_HIGH - _CAM_LOW
+    np.clip(ramp, 0.0, 1.0, out=ramp)
+    alpha = _CAM_ALPHA * ramp
+    alpha *= ramp
+    step = 2.0 * ramp
+    np.subtract(3.0, step, out=step)
+    alpha *= step
+    alpha = alpha[:, None]
+    colour *= alpha
+    rgb = grey[blended][:, None] * np.subtract(1.0, alpha, dtype=np.result_type(alpha, 1.0))
+    rgb = np.add(rgb, colour, out=colour) if rgb.dtype == colour.dtype else rgb + colour
+    rgb *= 255.0
+    np.round(rgb, out=rgb)
+    out[blended] = rgb.astype(np.uint8)
     return out
 
 
@@ -459,8 +492,12 @@ def render_sc(
             shape = None if heat is None else heat.shape
             raise ValueError(f"{view} heatmap {shape} is not on the MIP grid {mip.shape}")
     canvas = np.full((layout.rows, layout.columns, 3), 255, dtype=np.uint8)
+    greys: dict[tuple[View, int, int], np.ndarray] = {}  # the plain and Grad-CAM panels share it
     for panel in layout.panels:
-        grey = _grey(views[panel.view], mips.suv_window, panel.rows, panel.columns)
+        key = (panel.view, panel.rows, panel.columns)
+        if key not in greys:
+            greys[key] = _grey(views[panel.view], mips.suv_window, panel.rows, panel.columns)
+        grey = greys[key]
         if panel.overlay:
             heat = _resize(prediction.heatmaps[panel.view], panel.rows, panel.columns)
             rgb = _overlay(grey, heat)

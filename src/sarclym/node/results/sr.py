@@ -37,7 +37,11 @@ from datetime import datetime
 from typing import Literal
 
 import highdicom as hd
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as PydicomSequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from sarclym.model.classes import CLASSES
 from sarclym.model.inference.prediction import Label, Prediction
@@ -215,27 +219,80 @@ def _conform_to_templates(report: hd.sr.MeasurementReport) -> None:
             group.ContentSequence = hd.sr.ContentSequence([*rest[:split], *regions, *rest[split:]])
 
 
+#: (study, series, SOP class, SOP instance) UIDs of one evidence instance.
+_Reference = tuple[str, str, str, str]
+
+_STUDY_UID, _SERIES_UID = BaseTag(0x0020000D), BaseTag(0x0020000E)
+_SOP_CLASS, _SOP_INSTANCE = BaseTag(0x00080016), BaseTag(0x00080018)
+_REF_SOP_CLASS, _REF_SOP_INSTANCE = BaseTag(0x00081150), BaseTag(0x00081155)
+_REF_SOP_SEQUENCE, _REF_SERIES_SEQUENCE = BaseTag(0x00081199), BaseTag(0x00081115)
+
+
+def _reference(ds: Dataset) -> _Reference:
+    return tuple(str(ds[tag].value) for tag in (_STUDY_UID, _SERIES_UID, _SOP_CLASS, _SOP_INSTANCE))  # type: ignore[return-value]
+
+
 def _evidence(
     prediction: Prediction, source_datasets: Sequence[Dataset], sc: Dataset
-) -> list[Dataset]:
-    """Source datasets, stubs for the other source instances, then the SC; no duplicates."""
-    evidence: list[Dataset] = []
+) -> list[_Reference]:
+    """Source instances, the other source instances of the prediction, then the SC; no
+    duplicates."""
+    evidence: list[_Reference] = []
     seen: set[str] = set()
-    for ds in source_datasets:
-        if str(ds.SOPInstanceUID) not in seen:
-            seen.add(str(ds.SOPInstanceUID))
-            evidence.append(ds)
-    for instance in prediction.source_instances:
-        if instance.sop_instance_uid not in seen:
-            seen.add(instance.sop_instance_uid)
-            stub = Dataset()
-            stub.StudyInstanceUID = prediction.study_instance_uid
-            stub.SeriesInstanceUID = prediction.series_instance_uid
-            stub.SOPClassUID = instance.sop_class_uid
-            stub.SOPInstanceUID = instance.sop_instance_uid
-            evidence.append(stub)
-    evidence.append(sc)
+    for ref in (
+        *(_reference(ds) for ds in source_datasets),
+        *(
+            (
+                prediction.study_instance_uid,
+                prediction.series_instance_uid,
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+            )
+            for instance in prediction.source_instances
+        ),
+        _reference(sc),
+    ):
+        if ref[3] not in seen:
+            seen.add(ref[3])
+            evidence.append(ref)
     return evidence
+
+
+def _uid(tag: BaseTag, value: str) -> DataElement:
+    return DataElement(tag, "UI", UID(value), already_converted=True)
+
+
+def _evidence_sequence(evidence: Sequence[_Reference]) -> list[Dataset]:
+    """The (0040,A375) *Current Requested Procedure Evidence Sequence* of ``evidence`` (one
+    study): highdicom's ``collect_evidence`` and ``_create_references``, element for element
+    (a unit test compares them), without reading each instance's data set again nor a keyword
+    look-up per element: a few hundred source instances made a fifth of the SR build."""
+    by_series: dict[tuple[str, str], list[Dataset]] = {}
+    for study, series, sop_class, sop in evidence:
+        item = Dataset(
+            {
+                _REF_SOP_CLASS: _uid(_REF_SOP_CLASS, sop_class),
+                _REF_SOP_INSTANCE: _uid(_REF_SOP_INSTANCE, sop),
+            }
+        )
+        by_series.setdefault((study, series), []).append(item)
+    by_study: dict[str, list[Dataset]] = {}
+    for (study, series), items in by_series.items():
+        series_item = Dataset()
+        series_item[_SERIES_UID] = _uid(_SERIES_UID, series)
+        series_item[_REF_SOP_SEQUENCE] = DataElement(
+            _REF_SOP_SEQUENCE, "SQ", PydicomSequence(items)
+        )
+        by_study.setdefault(study, []).append(series_item)
+    out = []
+    for study, series_items in by_study.items():
+        study_item = Dataset()
+        study_item[_STUDY_UID] = _uid(_STUDY_UID, study)
+        study_item[_REF_SERIES_SEQUENCE] = DataElement(
+            _REF_SERIES_SEQUENCE, "SQ", PydicomSequence(series_items)
+        )
+        out.append(study_item)
+    return out
 
 
 def build_sr(
@@ -315,10 +372,15 @@ def build_sr(
     )
     report[0].ContentSequence.append(_statements(prediction, review))
     _conform_to_templates(report)
+    evidence = _evidence(prediction, source_datasets, sc)
+    current = [e for e in evidence if e[0] == prediction.study_instance_uid]
+    other = [e for e in evidence if e[0] != prediction.study_instance_uid]
     sr = _SR_CLASSES[kind](
         # highdicom takes the Patient and Study attributes from the first evidence item: here
         # without their values or character set (see build_sc); the modules are copied below.
-        evidence=_evidence(prediction, [constructor_source(header), *source_datasets[1:]], sc),
+        # It is given the first source instance and the SC (which the content references);
+        # the whole evidence list is set below (_evidence_sequence).
+        evidence=[constructor_source(header), sc],
         content=report,
         series_instance_uid=uids.sr_series,
         series_number=series_number,
@@ -329,6 +391,9 @@ def build_sr(
         is_verified=False,
         **provenance_kwargs(model, created, "AI results"),
     )
+    sr.CurrentRequestedProcedureEvidenceSequence = _evidence_sequence(current)
+    if other:  # as highdicom does with evidence from other studies
+        sr.PertinentOtherEvidenceSequence = _evidence_sequence(other)
     sr.copy_patient_and_study_information(header)
     stamp_created(sr, created, model)
     apply_character_set(sr, ref)

@@ -28,6 +28,7 @@ __all__ = [
     "SeriesResult",
     "SeriesStatus",
     "SeriesTimes",
+    "Unanalysable",
     "instance_from_row",
     "series_from_row",
 ]
@@ -133,6 +134,23 @@ class SeriesRecord:
     status_reason: str | None
     status_changed: float
     completed_at: float | None
+
+
+@dataclass(frozen=True)
+class Unanalysable:
+    """Why a series cannot be analysed, decided on its first instance (issue 16).
+
+    Attributes
+    ----------
+    reason : str
+        As the selection words it at completion: ``"skipped: Modality (0008,0060) is CT, not
+        PT."`` (the series' status reason and the audit event's).
+    attributes : tuple of str
+        Keywords of the DICOM attributes it was decided on (``("Modality",)``).
+    """
+
+    reason: str
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ component               tables                                      module
 ``evaluations``         ``evaluations``                             :mod:`.evaluations`
 ``feedback``            ``feedback``                                :mod:`.feedback`
 ``partials``            ``partial_slices``, ``partial_headers``     :mod:`.partials`
+``decisions``           ``first_instance_decisions``                :mod:`.decisions`
 ======================= =========================================== ==========================
 
 Earlier versions of the node created some tables outside this scheme, with ``CREATE ... IF NOT
@@ -29,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "AUDIT_MIGRATIONS",
     "COMPONENTS",
+    "DECISION_MIGRATIONS",
     "DELIVERY_MIGRATIONS",
     "EVALUATION_MIGRATIONS",
     "FEEDBACK_MIGRATIONS",
@@ -269,6 +271,20 @@ PARTIALS_MIGRATIONS: Migrations = (
     ),
 )
 
+#: Series refused on their first instance (:mod:`.decisions`, issue 16): the row is written in the
+#: transaction that creates the series row, status SKIPPED; later instances of the series join it
+#: without being spooled unless ``listener.keep_unanalysed``. A series without a row here was
+#: opened for analysis (or before the feature) and is decided at completion.
+DECISION_MIGRATIONS: Migrations = (
+    (
+        """CREATE TABLE first_instance_decisions (
+            series_uid       TEXT PRIMARY KEY REFERENCES series (series_uid),
+            sop_instance_uid TEXT NOT NULL,      -- the instance the refusal was decided on
+            decided_at       REAL NOT NULL
+        )""",
+    ),
+)
+
 #: Every component, in the order :class:`StateDB` migrates them (``audit`` reads ``series``).
 COMPONENTS: tuple[tuple[str, Migrations], ...] = (
     ("receive", RECEIVE_MIGRATIONS),
@@ -278,4 +294,5 @@ COMPONENTS: tuple[tuple[str, Migrations], ...] = (
     ("evaluations", EVALUATION_MIGRATIONS),
     ("feedback", FEEDBACK_MIGRATIONS),
     ("partials", PARTIALS_MIGRATIONS),
+    ("decisions", DECISION_MIGRATIONS),
 )

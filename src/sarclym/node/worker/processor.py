@@ -113,6 +113,11 @@ def _from_partials(
     return prepared, "accumulated"
 
 
+#: Longest wait (s) of a worker for its process' deliveries before it makes the dashboard's
+#: PNGs of a result (a slow or hanging destination delays them no longer than this).
+SETTLE_S = 1.0
+
+
 #: For the activation tests: a job in flight, held. When ``$SARCLYM_TEST_HOLD_FILE`` names a
 #: file that exists, the first job to reach :func:`hold_point` (its model taken, nothing
 #: predicted) takes it (renames it to ``<file>.held``: one job wins, in any process) and waits
@@ -171,6 +176,10 @@ class Processor:
         Names of the destinations every result goes to.
     notify
         Called after a result was recorded (wakes the deliverer in this process).
+    settle
+        Called with :data:`SETTLE_S` once a series is DONE, before the dashboard's PNGs are
+        made: returns once this process' deliveries are done (``Deliverer.wait_idle``) or
+        the bound passed, so that the PNGs do not take the CPU from the results on their way.
     """
 
     def __init__(
@@ -180,12 +189,14 @@ class Processor:
         ledger: DeliveryLedger,
         destinations: Sequence[str],
         notify: Callable[[], None] = lambda: None,
+        settle: Callable[[float], object] = lambda timeout: True,
     ) -> None:
         self.config = config
         self.state = state
         self.ledger = ledger
         self.destinations = list(destinations)
         self.notify = notify
+        self.settle = settle
         self.outbox = DataLayout(config.storage.data_dir).outbox
         #: The model of the next job (reloaded between jobs when the active version changes).
         self.model = RunningModel(config)
@@ -232,12 +243,7 @@ class Processor:
         )
         if status in (SeriesStatus.DONE, SeriesStatus.SKIPPED):
             discard_partials(self.state, series_uid)  # the spool keeps the instances
-        if seen is not None:  # after the status: the stop rule reads the "done" event
-            self.monitor.record(series_uid=series_uid, **seen)
-        if sc_file is not None:
-            # After DONE: the dashboard's images add nothing to the results' latency, and the
-            # audit log keeps its order (done before any destination's delivered).
-            self._write_thumbnail(sc_file, series_uid)
+        self._after_status(series_uid, sc_file, seen)
         log.info(
             "series processed",
             series_instance_uid=series_uid,
@@ -388,6 +394,24 @@ class Processor:
             kind=self.config.service.sr_kind,
             review=review,
         )
+
+    def _after_status(
+        self, series_uid: str, sc_file: Path | None, seen: dict[str, Any] | None
+    ) -> None:
+        """What follows a series' final status: its monitoring facts (after the status: the
+        stop rule reads the "done" event) and the dashboard's PNGs of its SC.
+
+        When a result was made (``sc_file``), both wait until this process' deliveries are
+        done (at most :data:`SETTLE_S`): they share the state.db connection and the CPU with
+        the results on their way out, and add nothing to the results' latency; the audit log
+        keeps its order (done before any delivered).
+        """
+        if sc_file is not None:
+            self.settle(SETTLE_S)
+        if seen is not None:
+            self.monitor.record(series_uid=series_uid, **seen)
+        if sc_file is not None:
+            self._write_thumbnail(sc_file, series_uid)
 
     def _write_thumbnail(self, sc_file: Path, series_uid: str) -> None:
         """The dashboard's PNG of the SC (kept after the outbox is pruned), made once the
