@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,9 +34,11 @@ from sarclym.model.imaging.accumulate import (
     contribution_from_bytes,
     slice_contribution,
 )
+from sarclym.model.imaging.geometry import FrameValues, frame_values
 from sarclym.model.imaging.mip import Mips
 from sarclym.model.imaging.prepare import prepare_study
-from sarclym.model.imaging.selection import SelectionRules
+from sarclym.model.imaging.selection import SelectionRules, check_instances, check_series
+from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR, suv_factor, suv_factor_of, suv_inputs
 from tests.unit.petfactory import make_series, to_enhanced
 
 WHOLEBODY = (
@@ -269,26 +274,130 @@ def test_a_malformed_slice_is_not_accumulated_and_never_raises() -> None:
 
 
 @pytest.mark.parametrize("acquisition", [None, datetime(2024, 3, 1, 10, 5, 0)])
-def test_the_stand_ins_equal_each_instance_stub_and_convert_series_values_once(
+def test_the_source_data_sets_are_the_header_and_each_instance_uids(
     acquisition: datetime | None,
 ) -> None:
-    """The accumulated prepare's stand-in data sets are exactly ``SliceContribution.stub()``
-    (one definition of what a stand-in holds); the values every slice shares are converted
-    once per series, not once per slice (issue 16: the stand-ins were 80 ms of a 0.55 s path)."""
+    """What the results read of the sources (the header's Patient and Study; every instance's
+    four UIDs for the evidence list) is there, the values every slice shares as one object."""
     activity = _activity((8, 6, 6), [((2, 3, 3), 9000.0)])
     datasets = make_series(activity, acquisition_datetime=acquisition)
-    del datasets[3].ImageIndex  # an instance without (0054,1330): ordered last, still equal
+    del datasets[3].ImageIndex  # an instance without (0054,1330): ordered last
     acc = accumulator_of(datasets)
-    header_uid = str(datasets[0].SOPInstanceUID)
-    stand_ins = acc.datasets()[1:]
-    assert len(stand_ins) == len(datasets) - 1
-    for stand_in in stand_ins:
-        stub = acc.contributions[str(stand_in.SOPInstanceUID)].stub()
-        assert str(stand_in.SOPInstanceUID) != header_uid
-        assert stand_in == stub
-        assert [(e.tag, e.VR, type(e.value)) for e in stand_in] == [
-            (e.tag, e.VR, type(e.value)) for e in stub
-        ]
-    first, second = stand_ins[0], stand_ins[1]
-    for keyword in ("ImageOrientationPatient", "PixelSpacing", "SeriesInstanceUID"):
-        assert first[keyword].value is second[keyword].value, keyword
+    sources = acc.datasets()
+    assert sources[0].PatientWeight == datasets[0].PatientWeight
+    assert str(sources[0].SOPInstanceUID) == str(datasets[0].SOPInstanceUID)
+    assert str(sources[-1].SOPInstanceUID) == str(datasets[3].SOPInstanceUID)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    assert len(sources) == len(datasets)
+    assert len(by_uid) == len(datasets)
+    for source in sources[1:]:
+        stub = by_uid[str(source.SOPInstanceUID)]
+        assert [e.tag for e in source] == [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]
+        for elem in source:  # what results/sr.py's evidence list reads (ds[tag].value)
+            assert elem.VR == "UI"
+            assert str(elem.value) == str(stub[elem.tag].value)
+    first, second = sources[1], sources[2]
+    for keyword in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        assert first[keyword] is second[keyword], keyword
+
+
+def _without_index(frames: Sequence[FrameValues]) -> dict[str, FrameValues]:
+    return {
+        f.info.sop_instance_uid: replace(f, info=replace(f.info, dataset_index=0)) for f in frames
+    }
+
+
+def _same_values_both_ways(datasets: list[Dataset], acc: SeriesAccumulator) -> None:
+    """The per-slice values the series-level checks read are the same, whether read from the
+    instances or from their accumulated contributions (one code path reads both)."""
+    instances = acc.instances()
+    first = instances.first()
+    frames, _ = instances.frames()
+    full_frames, _ = frame_values(datasets)
+    assert _without_index(frames) == _without_index(full_frames)
+    fast_inputs, full_inputs = instances.suv_inputs(first), suv_inputs(datasets[0], datasets)
+    assert fast_inputs == full_inputs  # acquisition texts
+    if full_inputs.philips is not None:
+        assert fast_inputs.philips is not None
+        for offset, values in full_inputs.philips.items():
+            got = [None if v is None else float(v) for v in fast_inputs.philips[offset]]
+            order = [str(ds.SOPInstanceUID) for ds in datasets]
+            fast_order = [f.info.sop_instance_uid for f in frames]
+            want = dict(zip(order, (None if v is None else float(v) for v in values), strict=True))
+            assert got == [want[uid] for uid in fast_order]
+    assert suv_factor_of(first, fast_inputs) == suv_factor(datasets[0], datasets)
+    full = check_series(datasets, RULES)
+    fast = check_instances(instances, RULES)
+    assert [replace(s, dataset_index=0) for s in fast.slices] == [
+        replace(s, dataset_index=0) for s in full.slices
+    ]
+    assert (fast.row_cosine, fast.col_cosine, fast.normal) == (
+        full.row_cosine,
+        full.col_cosine,
+        full.normal,
+    )
+    assert (fast.spacing_mm, fast.shape) == (full.spacing_mm, full.shape)
+    for info in fast.slices:  # dataset_index points at the slice's own instance
+        assert str(fast.datasets[info.dataset_index].SOPInstanceUID) == info.sop_instance_uid
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "extra"),
+    [
+        ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), {}),
+        ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), {"acquisition_datetime": datetime(2024, 3, 1, 9, 58)}),
+        ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), {"intercept": 2.5}),
+        ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), {"units": "CNTS"}),
+    ],
+)
+def test_both_forms_of_a_series_give_the_checks_the_same_values(
+    row: tuple[float, float, float], col: tuple[float, float, float], extra: dict[str, Any]
+) -> None:
+    datasets = make_series(
+        _activity((12, 10, 8), [((5, 4, 3), 9000.0)]), row_cosine=row, col_cosine=col, **extra
+    )
+    if extra.get("units") == "CNTS":
+        for k, ds in enumerate(datasets):
+            block = ds.private_block(0x7053, PHILIPS_PET_CREATOR, create=True)
+            block.add_new(0x00, "DS", "0.000123")
+            if k != 4:  # one instance without (7053,1009): no activity factor
+                block.add_new(0x09, "DS", "1.5")
+    shuffled = list(datasets)
+    random.Random(5).shuffle(shuffled)
+    acc = accumulator_of(shuffled)
+    _same_values_both_ways(shuffled, acc)
+
+
+def test_the_real_ge_series_gives_the_checks_the_same_values_both_ways(
+    real_series: list[Path],
+) -> None:
+    datasets = [dcmread(p, stop_before_pixels=False) for p in real_series]
+    _same_values_both_ways(datasets, accumulator_of(datasets))
+
+
+def test_the_accumulated_checks_read_no_value_per_slice_through_pydicom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Selection, SUVbw and geometry on the accumulated state read the header's data set a
+    fixed number of times, whatever the number of slices: the per-slice values come from the
+    facts (issue 16: building a data set per slice and reading it back was most of the
+    accumulated prepare)."""
+    reads = {"n": 0}
+    for name in ("get", "__getitem__", "__getattr__", "__contains__"):
+        original = getattr(Dataset, name)
+
+        def counted(self: Dataset, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Dataset, name, counted)
+
+    def reads_for(slices: int) -> int:
+        datasets = make_series(_activity((slices, 10, 8), [((3, 4, 3), 9000.0)]))
+        acc = accumulator_of(datasets)
+        before = reads["n"]
+        fast = acc.prepare("9.9", size=(32, 32), rules=RULES)
+        assert fast.mips is not None
+        return reads["n"] - before
+
+    assert reads_for(12) == reads_for(36)

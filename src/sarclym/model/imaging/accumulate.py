@@ -11,9 +11,13 @@ associative, nothing else is combined across slices.
 Each instance's part is a :class:`~sarclym.model.imaging.contribution.SliceContribution`. A
 :class:`SeriesAccumulator` collects them (the same SOP twice counts once; the same SOP with other
 content *disagrees*) and one series header (an instance's data set without its pixel data). At
-completion :meth:`SeriesAccumulator.prepare` selects (the same
-:func:`~sarclym.model.imaging.selection.select_series`, on the header and one stub data set per
-other instance), computes SUVbw and makes the MIPs from those alone: no DICOM file is read.
+completion :meth:`SeriesAccumulator.prepare` selects, computes SUVbw and makes the MIPs from
+those alone: no DICOM file is read. Selection runs the one implementation of the rules
+(:func:`~sarclym.model.imaging.selection.select_instances`): the series-level attributes from the
+header's data set (parsed once), the per-slice values (position, orientation, spacing, matrix,
+rescale, acquisition times, Philips factors) straight from each contribution's facts, never
+through a pydicom data set per slice (issue 16: building and reading those back was most of the
+prepare).
 
 Memory per series: ``(rows + columns) x 4`` bytes per slice plus about 0.6 kB of facts, never the
 volume (591 KiB against 55 MiB for 394 slices of 192 x 192).
@@ -29,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydicom.config import disable_value_validation
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.imaging.contribution import (
@@ -51,6 +55,7 @@ from sarclym.model.imaging.contribution import (
     unpack_blob,
 )
 from sarclym.model.imaging.contribution_walk import accumulated_blobs
+from sarclym.model.imaging.geometry import FrameValues, SliceInfo
 from sarclym.model.imaging.mip import (
     L_AXIS,
     P_AXIS,
@@ -63,14 +68,15 @@ from sarclym.model.imaging.mip import (
 from sarclym.model.imaging.selection import (
     Selection,
     SelectionRules,
-    select_series,
+    select_instances,
     skipped_because,
 )
-from sarclym.model.imaging.suv import SuvConversion, suv_factor
+from sarclym.model.imaging.suv import PHILIPS_OFFSETS, SuvConversion, SuvInputs, suv_factor_of
 
 __all__ = [
     "FORMAT_VERSION",
     "PET_IMAGE_STORAGE",
+    "AccumulatedInstances",
     "AccumulationError",
     "CorruptAccumulation",
     "Disagrees",
@@ -98,8 +104,8 @@ class PreparedFromAccumulation:
     selection : Selection
         As :func:`~sarclym.model.imaging.selection.select_series` decides on the instances.
     datasets : list of Dataset
-        The series header first, then one stub per other instance (UIDs and per-instance
-        attributes, no pixel data), in the order of the geometry.
+        The series header first, then per other instance a data set of its four UIDs (see
+        :meth:`SeriesAccumulator.datasets`), in the order of the geometry.
     conversion : SuvConversion or None
     mips : Mips or None
         ``None`` (with the reason in ``selection``) when the series is not analysed.
@@ -194,23 +200,35 @@ class SeriesAccumulator:
             out.add(contribution)
         return out
 
-    def datasets(self) -> list[Dataset]:
-        """The series header, then a stub per other instance (see :class:`SliceContribution`)."""
+    def instances(self) -> AccumulatedInstances:
+        """The series' instances as the series-level checks read them (no data set per slice).
+
+        Raises
+        ------
+        Disagrees
+            No header, or the header's instance has no contribution.
+        CorruptAccumulation
+            The header does not parse.
+        """
         if self.header is None:
             raise Disagrees("no series header accumulated")
-        if self.header.sop_instance_uid not in self.contributions:
+        first = self.contributions.get(self.header.sop_instance_uid)
+        if first is None:
             raise Disagrees("the series header's instance has no contribution")
-        first = self.header.dataset()
-        # The values were valid in the instances they came from: checking them again costs more
-        # than building the stubs.
-        stand_ins = _StandIns()
-        with disable_value_validation():
-            others = [
-                stand_ins.of(c)
-                for uid, c in sorted(self.contributions.items(), key=lambda kv: _order(kv[1]))
-                if uid != self.header.sop_instance_uid
-            ]
-        return [first, *others]
+        others = sorted(
+            (c for uid, c in self.contributions.items() if uid != self.header.sop_instance_uid),
+            key=_order,
+        )
+        return AccumulatedInstances(self.header.dataset(), (first, *others))
+
+    def datasets(self) -> list[Dataset]:
+        """The series header, then a data set of its four UIDs per other instance.
+
+        What the results need of the source instances (the header: Patient and Study modules;
+        every instance: its (0020,000D), (0020,000E), (0008,0016) and (0008,0018) for the
+        evidence list), in the order of :meth:`instances`.
+        """
+        return self.instances().datasets()
 
     def prepare(
         self,
@@ -229,18 +247,19 @@ class SeriesAccumulator:
         CorruptAccumulation
             The header does not parse.
         """
-        datasets = self.datasets()
-        selection = select_series({series_uid: datasets}, rules)
+        instances = self.instances()
+        selection = select_instances({series_uid: instances}, rules)
         geometry = selection.geometry
         if selection.series_instance_uid is None or geometry is None:
-            return PreparedFromAccumulation(selection, datasets, None, None)
+            return PreparedFromAccumulation(selection, instances.datasets(), None, None)
         try:
-            conversion = suv_factor(datasets[0], datasets)
+            first = instances.first()
+            conversion = suv_factor_of(first, instances.suv_inputs(first))
             mips = self.mips(geometry.slices, geometry, conversion, size, suv_window)
         except SeriesRejected as exc:
             skipped = [skipped_because(series_uid, exc)]
             return PreparedFromAccumulation(
-                Selection(None, selection.reason, skipped), datasets, None, None
+                Selection(None, selection.reason, skipped), instances.datasets(), None, None
             )
         return PreparedFromAccumulation(selection, list(geometry.datasets), conversion, mips)
 
@@ -268,78 +287,112 @@ class SeriesAccumulator:
         )
 
 
-#: ``SliceContribution.stub()``'s elements: fact, tag, VR; the series-wide ones (shared by
-#: every slice of a series, converted once) are marked True.
-_STUB_ELEMENTS: tuple[tuple[str, BaseTag, str, bool], ...] = (
-    ("sop_class", BaseTag(0x00080016), "UI", True),
-    ("sop", BaseTag(0x00080018), "UI", False),
-    ("study", BaseTag(0x0020000D), "UI", True),
-    ("series", BaseTag(0x0020000E), "UI", True),
-    ("image_index", BaseTag(0x00541330), "US", False),
-    ("position", BaseTag(0x00200032), "DS", False),
-    ("orientation", BaseTag(0x00200037), "DS", True),
-    ("spacing", BaseTag(0x00280030), "DS", True),
-    ("rows", BaseTag(0x00280010), "US", True),
-    ("columns", BaseTag(0x00280011), "US", True),
-    ("slope", BaseTag(0x00281053), "DS", False),
-    ("intercept", BaseTag(0x00281052), "DS", True),
+#: (0008,0016) SOP Class, (0008,0018) SOP Instance, (0020,000D) Study Instance and (0020,000E)
+#: Series Instance UIDs: what the results read of every source instance (the evidence list).
+_UID_ELEMENTS: tuple[tuple[str, BaseTag], ...] = (
+    ("sop_class", BaseTag(0x00080016)),
+    ("sop", BaseTag(0x00080018)),
+    ("study", BaseTag(0x0020000D)),
+    ("series", BaseTag(0x0020000E)),
 )
 
 
-class _StandIns:
-    """``SliceContribution.stub()`` for every slice of one series, at a fraction of its cost.
+class AccumulatedInstances:
+    """A series' accumulated instances as :class:`~sarclym.model.imaging.selection
+    .SeriesInstances`: the series-level checks on the facts of each contribution.
 
-    Each stand-in equals the contribution's :meth:`~SliceContribution.stub` element by element
-    (tags, VRs, value types: ``tests/unit/test_accumulate.py`` checks it), built without
-    pydicom's keyword look-ups, and with each distinct value converted once per series: the
-    UIDs of the study and series, orientation, pixel spacing, matrix and the acquisition date
-    are the same in every slice. Invariant: the stand-ins are read, never changed (a value
-    object may be shared by several of them). A contribution with Philips private attributes
-    gets its own ``stub()``.
+    The per-frame and SUV values are exactly what
+    :func:`~sarclym.model.imaging.geometry.frame_values` and
+    :func:`~sarclym.model.imaging.suv.suv_inputs` read from the instances themselves
+    (``tests/unit/test_accumulate.py`` checks both forms agree). Invariant: the contributions
+    are those of distinct instances, the header's own first.
+
+    Parameters
+    ----------
+    header : Dataset
+        The series header's data set (no pixel data).
+    contributions : sequence of SliceContribution
+        The header's instance first, then the others in the order of their (0054,1330)
+        *Image Index*.
     """
 
-    def __init__(self) -> None:
-        self._values: dict[tuple[int, Any], Any] = {}
+    def __init__(self, header: Dataset, contributions: Sequence[SliceContribution]) -> None:
+        self._header = header
+        self._contributions = tuple(contributions)
+        self._datasets: list[Dataset] | None = None
 
-    def _converted(self, tag: int, vr: str, value: Any) -> Any:
-        key = (tag, tuple(value) if isinstance(value, list) else value)
-        known = self._values.get(key)
-        if known is None:
-            known = self._values[key] = DataElement(tag, vr, value).value
-        return known
+    def first(self) -> Dataset:
+        """The series header's data set."""
+        return self._header
 
-    def of(self, contribution: SliceContribution) -> Dataset:
-        """The stand-in data set of ``contribution`` (see :meth:`SliceContribution.stub`)."""
-        f = contribution.facts
-        if f.get("philips"):
-            return contribution.stub()
-        rows, columns = (int(v) for v in f["size"])
-        values = {**f, "rows": rows, "columns": columns}
-        elements: dict[BaseTag, DataElement | RawDataElement] = {}
-        for fact, tag, vr, shared in _STUB_ELEMENTS:
-            value = values.get(fact) if fact == "image_index" else values[fact]
-            if value is None:
-                continue
-            if fact == "image_index":
-                value = int(value)
-            elif isinstance(value, list):
-                value = list(value)
-            if shared:
-                element = DataElement(
-                    tag, vr, self._converted(tag, vr, value), already_converted=True
-                )
-            else:
-                element = DataElement(tag, vr, value)
-            elements[tag] = element
-        for keyword, text in f.get("acquisition", {}).items():
-            number = tag_for_keyword(keyword)
-            if number is None:  # not one of stub()'s keywords: its own way
-                return contribution.stub()
-            tag, vr = BaseTag(number), dictionary_VR(number)
-            elements[tag] = DataElement(
-                tag, vr, self._converted(tag, vr, text), already_converted=True
+    def suv_inputs(self, first: Dataset) -> SuvInputs:
+        """The acquisition times and Philips factors of every contribution."""
+        facts = [c.facts for c in self._contributions]
+        philips = {
+            offset: tuple(f.get("philips", {}).get(f"{offset:02X}") for f in facts)
+            for offset in PHILIPS_OFFSETS
+        }
+        return SuvInputs.of((f.get("acquisition", {}) for f in facts), philips=philips)
+
+    def frames(self) -> tuple[list[FrameValues], list[Dataset]]:
+        """One frame per contribution, and :meth:`datasets` for their ``dataset_index``."""
+        frames = []
+        for index, contribution in enumerate(self._contributions):
+            f = contribution.facts
+            x, y, z = (float(v) for v in f["position"])
+            rows, columns = (int(v) for v in f["size"])
+            info = SliceInfo(
+                dataset_index=index,
+                frame_index=None,
+                position_lps_mm=(x, y, z),
+                rescale_slope=float(f["slope"]),
+                rescale_intercept=float(f["intercept"]),
+                sop_instance_uid=contribution.sop_instance_uid,
             )
-        return Dataset(elements)  # public tags only: what Dataset.__setitem__ would hold
+            row_spacing, column_spacing = (float(v) for v in f["spacing"])
+            orientation = tuple(float(v) for v in f["orientation"])
+            frames.append(
+                FrameValues(info, orientation, (row_spacing, column_spacing), (rows, columns))
+            )
+        return frames, self.datasets()
+
+    def datasets(self) -> list[Dataset]:
+        """The header's data set, then per other contribution a data set of its four UIDs.
+
+        Built once. Invariant: read, never changed (elements with the same value, such as the
+        study's and series' UIDs, are one object shared by all of them).
+        """
+        if self._datasets is None:
+            shared: dict[tuple[BaseTag, str], DataElement] = {}
+
+            def element(tag: BaseTag, value: str) -> DataElement:
+                known = shared.get((tag, value))
+                if known is None:
+                    known = DataElement(tag, "UI", _uid(value), already_converted=True)
+                    shared[(tag, value)] = known
+                return known
+
+            out = [self._header]
+            for contribution in self._contributions[1:]:
+                f = contribution.facts
+                out.append(
+                    Dataset(
+                        {
+                            tag: element(tag, str(f[fact]))
+                            if fact != "sop"
+                            else DataElement(tag, "UI", _uid(f["sop"]), already_converted=True)
+                            for fact, tag in _UID_ELEMENTS
+                        }
+                    )
+                )
+            self._datasets = out
+        return self._datasets
+
+
+def _uid(value: str) -> UID:
+    # Valid in the instance it came from (checked as received): not validated again, as
+    # pydicom's validation costs more than the rest of the data set.
+    return UID(value, validation_mode=config.IGNORE)
 
 
 def _order(contribution: SliceContribution) -> tuple[int, int, str]:

@@ -38,7 +38,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from sarclym.model.errors import SarclymModelError, SeriesRejected
 from sarclym.model.imaging.mip import S_AXIS, patient_axes
-from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR
+from sarclym.model.imaging.suv import ACQUISITION_KEYWORDS, PHILIPS_OFFSETS, PHILIPS_PET_CREATOR
 from sarclym.model.imaging.volume import decode_frame, has_pixel_data
 
 __all__ = [
@@ -63,10 +63,6 @@ _SLICE_MAGIC = b"SCAC"
 _HEADER_MAGIC = b"SCAH"
 #: Classic PET Image Storage (PS3.4 B.5): one slice per instance.
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-#: Per-instance values that suv_factor reads from every instance (PS3.3 C.7.6.1, C.8.9.1).
-_ACQUISITION_KEYWORDS = ("AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
-#: Philips (7053,xx00) SUV scale and (7053,xx09) activity concentration scale (suv.py).
-_PHILIPS_OFFSETS = (0x00, 0x09)
 
 
 class AccumulationError(SarclymModelError):
@@ -137,7 +133,7 @@ def _philips(ds: Dataset) -> dict[str, str]:
         block = ds.private_block(0x7053, PHILIPS_PET_CREATOR)
     except KeyError:
         return out
-    for offset in _PHILIPS_OFFSETS:
+    for offset in PHILIPS_OFFSETS:
         try:
             text = _text(block[offset].value)
         except KeyError:
@@ -211,32 +207,6 @@ class SliceContribution:
         cols = np.frombuffer(body, dtype="<f4", count=n_cols, offset=start + 4 * n_rows)
         return cls(facts, rows, cols.astype(np.float32))
 
-    def stub(self) -> Dataset:
-        """A data set with only this instance's per-instance attributes (no pixel data), for
-        selection, geometry and SUV in place of the instance itself."""
-        f = self.facts
-        ds = Dataset()
-        ds.SOPClassUID = f["sop_class"]
-        ds.SOPInstanceUID = f["sop"]
-        ds.StudyInstanceUID = f["study"]
-        ds.SeriesInstanceUID = f["series"]
-        if f.get("image_index") is not None:
-            ds.ImageIndex = int(f["image_index"])
-        ds.ImagePositionPatient = list(f["position"])
-        ds.ImageOrientationPatient = list(f["orientation"])
-        ds.PixelSpacing = list(f["spacing"])
-        ds.Rows, ds.Columns = (int(v) for v in f["size"])
-        ds.RescaleSlope = f["slope"]
-        ds.RescaleIntercept = f["intercept"]
-        for keyword, text in f.get("acquisition", {}).items():
-            setattr(ds, keyword, text)
-        philips = f.get("philips", {})
-        if philips:
-            block = ds.private_block(0x7053, PHILIPS_PET_CREATOR, create=True)
-            for offset, text in philips.items():
-                block.add_new(int(offset, 16), "DS", text)
-        return ds
-
 
 def slice_contribution(ds: Dataset) -> SliceContribution:
     """The contribution of one parsed single-frame PET instance.
@@ -300,7 +270,7 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
     if intercept:
         values += np.float32(intercept)
     digest = pixel_digest(np.ascontiguousarray(stored).tobytes())
-    acquisition = {k: t for k in _ACQUISITION_KEYWORDS if (t := _text(ds.get(k))) is not None}
+    acquisition = {k: t for k in ACQUISITION_KEYWORDS if (t := _text(ds.get(k))) is not None}
     image_index = ds.get("ImageIndex")
     facts: dict[str, Any] = {
         "sop": str(ds.SOPInstanceUID),

@@ -34,7 +34,7 @@ from sarclym.model.imaging.mip import S_AXIS, patient_axes
 
 __all__ = ["WALK_TAGS", "Walked", "accumulated_blobs", "contribution_from_walk"]
 
-#: The per-instance values suv_factor reads (as contribution._ACQUISITION_KEYWORDS), by tag.
+#: The per-instance values suv_factor reads (suv.ACQUISITION_KEYWORDS), by tag.
 _ACQUISITION_TAGS = {
     "AcquisitionDate": 0x00080022,
     "AcquisitionTime": 0x00080032,

@@ -23,6 +23,13 @@ configuration).
 Of several qualifying series the one with the largest axial coverage is chosen, then the one
 with most slices, then the lowest SeriesInstanceUID (so the choice is deterministic); the others
 are recorded as skipped with the comparison that lost.
+
+The series-level checks read one instance's data set (:func:`check_instance`, SUVbw's
+series-level attributes) and per-instance values of all of them (:class:`SeriesInstances`:
+positions, orientations, spacings, matrices, rescales, acquisition times). One code path
+(:func:`check_instances`, :func:`select_instances`) serves parsed data sets
+(:func:`check_series`, :func:`select_series`) and the values accumulated while a series
+arrived (:mod:`sarclym.model.imaging.accumulate`).
 """
 
 from __future__ import annotations
@@ -31,22 +38,31 @@ import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 
 from sarclym.model.errors import SeriesRejected
-from sarclym.model.imaging.suv import series_units, suv_factor
+from sarclym.model.imaging.geometry import (
+    FrameValues,
+    SliceGeometry,
+    frame_values,
+    geometry_of_frames,
+)
+from sarclym.model.imaging.suv import SuvInputs, series_units, suv_factor_of, suv_inputs
 from sarclym.model.imaging.tracers import identify_fdg
-from sarclym.model.imaging.volume import SliceGeometry, read_geometry
 
 __all__ = [
     "DEFAULT_RULES",
     "PET_SOP_CLASSES",
     "Selection",
     "SelectionRules",
+    "SeriesInstances",
     "Skipped",
     "check_instance",
+    "check_instances",
     "check_series",
+    "select_instances",
     "select_series",
     "skipped_because",
 ]
@@ -254,6 +270,49 @@ def _check_coverage(geometry: SliceGeometry, min_extent_mm: float) -> None:
         )
 
 
+class SeriesInstances(Protocol):
+    """The instances of one series, as the series-level checks read them.
+
+    Implemented over parsed data sets (here, for :func:`check_series`) and over the values
+    accumulated while the series arrived
+    (:meth:`~sarclym.model.imaging.accumulate.SeriesAccumulator.instances`).
+    """
+
+    def first(self) -> Dataset:
+        """The instance the series-level attributes are read from.
+
+        Raises :class:`~sarclym.model.errors.SeriesRejected` when the series has none."""
+        ...
+
+    def suv_inputs(self, first: Dataset) -> SuvInputs:
+        """What SUVbw reads from every instance (:func:`~sarclym.model.imaging.suv.suv_inputs`)."""
+        ...
+
+    def frames(self) -> tuple[Sequence[FrameValues], Sequence[Dataset]]:
+        """Every frame's values and the data sets their ``dataset_index`` points into
+        (:func:`~sarclym.model.imaging.geometry.frame_values`); may raise its errors."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """:class:`SeriesInstances` over parsed data sets (headers suffice)."""
+
+    datasets: Sequence[Dataset]
+
+    def first(self) -> Dataset:
+        if not self.datasets:
+            raise SeriesRejected("The series has no instances.")
+        return self.datasets[0]
+
+    def suv_inputs(self, first: Dataset) -> SuvInputs:
+        return suv_inputs(first, self.datasets)
+
+    def frames(self) -> tuple[Sequence[FrameValues], Sequence[Dataset]]:
+        frames, used = frame_values(self.datasets)
+        return frames, tuple(used)
+
+
 def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = None) -> SliceGeometry:
     """Raise if a series must not be analysed; else return its geometry.
 
@@ -291,12 +350,22 @@ def check_series(datasets: Sequence[Dataset], rules: SelectionRules | None = Non
     GeometryError
         Oblique, gapped or inconsistent geometry.
     """
+    return check_instances(_Parsed(datasets), rules)
+
+
+def check_instances(
+    instances: SeriesInstances, rules: SelectionRules | None = None
+) -> SliceGeometry:
+    """:func:`check_series` on a series' instances in either form (:class:`SeriesInstances`).
+
+    The same checks in the same order, so the same reasons: the series-level attributes of
+    ``instances.first()``, SUVbw, the geometry, the axial extent.
+    """
     rules = rules or DEFAULT_RULES
-    if not datasets:
-        raise SeriesRejected("The series has no instances.")
-    check_instance(datasets[0], rules)
-    suv_factor(datasets[0], datasets)
-    geometry = read_geometry(datasets)
+    first = instances.first()
+    check_instance(first, rules)
+    suv_factor_of(first, instances.suv_inputs(first))
+    geometry = geometry_of_frames(*instances.frames())
     _check_coverage(geometry, rules.min_axial_extent_mm)
     return geometry
 
@@ -390,12 +459,19 @@ def select_series(
     Selection
         The chosen UID (or ``None``), why, and every other series with its reason.
     """
+    return select_instances({uid: _Parsed(datasets) for uid, datasets in series.items()}, rules)
+
+
+def select_instances(
+    series: Mapping[str, SeriesInstances], rules: SelectionRules | None = None
+) -> Selection:
+    """:func:`select_series` on series' instances in either form (:class:`SeriesInstances`)."""
     skipped: dict[str, Skipped] = {}
     candidates: list[tuple[str, float, int]] = []
     geometries: dict[str, SliceGeometry] = {}
-    for uid, datasets in series.items():
+    for uid, instances in series.items():
         try:
-            geometry = check_series(datasets, rules)
+            geometry = check_instances(instances, rules)
         except SeriesRejected as exc:
             skipped[uid] = skipped_because(uid, exc)
             continue

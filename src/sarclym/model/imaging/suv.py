@@ -19,12 +19,17 @@ PS3.3 C.8.9.1 PET Series, C.8.9.2 PET Isotope, C.8.9.4 PET Image):
 
 Nothing is guessed: a missing or non-positive weight, dose, half-life or injection time raises
 :class:`~sarclym.model.errors.SUVNotComputable` naming the attribute and its tag.
+
+Series-level attributes are read from one instance; what is read from every instance (the
+acquisition dates and times, the Philips factors) is gathered first into :class:`SuvInputs`
+(:func:`suv_inputs` from data sets), so the projections accumulated while a series arrives hand
+their per-slice values to the same :func:`suv_factor_of` without a data set per slice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -32,13 +37,27 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from sarclym.model.errors import SeriesRejected, SUVNotComputable
-from sarclym.model.imaging.volume import frame_count, functional_group_item
+from sarclym.model.imaging.geometry import frame_count, functional_group_item
 
-__all__ = ["SuvConversion", "series_units", "suv_factor"]
+__all__ = [
+    "ACQUISITION_KEYWORDS",
+    "PHILIPS_OFFSETS",
+    "SuvConversion",
+    "SuvInputs",
+    "series_units",
+    "suv_factor",
+    "suv_factor_of",
+    "suv_inputs",
+]
 
 GE_PET_CREATOR = "GEMS_PETD_01"
 PHILIPS_PET_CREATOR = "Philips PET Private Group"
 _PHILIPS_CONSISTENCY = 1e-6
+#: Per-instance (0008,0022)/(0008,0032) *Acquisition Date/Time*, (0008,002A) *Acquisition
+#: DateTime* (PS3.3 C.7.6.1, C.8.9.4): the scan time when the series time was rewritten.
+ACQUISITION_KEYWORDS = ("AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
+#: Philips (7053,xx00) SUV scale factor and (7053,xx09) activity concentration scale factor.
+PHILIPS_OFFSETS = (0x00, 0x09)
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,97 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("ascii", errors="replace").strip("\x00 ")
     return str(value).strip()
+
+
+@dataclass(frozen=True)
+class SuvInputs:
+    """What SUVbw reads from every instance of a series (the rest from one instance).
+
+    Attributes
+    ----------
+    acquisitions : frozenset of tuple of str
+        The distinct (0008,0022) *Acquisition Date* and (0008,0032) *Acquisition Time* texts
+        of the instances that have both.
+    acquisition_datetimes : frozenset of str
+        The distinct (0008,002A) *Acquisition DateTime* texts and, in enhanced instances,
+        (0018,9074) *Frame Acquisition DateTime* texts.
+    philips : mapping of int to tuple, or None
+        Philips offset (:data:`PHILIPS_OFFSETS`) to that element's value in each instance
+        (``None`` where absent); ``None`` when not read (the series is not CNTS).
+    """
+
+    acquisitions: frozenset[tuple[str, str]] = frozenset()
+    acquisition_datetimes: frozenset[str] = frozenset()
+    philips: Mapping[int, tuple[Any, ...]] | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(
+        cls,
+        acquisitions: Iterable[Mapping[str, Any]],
+        *,
+        frame_datetimes: Iterable[Any] = (),
+        philips: Mapping[int, tuple[Any, ...]] | None = None,
+    ) -> SuvInputs:
+        """Gather the inputs from each instance's acquisition values, by keyword.
+
+        Parameters
+        ----------
+        acquisitions : iterable of mapping of str to value
+            Per instance, :data:`ACQUISITION_KEYWORDS` to the element's value or text
+            (absent keys and empty values count as missing).
+        frame_datetimes : iterable
+            (0018,9074) *Frame Acquisition DateTime* values of enhanced instances.
+        philips : mapping, optional
+            As :attr:`philips`.
+        """
+        pairs: set[tuple[str, str]] = set()
+        whole: set[str] = set()
+        for values in acquisitions:
+            day, moment = values.get("AcquisitionDate"), values.get("AcquisitionTime")
+            if _present(day) and _present(moment):
+                pairs.add((_text(day), _text(moment)))
+            if _present(stamp := values.get("AcquisitionDateTime")):
+                whole.add(_text(stamp))
+        whole.update(_text(v) for v in frame_datetimes if _present(v))
+        return cls(frozenset(pairs), frozenset(whole), philips)
+
+
+def suv_inputs(first_ds: Dataset, datasets: Sequence[Dataset]) -> SuvInputs:
+    """The :class:`SuvInputs` of a series' data sets.
+
+    The Philips factors are read only when ``first_ds``'s units are CNTS, the acquisition
+    times only when they are not GML (:func:`suv_factor_of` reads nothing else then).
+
+    Parameters
+    ----------
+    first_ds : Dataset
+        The instance the series-level attributes are read from.
+    datasets : sequence of Dataset
+        Every instance of the series.
+    """
+    units = series_units(first_ds)
+    if units == "GML":
+        return SuvInputs()
+    frame_datetimes: list[Any] = []
+    for ds in datasets:
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            for frame in range(frame_count(ds)):
+                item = functional_group_item(ds, "FrameContentSequence", frame)
+                if item is not None:
+                    frame_datetimes.append(item.get("FrameAcquisitionDateTime"))
+    philips = None
+    if units == "CNTS":
+        philips = {
+            offset: tuple(
+                _private_value(ds, 0x7053, PHILIPS_PET_CREATOR, offset) for ds in datasets
+            )
+            for offset in PHILIPS_OFFSETS
+        }
+    return SuvInputs.of(
+        ({k: ds.get(k) for k in ACQUISITION_KEYWORDS} for ds in datasets),
+        frame_datetimes=frame_datetimes,
+        philips=philips,
+    )
 
 
 def series_units(ds: Dataset) -> str | None:
@@ -157,32 +267,19 @@ def _date_time(ds: Dataset, date_kw: str, time_kw: str) -> datetime | None:
     return datetime.combine(day, moment.replace(tzinfo=None))
 
 
-def _earliest_acquisition(datasets: Sequence[Dataset]) -> datetime | None:
+def _earliest_acquisition(inputs: SuvInputs) -> datetime | None:
     """Earliest acquisition date-time of the series.
 
     From (0008,0022)/(0008,0032) *Acquisition Date/Time*, (0008,002A) *Acquisition DateTime*
     and, in enhanced instances, (0018,9074) *Frame Acquisition DateTime* (PS3.3 C.7.6.16.2.2).
-    Raw values are collected first so that each distinct value is parsed once.
+    The distinct texts were collected first (:class:`SuvInputs`): each is parsed once.
     """
-    pairs: set[tuple[str, str]] = set()
-    whole: set[str] = set()
-    for ds in datasets:
-        day, moment = ds.get("AcquisitionDate"), ds.get("AcquisitionTime")
-        if _present(day) and _present(moment):
-            pairs.add((_text(day), _text(moment)))
-        if _present(ds.get("AcquisitionDateTime")):
-            whole.add(_text(ds.AcquisitionDateTime))
-        if "PerFrameFunctionalGroupsSequence" in ds:
-            for frame in range(frame_count(ds)):
-                item = functional_group_item(ds, "FrameContentSequence", frame)
-                if item is not None and _present(item.get("FrameAcquisitionDateTime")):
-                    whole.add(_text(item.FrameAcquisitionDateTime))
     times: list[datetime] = []
-    for day_text, time_text in pairs:
+    for day_text, time_text in inputs.acquisitions:
         parsed_day, parsed_time = _date(day_text), _time(time_text)
         if parsed_day is not None and parsed_time is not None:
             times.append(datetime.combine(parsed_day, parsed_time.replace(tzinfo=None)))
-    times.extend(t for t in map(_datetime, whole) if t is not None)
+    times.extend(t for t in map(_datetime, inputs.acquisition_datetimes) if t is not None)
     return min(times) if times else None
 
 
@@ -195,9 +292,9 @@ def _private_value(ds: Dataset, group: int, creator: str, offset: int) -> Any:
         return None
 
 
-def _scan_datetime(first_ds: Dataset, datasets: Sequence[Dataset]) -> tuple[datetime, str]:
+def _scan_datetime(first_ds: Dataset, inputs: SuvInputs) -> tuple[datetime, str]:
     series = _date_time(first_ds, "SeriesDate", "SeriesTime")
-    earliest = _earliest_acquisition(datasets)
+    earliest = _earliest_acquisition(inputs)
     if series is not None and (earliest is None or series <= earliest):
         return series, "scan time from SeriesDate/SeriesTime"
     ge = _datetime(_private_value(first_ds, 0x0009, GE_PET_CREATOR, 0x0D))
@@ -242,7 +339,7 @@ def _injection_datetime(item: Dataset, scan: datetime) -> tuple[datetime, str]:
     return injection, "injection time on the scan date"
 
 
-def _bqml(first_ds: Dataset, datasets: Sequence[Dataset], units_label: str) -> SuvConversion:
+def _bqml(first_ds: Dataset, inputs: SuvInputs, units_label: str) -> SuvConversion:
     weight = _positive(first_ds.get("PatientWeight"), "PatientWeight", "(0010,1030)")
     item = _radiopharmaceutical(first_ds)
     dose = _positive(item.get("RadionuclideTotalDose"), "RadionuclideTotalDose", "(0018,1074)")
@@ -277,7 +374,7 @@ def _bqml(first_ds: Dataset, datasets: Sequence[Dataset], units_label: str) -> S
         # Enhanced PET names its decay reference explicitly (PS3.3 C.8.22.4).
         scan, scan_how = reference, "decay reference from DecayCorrectionDateTime (0018,9701)"
     else:
-        scan, scan_how = _scan_datetime(first_ds, datasets)
+        scan, scan_how = _scan_datetime(first_ds, inputs)
     injection, injection_how = _injection_datetime(item, scan)
     decay_s = (scan - injection).total_seconds()
     if decay_s < 0:
@@ -300,11 +397,10 @@ def _bqml(first_ds: Dataset, datasets: Sequence[Dataset], units_label: str) -> S
     )
 
 
-def _philips_factor(datasets: Sequence[Dataset], offset: int) -> float | None:
+def _philips_factor(inputs: SuvInputs, offset: int) -> float | None:
     """Philips (7053,xx<offset>) factor, required to be the same in every instance."""
     values: list[float] = []
-    for ds in datasets:
-        raw = _private_value(ds, 0x7053, PHILIPS_PET_CREATOR, offset)
+    for raw in (inputs.philips or {}).get(offset, ()):
         if raw is None:
             return None
         try:
@@ -349,27 +445,50 @@ def suv_factor(first_ds: Dataset, all_datasets: Sequence[Dataset]) -> SuvConvers
         Units other than BQML, CNTS or GML, or DecayCorrection other than START or ADMIN.
     """
     datasets = list(all_datasets) or [first_ds]
+    return suv_factor_of(first_ds, suv_inputs(first_ds, datasets))
+
+
+def suv_factor_of(first_ds: Dataset, inputs: SuvInputs) -> SuvConversion:
+    """:func:`suv_factor` from one instance and the values of every instance.
+
+    Parameters
+    ----------
+    first_ds : Dataset
+        As for :func:`suv_factor`.
+    inputs : SuvInputs
+        What is read from every instance (:func:`suv_inputs` of the data sets, or the same
+        values accumulated while the series arrived).
+
+    Returns
+    -------
+    SuvConversion
+
+    Raises
+    ------
+    SUVNotComputable, SeriesRejected
+        As :func:`suv_factor`.
+    """
     units = series_units(first_ds)
     if units == "GML":
         return SuvConversion(factor=1.0, method="GML, values are already SUVbw", units="GML")
     if units == "BQML":
-        return _bqml(first_ds, datasets, "BQML")
+        return _bqml(first_ds, inputs, "BQML")
     if units == "CNTS":
-        suv_scale = _philips_factor(datasets, 0x00)
+        suv_scale = _philips_factor(inputs, 0x00)
         if suv_scale is not None:
             return SuvConversion(
                 factor=suv_scale,
                 method="CNTS, Philips SUV scale factor (7053,1000)",
                 units="CNTS",
             )
-        activity = _philips_factor(datasets, 0x09)
+        activity = _philips_factor(inputs, 0x09)
         if activity is None:
             raise SUVNotComputable(
                 "CNTS without Philips SUV scale factor (7053,1000) or activity concentration "
                 "scale factor (7053,1009): SUVbw cannot be computed.",
                 attribute="(7053,1000)",
             )
-        bqml = _bqml(first_ds, datasets, "CNTS x (7053,1009) -> BQML")
+        bqml = _bqml(first_ds, inputs, "CNTS x (7053,1009) -> BQML")
         return SuvConversion(
             factor=activity * bqml.factor,
             method=bqml.method,

@@ -34,14 +34,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import highdicom as hd
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+)
 
 from sarclym.model.classes import CLASSES
 from sarclym.model.inference.prediction import Label, Prediction
@@ -85,6 +90,11 @@ _SR_CLASSES = {
     "comprehensive3d": hd.sr.Comprehensive3DSR,
     "comprehensive": hd.sr.ComprehensiveSR,
     "enhanced": hd.sr.EnhancedSR,
+}
+_SOP_CLASS_UIDS: dict[str, str] = {
+    "comprehensive3d": Comprehensive3DSRStorage,
+    "comprehensive": ComprehensiveSRStorage,
+    "enhanced": EnhancedSRStorage,
 }
 
 
@@ -295,6 +305,94 @@ def _evidence_sequence(evidence: Sequence[_Reference]) -> list[Dataset]:
     return out
 
 
+def _document(
+    kind: SrKind,
+    report: hd.sr.MeasurementReport,
+    carrier: Dataset,
+    uids: ResultUids,
+    *,
+    series_number: int,
+    provenance: dict[str, Any],
+) -> hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR:
+    """The SR document around ``report``: what highdicom's SR constructor makes, without
+    its redundant work.
+
+    highdicom 0.28's ``_SR.__init__`` deep-copies the content tree and parses the copy again
+    into content items (for the ``content`` property), searches the tree for the instances it
+    references (``collect_evidence``, whose result :func:`build_sr` replaces whole), and
+    searches it again for SCOORD3D (Enhanced and Comprehensive SR; this tree has none, see
+    the module docstring): together more than half of the SR build. This runs the rest of
+    it, attribute for attribute: the base :class:`highdicom.SOPClass` constructor with the
+    arguments ``_SR`` gives it, the flags, the root item's attributes, the empty type 2
+    sequences, the Patient and Study modules of ``carrier`` and the Contributing Equipment
+    items (the source's acquisition equipment, ``provenance``'s and highdicom's).
+    ``content`` is ``report`` itself (the same items the data set holds, not a copy).
+    ``tests/unit/test_results_sr_bytes.py`` compares the encoded file with the constructor's,
+    byte for byte, for every kind.
+
+    Parameters
+    ----------
+    kind : {"comprehensive3d", "comprehensive", "enhanced"}
+        SOP class.
+    report : highdicom.sr.MeasurementReport
+        The finished content tree; its root item's elements go into the document (shared,
+        as highdicom's constructor shares them).
+    carrier : pydicom.dataset.Dataset
+        :func:`~sarclym.node.results.patient.constructor_source` of the source header.
+    uids : ResultUids
+        The SR's series and instance UIDs.
+    series_number : int
+        (0020,0011) *Series Number*.
+    provenance : dict
+        :func:`~sarclym.node.results.sc.provenance_kwargs`.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR or ComprehensiveSR or EnhancedSR
+        Without evidence sequences (the caller sets them).
+    """
+    cls = _SR_CLASSES[kind]
+    sr = cls.__new__(cls)
+    kwargs = dict(provenance)
+    transfer_syntax_uid = kwargs.pop("transfer_syntax_uid")
+    contributing_equipment = kwargs.pop("contributing_equipment")
+    manufacturer = kwargs.pop("manufacturer")
+    hd.SOPClass.__init__(
+        sr,
+        study_instance_uid=carrier.StudyInstanceUID,
+        series_instance_uid=uids.sr_series,
+        series_number=series_number,
+        sop_instance_uid=uids.sr_instance,
+        sop_class_uid=_SOP_CLASS_UIDS[kind],
+        instance_number=1,
+        manufacturer=manufacturer,
+        modality="SR",
+        transfer_syntax_uid=transfer_syntax_uid,
+        patient_id=carrier.PatientID,
+        patient_name=carrier.PatientName,
+        patient_birth_date=carrier.PatientBirthDate,
+        patient_sex=carrier.PatientSex,
+        accession_number=carrier.AccessionNumber,
+        study_id=carrier.StudyID,
+        study_date=carrier.StudyDate,
+        study_time=carrier.StudyTime,
+        referring_physician_name=getattr(carrier, "ReferringPhysicianName", None),
+        specific_character_set=carrier.get("SpecificCharacterSet"),
+        **kwargs,
+    )
+    sr.CompletionFlag = "COMPLETE"
+    sr.VerificationFlag = "UNVERIFIED"
+    sr.PreliminaryFlag = "PRELIMINARY"
+    sr._content = report  # what the ``content`` property returns
+    for tag, value in report[0].items():
+        sr[tag] = value
+    sr.PerformedProcedureCodeSequence = []
+    sr.ReferencedPerformedProcedureStepSequence = []
+    sr.copy_patient_and_study_information(carrier)
+    sr._add_contributing_equipment(contributing_equipment, carrier)
+    return sr
+
+
 def build_sr(
     prediction: Prediction,
     source_datasets: Sequence[Dataset],
@@ -375,26 +473,20 @@ def build_sr(
     evidence = _evidence(prediction, source_datasets, sc)
     current = [e for e in evidence if e[0] == prediction.study_instance_uid]
     other = [e for e in evidence if e[0] != prediction.study_instance_uid]
-    sr = _SR_CLASSES[kind](
-        # highdicom takes the Patient and Study attributes from the first evidence item: here
-        # without their values or character set (see build_sc); the modules are copied below.
-        # It is given the first source instance and the SC (which the content references);
-        # the whole evidence list is set below (_evidence_sequence).
-        evidence=[constructor_source(header), sc],
-        content=report,
-        series_instance_uid=uids.sr_series,
+    sr = _document(
+        kind,
+        report,
+        constructor_source(header),
+        uids,
         series_number=series_number,
-        sop_instance_uid=uids.sr_instance,
-        instance_number=1,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        **provenance_kwargs(model, created, "AI results"),
+        provenance=provenance_kwargs(model, created, "AI results"),
     )
-    sr.CurrentRequestedProcedureEvidenceSequence = _evidence_sequence(current)
-    if other:  # as highdicom does with evidence from other studies
-        sr.PertinentOtherEvidenceSequence = _evidence_sequence(other)
     sr.copy_patient_and_study_information(header)
     stamp_created(sr, created, model)
     apply_character_set(sr, ref)
+    # After the character set: the evidence holds UIDs only, no text for it to walk through
+    # (a few hundred items were a tenth of the SR build).
+    sr.CurrentRequestedProcedureEvidenceSequence = _evidence_sequence(current)
+    if other:  # as highdicom does with evidence from other studies
+        sr.PertinentOtherEvidenceSequence = _evidence_sequence(other)
     return sr
