@@ -28,11 +28,9 @@ Invariants:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 
-from sarclym.node.store import state as _state
-from sarclym.node.store.audit import SeriesEvent, record_event
 from sarclym.node.store.records import (
     InstanceOutcome,
     ReceivedInstance,
@@ -122,28 +120,16 @@ def record_unanalysed_instance(
         ``refusal`` was given: the caller then spools and records the instance as any other.
     """
     now = time.time() if now is None else now
-    values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
     durable = "NORMAL" if inst.path and refusal is None else "FULL"
     with state._lock, state._synchronous(durable), state.transaction() as conn:
-        known = conn.execute(
-            "SELECT series_uid FROM instances WHERE sop_instance_uid = ?",
-            (inst.sop_instance_uid,),
-        ).fetchone()
-        if known is not None:
-            return StateDB._record_resend(conn, inst.sop_instance_uid, known[0], now)
+        resent = StateDB._record_resend(conn, inst, now)
+        if resent is not None:
+            return resent
         series = conn.execute(_SERIES_WITH_DECISION, (inst.series_uid,)).fetchone()
         if series is None:
             if refusal is None:
                 return None
-            conn.execute(_state._INSERT_SERIES, values)
-            record_event(
-                conn,
-                inst.series_uid,
-                SeriesEvent.RECEIVED,
-                actor=inst.calling_ae or None,
-                detail={"modality": inst.modality, "sop_class_uid": inst.sop_class_uid},
-                now=now,
-            )
+            StateDB._open_series(conn, inst, now)
             conn.execute(
                 "INSERT INTO first_instance_decisions (series_uid, sop_instance_uid, decided_at) "
                 "VALUES (?, ?, ?)",
@@ -161,9 +147,7 @@ def record_unanalysed_instance(
             series = conn.execute(_SERIES_WITH_DECISION, (inst.series_uid,)).fetchone()
         elif not series["refused_at_first"] or series["status"] != SeriesStatus.SKIPPED.value:
             return None
-        expected, indexed = StateDB._count_index(conn, series, inst)
-        conn.execute(_state._INSERT_INSTANCE, values)
-        conn.execute(_state._UPDATE_SERIES, {**values, "expected": expected, "indexed": indexed})
+        expected, _ = StateDB._add_instance(conn, series, inst, now)
     return InstanceOutcome(
         new=True,
         series_complete_now=False,

@@ -339,29 +339,15 @@ class StateDB:
             that made the Image Index values of a RECEIVING series cover 1..expected.
         """
         now = time.time() if now is None else now
-        values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
         with self._lock, self._synchronous("NORMAL"), self.transaction() as conn:
-            known = conn.execute(
-                "SELECT series_uid FROM instances WHERE sop_instance_uid = ?",
-                (inst.sop_instance_uid,),
-            ).fetchone()
-            if known is not None:
-                return self._record_resend(conn, inst.sop_instance_uid, known[0], now)
-            if conn.execute(_INSERT_SERIES, values).rowcount:
-                record_event(
-                    conn,
-                    inst.series_uid,
-                    SeriesEvent.RECEIVED,
-                    actor=inst.calling_ae or None,
-                    detail={"modality": inst.modality, "sop_class_uid": inst.sop_class_uid},
-                    now=now,
-                )
+            resent = self._record_resend(conn, inst, now)
+            if resent is not None:
+                return resent
+            self._open_series(conn, inst, now)
             series = conn.execute(
                 "SELECT * FROM series WHERE series_uid = ?", (inst.series_uid,)
             ).fetchone()
-            expected, indexed = self._count_index(conn, series, inst)
-            conn.execute(_INSERT_INSTANCE, values)
-            conn.execute(_UPDATE_SERIES, {**values, "expected": expected, "indexed": indexed})
+            expected, indexed = self._add_instance(conn, series, inst, now)
             status = SeriesStatus(series["status"])
             complete_now = (
                 status is SeriesStatus.RECEIVING and expected is not None and indexed >= expected
@@ -378,6 +364,35 @@ class StateDB:
             expected=expected,
             series_status=status,
         )
+
+    @staticmethod
+    def _open_series(conn: sqlite3.Connection, inst: ReceivedInstance, now: float) -> bool:
+        """Create the series row of ``inst``, RECEIVING, with its ``received`` audit event;
+        False (nothing written) when the row exists."""
+        values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
+        if not conn.execute(_INSERT_SERIES, values).rowcount:
+            return False
+        record_event(
+            conn,
+            inst.series_uid,
+            SeriesEvent.RECEIVED,
+            actor=inst.calling_ae or None,
+            detail={"modality": inst.modality, "sop_class_uid": inst.sop_class_uid},
+            now=now,
+        )
+        return True
+
+    @classmethod
+    def _add_instance(
+        cls, conn: sqlite3.Connection, series: sqlite3.Row, inst: ReceivedInstance, now: float
+    ) -> tuple[int | None, int]:
+        """Insert the row of a new instance and count it in ``series`` (its row before);
+        return the series' expected count and distinct Image Index values with it."""
+        values = {**asdict(inst), "now": now}
+        expected, indexed = cls._count_index(conn, series, inst)
+        conn.execute(_INSERT_INSTANCE, values)
+        conn.execute(_UPDATE_SERIES, {**values, "expected": expected, "indexed": indexed})
+        return expected, indexed
 
     @staticmethod
     def _count_index(
@@ -411,8 +426,17 @@ class StateDB:
 
     @staticmethod
     def _record_resend(
-        conn: sqlite3.Connection, sop_instance_uid: str, series_uid: str, now: float
-    ) -> InstanceOutcome:
+        conn: sqlite3.Connection, inst: ReceivedInstance, now: float
+    ) -> InstanceOutcome | None:
+        """Record a resend of a known SOP Instance UID (its arrival time and copy count only)
+        and return its outcome; None, with nothing written, for a new instance."""
+        sop_instance_uid = inst.sop_instance_uid
+        known = conn.execute(
+            "SELECT series_uid FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        if known is None:
+            return None
+        series_uid = known[0]
         conn.execute(
             "UPDATE instances SET copies = copies + 1, last_received = MAX(last_received, ?) "
             "WHERE sop_instance_uid = ?",
