@@ -54,6 +54,7 @@ __all__ = [
     "pack_blob",
     "pixel_digest",
     "slice_contribution",
+    "slice_maxima",
     "unpack_blob",
 ]
 
@@ -208,6 +209,37 @@ class SliceContribution:
         return cls(facts, rows, cols.astype(np.float32))
 
 
+def _activity(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``stored`` in activity units, as :func:`~sarclym.model.imaging.volume.build_volume`
+    computes them (float32, slope then intercept)."""
+    values = stored.astype(np.float32)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept:
+        values += np.float32(intercept)
+    return values
+
+
+def slice_maxima(
+    stored: np.ndarray, slope: float, intercept: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maxima over rows and over columns of ``_activity(stored)``, bit for bit.
+
+    With a positive, normal, finite float32 slope and a finite intercept, each step of
+    ``_activity`` (conversion, product, sum, each rounded to nearest) is non-decreasing in the
+    stored value and never yields -0.0 or NaN, so the maximum of the rescaled values is the
+    rescaled maximum of the stored ones: the rescale is done on the maxima alone.
+    """
+    s32, i32 = np.float32(slope), np.float32(intercept)
+    if np.isfinite(s32) and s32 >= np.finfo(np.float32).tiny and np.isfinite(i32):
+        return (
+            _activity(stored.max(axis=0), slope, intercept),
+            _activity(stored.max(axis=1), slope, intercept),
+        )
+    values = _activity(stored, slope, intercept)
+    return values.max(axis=0), values.max(axis=1)
+
+
 def slice_contribution(ds: Dataset) -> SliceContribution:
     """The contribution of one parsed single-frame PET instance.
 
@@ -263,12 +295,7 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
         raise NotAccumulable(str(exc)) from exc
     if stored.shape != (rows_n, cols_n):
         raise NotAccumulable(f"decoded frame has shape {stored.shape}")
-    # Exactly build_volume's arithmetic, so the rows equal the volume's maxima bit for bit.
-    values = stored.astype(np.float32)
-    if slope != 1.0:
-        values *= np.float32(slope)
-    if intercept:
-        values += np.float32(intercept)
+    over_rows, over_columns = slice_maxima(stored, slope, intercept)
     digest = pixel_digest(np.ascontiguousarray(stored).tobytes())
     acquisition = {k: t for k in ACQUISITION_KEYWORDS if (t := _text(ds.get(k))) is not None}
     image_index = ds.get("ImageIndex")
@@ -288,7 +315,7 @@ def slice_contribution(ds: Dataset) -> SliceContribution:
         "philips": _philips(ds),
         "digest": digest,
     }
-    return SliceContribution(facts, values.max(axis=0), values.max(axis=1))
+    return SliceContribution(facts, over_rows, over_columns)
 
 
 _PIXEL_DATA = 0x7FE00010

@@ -29,6 +29,7 @@ from sarclym.model.imaging.contribution import (
     SliceContribution,
     contribution_from_bytes,
     pixel_digest,
+    slice_maxima,
 )
 from sarclym.model.imaging.mip import S_AXIS, patient_axes
 
@@ -140,34 +141,6 @@ def _raw_floats(walked: Walked, tag: int, n: int) -> list[float]:
     return out
 
 
-def _activity(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """``stored`` in activity units, exactly as :func:`slice_contribution` (and build_volume)."""
-    values = stored.astype(np.float32)
-    if slope != 1.0:
-        values *= np.float32(slope)
-    if intercept:
-        values += np.float32(intercept)
-    return values
-
-
-def _maxima(stored: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, np.ndarray]:
-    """Maxima over rows and over columns of ``_activity(stored)``, bit for bit.
-
-    With a positive, normal, finite float32 slope and a finite intercept, each step of
-    ``_activity`` (conversion, product, sum, each rounded to nearest) is non-decreasing in the
-    stored value and never yields -0.0 or NaN, so the maximum of the rescaled values is the
-    rescaled maximum of the stored ones: the rescale is done on the maxima alone.
-    """
-    s32, i32 = np.float32(slope), np.float32(intercept)
-    if np.isfinite(s32) and s32 >= np.finfo(np.float32).tiny and np.isfinite(i32):
-        return (
-            _activity(stored.max(axis=0), slope, intercept),
-            _activity(stored.max(axis=1), slope, intercept),
-        )
-    values = _activity(stored, slope, intercept)
-    return values.max(axis=0), values.max(axis=1)
-
-
 def _from_walk(data: bytes, syntax: str, walked: Walked) -> tuple[SliceContribution, SeriesHeader]:
     """:func:`contribution_from_bytes` for the plain case, from the walk's values."""
     if not _PHILIPS_CREATORS.isdisjoint(walked.values.keys()):
@@ -215,7 +188,7 @@ def _from_walk(data: bytes, syntax: str, walked: Walked) -> tuple[SliceContribut
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     pixels = memoryview(data)[walked.pixel_offset : walked.pixel_offset + walked.pixel_length]
     stored = np.frombuffer(pixels, dtype=dtype).reshape(rows_n, cols_n)
-    over_rows, over_columns = _maxima(stored, slope, intercept)
+    over_rows, over_columns = slice_maxima(stored, slope, intercept)
     acquisition = {
         keyword: text
         for keyword, tag in _ACQUISITION_TAGS.items()
