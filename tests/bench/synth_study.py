@@ -18,10 +18,31 @@ import numpy as np
 from sarclym.model.synth.dicomwriter import StudyMeta, TransferSyntax, write_study
 from sarclym.model.synth.latent import draw_case
 from sarclym.model.synth.phantom import PetGrid, render_ct, render_pet
-from sarclym.model.synth.vendors import Vendor, draw_profile
+from sarclym.model.synth.vendors import ScannerProfile, Vendor, draw_profile
 
 N_SLICES = 300
 MATRIX = 192
+
+
+def _meta(profile: ScannerProfile, name: str, number: int, *, study_uid_seed: str) -> StudyMeta:
+    """The synthetic patient and study of a bench study (explicit VR little endian)."""
+    return StudyMeta(
+        patient_name=name,
+        patient_id=f"SYN{number:07d}",
+        birth_date=dt.date(1960, 1, 1),
+        sex="F",
+        age=64,
+        weight_kg=70.0,
+        height_m=1.68,
+        study_date=dt.date(2026, 1, 5),
+        injection_time=dt.datetime(2026, 1, 5, 9, 0),
+        dose_bq=2.6e8,
+        uptake_min=60.0,
+        accession=f"A{number:07d}",
+        study_uid_seed=study_uid_seed,
+        profile=profile,
+        transfer_syntax=TransferSyntax.EXPLICIT,
+    )
 
 
 def main() -> None:
@@ -48,23 +69,7 @@ def main() -> None:
         z_range_mm=(z_bottom, z_top),
     )
     t2 = clock()
-    meta = StudyMeta(
-        patient_name="Bench^Synthetic",
-        patient_id="SYN0000001",
-        birth_date=dt.date(1960, 1, 1),
-        sex="F",
-        age=64,
-        weight_kg=70.0,
-        height_m=1.68,
-        study_date=dt.date(2026, 1, 5),
-        injection_time=dt.datetime(2026, 1, 5, 9, 0),
-        dose_bq=2.6e8,
-        uptake_min=60.0,
-        accession="A0000001",
-        study_uid_seed="bench",
-        profile=profile,
-        transfer_syntax=TransferSyntax.EXPLICIT,
-    )
+    meta = _meta(profile, "Bench^Synthetic", 1, study_uid_seed="bench")
     with tempfile.TemporaryDirectory() as tmp:
         t3 = clock()
         w3 = time.perf_counter()
@@ -146,23 +151,7 @@ def write_small_study(
         slice_spacing_mm=slice_mm,
         z_range_mm=(z_bottom, pet.origin_lps_mm[2]),
     )
-    meta = StudyMeta(
-        patient_name="Bench^Small",
-        patient_id=f"SYN{index:07d}",
-        birth_date=dt.date(1960, 1, 1),
-        sex="F",
-        age=64,
-        weight_kg=70.0,
-        height_m=1.68,
-        study_date=dt.date(2026, 1, 5),
-        injection_time=dt.datetime(2026, 1, 5, 9, 0),
-        dose_bq=2.6e8,
-        uptake_min=60.0,
-        accession=f"A{index:07d}",
-        study_uid_seed=f"bench-small:{index}",
-        profile=profile,
-        transfer_syntax=TransferSyntax.EXPLICIT,
-    )
+    meta = _meta(profile, "Bench^Small", index, study_uid_seed=f"bench-small:{index}")
     folder = out_dir / f"case{index:04d}"
     write_study(
         folder,

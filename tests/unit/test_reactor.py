@@ -3,6 +3,7 @@ with pynetdicom's reactor (release, abort, the network timeout, stop, C-STORE)."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import time
@@ -53,8 +54,9 @@ def _until(condition: Callable[[], bool], what: str, limit_s: float = 20.0) -> N
         time.sleep(0.01)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Listener]:
+@contextlib.contextmanager
+def _listener(tmp_path: Path, kind: str) -> Iterator[Listener]:
+    """A started listener whose associations run on the ``kind`` reactor."""
     config = Config.model_validate(
         {
             "listener": {"host": "127.0.0.1", "port": free_port(), "allow_any_peer": True},
@@ -64,13 +66,19 @@ def node(tmp_path: Path) -> Iterator[Listener]:
     state = StateDB.in_data_dir(tmp_path)
     listener = Listener(config, state)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ListenerServer, "reactor", reactor.BLOCKING)
+        mp.setattr(ListenerServer, "reactor", kind)
         listener.start()
         try:
             yield listener
         finally:
             listener.stop()
             state.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Listener]:
+    with _listener(tmp_path, reactor.BLOCKING) as listener:
+        yield listener
 
 
 def _server(listener: Listener) -> ListenerServer:
@@ -140,26 +148,12 @@ def test_stop_aborts_an_idle_association_and_its_threads_end(node: Listener) -> 
 
 
 def test_the_fallback_is_pynetdicoms_reactor(tmp_path: Path) -> None:
-    config = Config.model_validate(
-        {
-            "listener": {"host": "127.0.0.1", "port": free_port(), "allow_any_peer": True},
-            "storage": {"data_dir": str(tmp_path), "min_free_mb": 1},
-        }
-    )
-    state = StateDB.in_data_dir(tmp_path)
-    listener = Listener(config, state)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ListenerServer, "reactor", reactor.PYNETDICOM)
-        listener.start()
-        try:
-            assoc = _associate(listener)
-            theirs = _acceptor(listener)
-            assert type(theirs) is Association
-            assert assoc.send_c_echo().Status == 0x0000
-            assoc.release()
-        finally:
-            listener.stop()
-            state.close()
+    with _listener(tmp_path, reactor.PYNETDICOM) as listener:
+        assoc = _associate(listener)
+        theirs = _acceptor(listener)
+        assert type(theirs) is Association
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
 
 
 def test_an_unknown_reactor_is_a_config_error(tmp_path: Path) -> None:
