@@ -168,6 +168,13 @@ class ListenerConfig(Frozen):
         "polls), or one that blocks on the socket and its queues (no CPU while an association "
         "is idle; no MB/s or latency gain measured: tests/bench/test_bench_reactor.py).",
     )
+    store_lane: bool = Field(
+        default=True,
+        description="Serve C-STORE requests where their PDUs are read, below pynetdicom's "
+        "DIMSE layer (one thread, no queues or naps, the response encoded directly); other "
+        "messages (C-ECHO, ...) go to pynetdicom. false: pynetdicom serves every message "
+        "(tests/bench/test_bench_ingest.py compares the two).",
+    )
     keep_unanalysed: bool = Field(
         default=False,
         description="Write the instances of a series refused on its first instance to the spool "

@@ -71,6 +71,7 @@ class AssocStats:
     """Counters of one association, logged in one line when it closes."""
 
     log: Any
+    context: dict[str, Any] = field(default_factory=dict)  # bound to its log lines
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     duplicates: int = 0

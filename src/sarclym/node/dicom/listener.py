@@ -27,6 +27,7 @@ that callers have always imported from here.
 
 from __future__ import annotations
 
+import functools
 import io
 import socketserver
 import threading
@@ -62,7 +63,12 @@ from sarclym.node.dicom.part10 import (
 )
 from sarclym.node.dicom.peers import RejectReason, check_peer
 from sarclym.node.dicom.status import StoreStatus
-from sarclym.node.dicom.store_guard import BoundedDataSet, guard_store_requests
+from sarclym.node.dicom.store_guard import (
+    UNSUPPORTED_COMMENT,
+    BoundedDataSet,
+    guard_store_requests,
+)
+from sarclym.node.dicom.store_lane import StoreLane, StoreRequest
 from sarclym.node.dicom.transport import LOCAL_LIMIT_EXCEEDED, ListenerServer, tls_context
 from sarclym.node.errors import ConfigError
 from sarclym.node.store.spool import Spool
@@ -229,6 +235,8 @@ class Listener:
                 [f"listener.port: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror})"],
                 "listener",
             ) from exc
+        if cfg.store_lane:  # before the first connection is accepted
+            server.store_lane = self._make_lane
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -326,7 +334,7 @@ class Listener:
         structlog.contextvars.bind_contextvars(**context)
         bound = log.bind(**context)
         with self._stats_lock:
-            self._stats[assoc] = AssocStats(log=bound)
+            self._stats[assoc] = AssocStats(log=bound, context=context)
 
     def _stats_for(self, assoc: Association) -> AssocStats:
         with self._stats_lock:
@@ -404,21 +412,34 @@ class Listener:
 
     def _store(self, event: Event, stats: AssocStats) -> StoreStatus:
         request = cast(C_STORE, event.request)
-        sop_class, sop_instance = (
-            str(request.AffectedSOPClassUID),
-            str(request.AffectedSOPInstanceUID),
-        )
         received = request.DataSet
-        if isinstance(received, BoundedDataSet) and received.exceeded:
+        bounded = isinstance(received, BoundedDataSet)
+        exceeded = bounded and cast(BoundedDataSet, received).exceeded
+        data = b"" if exceeded else cast(io.BytesIO, received).getvalue()  # as sent
+        store = StoreRequest(
+            sop_class=str(request.AffectedSOPClassUID),
+            sop_instance=str(request.AffectedSOPInstanceUID),
+            abstract_syntax=str(event.context.abstract_syntax),
+            transfer_syntax=str(event.context.transfer_syntax),
+            data=data,
+            received=cast(BoundedDataSet, received).received if bounded else len(data),
+            exceeded=exceeded,
+        )
+        return self._keep(store, event.assoc, stats)
+
+    def _keep(self, store: StoreRequest, assoc: Association, stats: AssocStats) -> StoreStatus:
+        """Check a C-STORE against its association, then hand it to the intake (either path)."""
+        sop_class, sop_instance = store.sop_class, store.sop_instance
+        if store.exceeded:
             raise Refusal(
                 StoreStatus.OUT_OF_RESOURCES,
-                f"data set of {received.received} bytes exceeds listener.max_dataset_mb "
+                f"data set of {store.received} bytes exceeds listener.max_dataset_mb "
                 f"({self.config.max_dataset_mb} MiB)",
             )
-        if sop_class != str(event.context.abstract_syntax):
+        if sop_class != store.abstract_syntax:
             # PS3.4 B.2.3 / PS3.7 C.5.2: a class negotiated on another context does not match
             # this one; a class not negotiated at all is not supported on this association.
-            if sop_class in {str(cx.abstract_syntax) for cx in event.assoc.accepted_contexts}:
+            if sop_class in {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}:
                 raise Refusal(
                     StoreStatus.SOP_CLASS_MISMATCH,
                     "SOP Class UID differs from the presentation context's",
@@ -427,10 +448,53 @@ class Listener:
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,
                 "SOP Class UID not accepted on this association",
             )
-        data = cast(io.BytesIO, received).getvalue()  # the data set as sent
-        syntax = str(event.context.transfer_syntax)
+        data, syntax = store.data, store.transfer_syntax
         header = read_header(data, syntax, sop_class, sop_instance, limits=self.intake.limits)
-        calling = event.assoc.requestor.ae_title.strip()
+        calling = assoc.requestor.ae_title.strip()
         # Part 10: preamble and file meta made here, then the data set as sent.
         prefix = part10_prefix(sop_class, sop_instance, syntax, calling)
         return self.intake.keep(header, [prefix, data], syntax, calling, stats, dataset=data)
+
+    # -- the C-STORE lane (listener.store_lane) ---------------------------------------------
+
+    def _make_lane(self, assoc: Association) -> StoreLane:
+        def failed(exc: BaseException) -> None:
+            stats = self._stats_for(assoc)
+            stats.failed += 1
+            stats.log.error("c-store failed", error=type(exc).__name__, exc_info=exc)
+
+        return StoreLane(
+            assoc,
+            functools.partial(self._serve_lane, assoc),
+            max_dataset_bytes=self.intake.limits.max_bytes,
+            on_error=failed,
+        )
+
+    def _serve_lane(self, assoc: Association, store: StoreRequest) -> tuple[int, str | None]:
+        """A C-STORE from the lane, on the association's DUL thread: what ``_on_store`` and
+        the store guard answer on pynetdicom's path, the same status and Error Comment."""
+        stats = self._stats_for(assoc)
+        structlog.contextvars.bind_contextvars(**stats.context)  # this thread's log lines
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        if store.sop_class not in accepted:  # as guard_store_requests answers it
+            refusal = Refusal(
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "SOP Class UID not accepted on this association",
+            )
+            self._log_refusal(stats, refusal, store.sop_instance)
+            return int(refusal.status), UNSUPPORTED_COMMENT
+        try:
+            status = self._keep(store, assoc, stats)
+        except Refusal as refusal:
+            self._log_refusal(stats, refusal, store.sop_instance)
+            return int(refusal.status), refusal.reason[:_ERROR_COMMENT_MAX]
+        # pynetdicom logs each C-STORE it serves at DEBUG; so does the lane (UIDs only).
+        stats.log.debug(
+            "c-store served",
+            sop_class_uid=store.sop_class,
+            sop_instance_uid=store.sop_instance,
+            transfer_syntax=store.transfer_syntax,
+            bytes=store.received,
+            status=f"0x{int(status):04X}",
+        )
+        return int(status), None

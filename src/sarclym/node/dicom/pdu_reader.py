@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from sarclym.node.dicom.compat import after_each_pdu, association_socket, decode_pdu, queue_pdu
+from sarclym.node.dicom.store_lane import LaneError, StoreLane
 
 __all__ = ["MAX_OTHER_PDU", "EventLog", "PduReader", "quickack_after_reads", "rearm_quickack"]
 
@@ -101,6 +102,10 @@ class PduReader:
     quickack
         Re-arm TCP_QUICKACK after every read (:func:`rearm_quickack`); False only to measure
         what that saves (``tests/bench/test_bench_nagle.py``).
+    lane
+        Once the association is established, each P-DATA-TF goes to this lane first
+        (:mod:`~sarclym.node.dicom.store_lane`: C-STOREs served on this thread); what it does
+        not take goes to pynetdicom, and what it refuses is refused (A-ABORT).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class PduReader:
         peer: str,
         log: EventLog,
         quickack: bool = True,
+        lane: StoreLane | None = None,
     ) -> None:
         self._assoc = assoc
         self._max_pdu = max_pdu
@@ -121,6 +127,7 @@ class PduReader:
         self._peer = peer
         self._log = log
         self._quickack = quickack
+        self._lane = lane
         self._drained = 0
         self._requesting = True  # until an A-ASSOCIATE-RQ has been read whole
 
@@ -152,18 +159,35 @@ class PduReader:
                 sock.settimeout(self._stall_s)  # also bounds the node's own sends
 
     def _read(self, sock: socket.socket, requesting: bool) -> None:
+        # One PDU; more while the lane is in the middle of a message it serves (the rest of it
+        # is on its way: no pass of the DUL loop, no nap, between its command and data set).
+        while self._read_one(sock, requesting):
+            requesting = False
+
+    def _read_one(self, sock: socket.socket, requesting: bool) -> bool:
+        """Read one PDU; True when the lane took it and awaits more of the same message."""
         deadline = self._deadline if requesting else None
         header = self._recv(sock, _HEADER.size, deadline, eof_ok=True)
         if header is None:  # closed between PDUs
             self._close()
-            return
+            return False
         pdu_type, _, length = _HEADER.unpack(header)
         problem = self._check_header(pdu_type, length, requesting)
         if problem is not None:
             self._refuse(problem)
-            return
+            return False
         data = self._recv(sock, length, deadline, eof_ok=False, prefix=header)
         assert data is not None
+        lane = self._lane
+        if pdu_type == _P_DATA_TF and lane is not None and lane.active():
+            try:
+                rest = lane.take(data)
+            except LaneError as exc:
+                self._refuse(str(exc))
+                return False
+            if rest is None:  # all of it served by the lane
+                return lane.in_message
+            data = rest
         name = _PDU_NAMES[pdu_type]
         try:
             pdu, event = decode_pdu(self._assoc, data)
@@ -171,10 +195,11 @@ class PduReader:
                 _check_request(pdu)
         except Exception as exc:  # pynetdicom's decoder on hostile bytes: any error at all
             self._refuse(f"malformed {name}: {exc}")
-            return
+            return False
         queue_pdu(self._assoc, pdu, event)
         if pdu_type == _A_ASSOCIATE_RQ:
             self._requesting = False
+        return False
 
     def _check_header(self, pdu_type: int, length: int, requesting: bool) -> str | None:
         """Why a PDU is refused from its header alone; None to read it."""

@@ -34,7 +34,10 @@ from sarclym.node.dicom.status import StoreStatus
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["BoundedDataSet", "guard_store_requests"]
+__all__ = ["UNSUPPORTED_COMMENT", "BoundedDataSet", "guard_store_requests"]
+
+#: (0000,0902) Error Comment of the 0x0122 answer to a C-STORE of a class not accepted.
+UNSUPPORTED_COMMENT = "SOP Class not accepted on this association"
 
 
 class BoundedDataSet(io.BytesIO):
@@ -102,7 +105,7 @@ def guard_store_requests(
         rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
         rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
         rsp.Status = int(StoreStatus.SOP_CLASS_NOT_SUPPORTED)
-        rsp.ErrorComment = "SOP Class not accepted on this association"  # type: ignore[assignment]
+        rsp.ErrorComment = UNSUPPORTED_COMMENT  # type: ignore[assignment]
         assoc.dimse.send_msg(rsp, context_id)
         return True
 

@@ -39,6 +39,7 @@ import ssl
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,6 +59,7 @@ from sarclym.node.dicom.compat import (
 from sarclym.node.dicom.pdu_reader import PduReader
 from sarclym.node.dicom.peers import host_is_named
 from sarclym.node.dicom.reactor import BLOCKING, PYNETDICOM, REACTORS, BlockingRequestHandler
+from sarclym.node.dicom.store_lane import StoreLane
 from sarclym.node.errors import ConfigError
 
 __all__ = ["DEFAULT_REACTOR", "LOCAL_LIMIT_EXCEEDED", "ListenerServer", "tls_context"]
@@ -188,10 +190,16 @@ class ListenerServer(ThreadedAssociationServer):
         ``"blocking"`` (:mod:`~sarclym.node.dicom.reactor`) or ``"pynetdicom"``; None (the
         default): ``listener.reactor``, else :data:`DEFAULT_REACTOR`. Set only by tests and the
         benchmark that compares the two.
+    store_lane
+        Called with each association when its connection opens; the lane its PDU reader hands
+        P-DATA-TFs to (``listener.store_lane``).
     """
 
     quickack: ClassVar[bool] = True
     reactor: ClassVar[str | None] = None
+    #: Makes each association's C-STORE lane (:mod:`~sarclym.node.dicom.store_lane`); None:
+    #: pynetdicom serves every message. Set by the listener before it serves.
+    store_lane: Callable[[Association], StoreLane] | None = None
 
     def __init__(
         self,
@@ -339,6 +347,7 @@ class ListenerServer(ThreadedAssociationServer):
             peer=assoc.requestor.address,
             log=self.throttle,
             quickack=self.quickack,
+            lane=None if self.store_lane is None else self.store_lane(assoc),
         )
         replace_pdu_reader(assoc, reader)
         guard_dimse_decoding(assoc, reader.dimse_failed)
