@@ -24,6 +24,7 @@ import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "SeriesHeader",
     "SliceContribution",
     "contribution_from_bytes",
+    "contributions_from_blobs",
     "pack_blob",
     "pixel_digest",
     "slice_contribution",
@@ -193,20 +195,76 @@ class SliceContribution:
     @classmethod
     def from_bytes(cls, blob: bytes) -> SliceContribution:
         """Inverse of :meth:`to_bytes`; :class:`CorruptAccumulation` when it is not whole."""
-        body = unpack_blob(_SLICE_MAGIC, blob, "slice contribution")
-        if len(body) < 12:
-            raise CorruptAccumulation("slice contribution: body too short")
-        n_text, n_rows, n_cols = struct.unpack("<III", body[:12])
-        if len(body) != 12 + n_text + 4 * (n_rows + n_cols):
-            raise CorruptAccumulation("slice contribution: lengths do not add up")
-        start = 12 + n_text
-        try:
-            facts = json.loads(bytes(body[12:start]))
-        except ValueError as exc:
-            raise CorruptAccumulation(f"slice contribution: facts unreadable ({exc})") from exc
-        rows = np.frombuffer(body, dtype="<f4", count=n_rows, offset=start).astype(np.float32)
-        cols = np.frombuffer(body, dtype="<f4", count=n_cols, offset=start + 4 * n_rows)
-        return cls(facts, rows, cols.astype(np.float32))
+        return contributions_from_blobs((blob,))[0]
+
+
+_LENGTHS = struct.Struct("<III")
+_DECODER = json.JSONDecoder()
+
+
+def _parts(blob: bytes) -> tuple[dict[str, Any], memoryview, int, int]:
+    """The facts of a slice contribution blob, its body, where its maxima start and how many
+    over rows: every check of :meth:`SliceContribution.from_bytes`, in its order."""
+    body = unpack_blob(_SLICE_MAGIC, blob, "slice contribution")
+    if len(body) < 12:
+        raise CorruptAccumulation("slice contribution: body too short")
+    n_text, n_rows, n_cols = _LENGTHS.unpack_from(body)
+    if len(body) != 12 + n_text + 4 * (n_rows + n_cols):
+        raise CorruptAccumulation("slice contribution: lengths do not add up")
+    start = 12 + n_text
+    try:
+        facts = _facts(bytes(body[12:start]))
+    except ValueError as exc:
+        raise CorruptAccumulation(f"slice contribution: facts unreadable ({exc})") from exc
+    return facts, body, start, n_rows
+
+
+def _facts(text: bytes) -> Any:
+    """``json.loads(text)``. The text as :meth:`SliceContribution.to_bytes` writes it (UTF-8,
+    one value, nothing around it) is decoded without ``loads``' own wrapper (a quarter of the
+    time); any other text goes through ``loads`` itself, so the result, or the error, is always
+    that of ``loads``."""
+    try:
+        string = text.decode()
+        value, end = _DECODER.raw_decode(string)
+        if end == len(string):
+            return value
+    except ValueError:
+        pass
+    return json.loads(text)
+
+
+def contributions_from_blobs(blobs: Iterable[bytes]) -> list[SliceContribution]:
+    """:meth:`SliceContribution.from_bytes` of each blob, in bulk (issue 16: the worker's read of
+    an accumulated series).
+
+    The same checks on each blob in turn (magic, checksum, format version, lengths, facts), so
+    the same :class:`CorruptAccumulation` for the first that is not whole. When every blob
+    holds as many maxima over rows and over columns as the others, all of them are copied at
+    once into one float32 array, a row per blob, and each contribution's ``over_rows`` and
+    ``over_columns`` are views of its row: contiguous, native float32 and writeable, as
+    ``from_bytes`` always gave them, with the same bits.
+    """
+    parts = [_parts(blob) for blob in blobs]
+    if not parts:
+        return []
+    sizes = {(len(body) - start) // 4 for _, body, start, _ in parts}
+    if len(sizes) != 1 or sizes == {0} or len({n_rows for *_, n_rows in parts}) != 1:
+        return [  # mixed sizes (the geometry refuses such a series), or none: one at a time
+            SliceContribution(facts, *_split(np.frombuffer(body[start:], "<f4"), n_rows))
+            for facts, body, start, n_rows in parts
+        ]
+    values = np.frombuffer(bytearray().join(body[start:] for _, body, start, _ in parts), "<f4")
+    values = values.astype(np.float32, copy=False).reshape(len(parts), -1)
+    n_rows = parts[0][3]
+    return [
+        SliceContribution(facts, values[k, :n_rows], values[k, n_rows:])
+        for k, (facts, *_) in enumerate(parts)
+    ]
+
+
+def _split(values: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    return values[:n_rows].astype(np.float32), values[n_rows:].astype(np.float32)
 
 
 def _activity(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -32,6 +32,14 @@ _INSERT_SLICE = """
     VALUES (?, ?, ?, ?)
     ON CONFLICT (sop_instance_uid) DO UPDATE SET disagrees = 1
     WHERE partial_slices.data != excluded.data OR partial_slices.size != excluded.size"""
+_SELECT_SLICES = (
+    "SELECT sop_instance_uid, size, data, disagrees FROM partial_slices WHERE series_uid = ?"
+)
+#: The instances of :meth:`StateDB.series_instances`, in its order, UID and size only.
+_SELECT_INSTANCES = (
+    "SELECT sop_instance_uid, size FROM instances WHERE series_uid = ? "
+    "ORDER BY image_index IS NULL, image_index, received_at"
+)
 _INSERT_HEADER = "INSERT OR IGNORE INTO partial_headers (series_uid, data) VALUES (?, ?)"
 
 
@@ -108,17 +116,16 @@ def load_partials(state: StateDB, series_uid: str) -> PartialRows:
     PartialRows
         ``mismatch`` says why the worker must read the files, in words (no PHI: counts and UIDs).
     """
-    rows = state.query(
-        "SELECT sop_instance_uid, size, data, disagrees FROM partial_slices WHERE series_uid = ?",
-        (series_uid,),
-    )
+    # Plain tuples by position, the instances' UIDs and sizes alone (no record per row): this
+    # read is on the latency path of every accumulated series (issue 16).
+    rows = state.query(_SELECT_SLICES, (series_uid,))
     head = state.query("SELECT data FROM partial_headers WHERE series_uid = ?", (series_uid,))
-    header = bytes(head[0]["data"]) if head else None
-    slices = {r["sop_instance_uid"]: bytes(r["data"]) for r in rows}
-    sizes = {r["sop_instance_uid"]: int(r["size"]) for r in rows}
-    instances = {i.sop_instance_uid: i.size for i in state.series_instances(series_uid)}
+    header = bytes(head[0][0]) if head else None
+    slices = {r[0]: bytes(r[2]) for r in rows}
+    sizes = {r[0]: int(r[1]) for r in rows}
+    instances = {r[0]: int(r[1]) for r in state.query(_SELECT_INSTANCES, (series_uid,))}
     mismatch: str | None = None
-    disagreeing = [r["sop_instance_uid"] for r in rows if r["disagrees"]]
+    disagreeing = [r[0] for r in rows if r[3]]
     missing = instances.keys() - slices.keys()
     extra = slices.keys() - instances.keys()
     resized = [uid for uid, size in instances.items() if uid in sizes and sizes[uid] != size]

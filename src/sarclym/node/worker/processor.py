@@ -92,13 +92,13 @@ def _from_partials(
         AccumulationError,
         SeriesAccumulator,
         SeriesHeader,
-        SliceContribution,
+        contributions_from_blobs,
     )
     from sarclym.model.imaging.prepare import PreparedStudy
 
     try:
         header = SeriesHeader.from_bytes(partials.header or b"")
-        slices = (SliceContribution.from_bytes(b) for b in partials.slices.values())
+        slices = contributions_from_blobs(partials.slices.values())
         fast = SeriesAccumulator.of(slices, header).prepare(
             series_uid,
             size=predictor.input_size,
