@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from sarclym.node.dicom import contexts, listener, part10, peers, status
 
 
@@ -31,3 +35,34 @@ def test_verification_and_storage_contexts() -> None:
     assert {"1.2.3.4", *contexts.PRIVATE_STORAGE_CLASSES} <= set(uids)
     pet = next(cx for cx in made if str(cx.abstract_syntax) == "1.2.840.10008.5.1.4.1.1.128")
     assert [str(ts) for ts in pet.transfer_syntax] == list(contexts.TRANSFER_SYNTAXES)
+
+
+def test_the_listener_imports_what_the_first_pet_instance_needs_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    """The first C-STORE of a PET slice must not wait for scipy and scikit-image (about 0.5 s):
+    a fresh interpreter has them once ``Listener.start`` returned."""
+    script = f"""
+import sys
+from sarclym.node.config import Config
+from sarclym.node.dicom.listener import Listener
+from sarclym.node.store.state import StateDB
+from tests.conftest import free_port
+wanted = ("sarclym.model.imaging.contribution_walk", "sarclym.model.imaging.eligibility")
+assert not [m for m in wanted if m in sys.modules], "imported before start"
+config = Config.model_validate({{"listener": {{"host": "127.0.0.1", "port": free_port()}},
+    "storage": {{"data_dir": {str(tmp_path)!r}, "min_free_mb": 1}}}})
+listener = Listener(config, StateDB.in_data_dir({str(tmp_path)!r}))
+listener.start()
+listener.stop()
+print([m for m in wanted if m not in sys.modules])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -45,7 +45,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from sarclym.node.config import Config
+from sarclym.node.config import Config, ListenerConfig
 from sarclym.node.dicom.compat import set_dul_loop_delay
 from sarclym.node.dicom.contexts import (
     PRIVATE_STORAGE_CLASSES,
@@ -93,6 +93,15 @@ log = structlog.get_logger(__name__)
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed by the accept loop
 _DUL_POLL_S = 0.0002  # pynetdicom's DUL reactor nap (its default: 1 ms); see _on_established
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+
+def _warm_up(cfg: ListenerConfig) -> None:
+    """Import now what the first PET instance needs (numpy, scipy, scikit-image: about half a
+    second), rather than in that instance's C-STORE."""
+    if cfg.accumulate_projections:
+        import sarclym.model.imaging.contribution_walk
+    if cfg.decide_at_first_instance:
+        import sarclym.model.imaging.eligibility  # noqa: F401
 
 
 class Listener:
@@ -199,6 +208,7 @@ class Listener:
         ssl_context = tls_context(cfg.tls) if cfg.tls is not None else None
         self.spool.remove_stale_temp()
         self.reindex_spool()
+        _warm_up(cfg)
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_pdu_size = cfg.max_pdu
         ae.require_called_aet = False  # checked with the calling AE in _on_requested
