@@ -13,10 +13,11 @@ last slice recorded, before that C-STORE is answered) to the moment Orthanc list
 objects (polled every 10 ms). Two nodes, each with its own Orthanc, in the same run: today's
 path (``$SARCLYM_FULL_READ``: the worker reads the spool again; one association) and the
 accumulated one (the MIPs from the projections accumulated while the slices arrived; one
-association, then two). Printed beside them: the floor, timed alone in this process with the node's torch threads (inference
-with Grad-CAM, SC and SR built and written, one store of both into Orthanc), the ratios, the
-worker's stage times and the memory the accumulated state of one series holds against its
-volume. Goal: median <= 0.3 s and <= 1.5x the floor. Nothing is asserted on time.
+association, then two). Printed beside them: the floor, timed alone in this process with the
+node's torch threads (inference with Grad-CAM, SC and SR built and written, one store of both
+into Orthanc), the ratios, the worker's stage times and the memory the accumulated state of one
+series holds against its volume. Goal: median <= 0.3 s and <= 1.5x the floor. Nothing is
+asserted on time.
 
 With ``-m bench`` (``./dev.sh bench``): ``sarclym-node synth`` studies (about 1,000 instances,
 a 394-slice AC series), three measured per way of sending. In the plain suite (CI): small
