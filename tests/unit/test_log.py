@@ -42,3 +42,35 @@ def test_scrub_phi_processor_directly() -> None:
     out = scrub_phi(None, "info", event)
     assert out["PatientID"] == out["patient_name"] == "<redacted>"
     assert out["modality"] == "PT"
+
+
+def test_a_traceback_quoting_a_value_is_redacted(json_log: io.StringIO) -> None:
+    # pydicom's errors quote the offending value: "Invalid value for VR PN: 'Doe^Jane'".
+    name, birth = PHI_VALUES["PatientName"], PHI_VALUES["PatientBirthDate"]
+    try:
+        raise ValueError(f"Invalid value for VR PN: '{name}' (born \"{birth}\")")
+    except ValueError as exc:
+        structlog.get_logger("sarclym.test").error("c-store failed", exc_info=exc)
+        logging.getLogger("pynetdicom.test").exception("handler failed")
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()[-2:]]
+    assert_no_phi(json_log.getvalue())
+    for line in lines:
+        assert "Traceback" in line["exception"]
+        assert "ValueError: Invalid value for VR PN: '<redacted>'" in line["exception"]
+
+
+def test_a_console_traceback_is_redacted_too() -> None:
+    from sarclym.node.log import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("INFO", "console", stream=stream)
+    try:
+        try:
+            raise ValueError(f"bad value '{PHI_VALUES['PatientID']}'")
+        except ValueError:
+            structlog.get_logger("sarclym.test").exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
+    assert "ValueError: bad value '<redacted>'" in stream.getvalue()
+    assert_no_phi(stream.getvalue())

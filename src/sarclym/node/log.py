@@ -132,6 +132,17 @@ def redact_quoted(text: str) -> str:
     return _QUOTED.sub(lambda m: f"{m.group(0)[0]}{_REDACTED}{m.group(0)[0]}", text)
 
 
+def _redact_exception(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor, after ``format_exc_info``: the quoted parts of a traceback redacted
+    (:func:`redact_quoted`); its frames, types and unquoted words stay."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        event_dict["exception"] = redact_quoted(text)
+    return event_dict
+
+
 def _redact_library_records(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -305,10 +316,12 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         scrub_phi,
     ]
+    # A traceback becomes text here, in both formats, so that its quoted parts are redacted:
+    # an exception's message may quote a data set's value (pydicom's do).
+    shared += [structlog.processors.format_exc_info, _redact_exception]
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -328,7 +341,13 @@ def configure_logging(
             logging.DEBUG if level == "DEBUG" else max(logging.WARNING, logging.getLevelName(level))
         )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A line below the level is dropped before any processor runs (the store lane's DEBUG
+        # line per C-STORE cost 12 us otherwise).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
