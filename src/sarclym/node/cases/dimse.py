@@ -6,7 +6,10 @@ level, then the retrieve of one series. C-GET brings the instances back on the s
 C-MOVE has the PACS open its own association to ``move_aet`` on ``move_port``, where
 :class:`_MoveReceiver` (a pynetdicom Storage SCP that lives as long as the pull) routes each
 instance by its SeriesInstanceUID to the retrieve that asked for it and refuses any other
-(0xA801-like status 0xC001: no retrieve waits for it).
+(0xA801-like status 0xC001: no retrieve waits for it). The receiver serves its C-STOREs with
+the listener's store lane (:mod:`~sarclym.node.dicom.store_lane`: on the association's DUL
+thread, below pynetdicom's DIMSE layer, whose per-message work was most of a pull's time);
+C-GET's sub-operations, on the requestor's own association, keep pynetdicom's path.
 
 Only PET storage is proposed or accepted: the pull retrieves the PET series the selection would
 analyse, never CT or anything else.
@@ -14,15 +17,29 @@ analyse, never CT or anything else.
 
 from __future__ import annotations
 
+import functools
+import struct
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from io import BytesIO
 from typing import Any
 
+import structlog
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+from pydicom.uid import UID
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    build_role,
+    evt,
+)
 from pynetdicom.association import Association
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import create_file_meta, decode, encode_file_meta
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -43,11 +60,19 @@ from sarclym.node.cases.source import (
     match_filter,
 )
 from sarclym.node.config.sources import DimseSource as DimseConfig
-from sarclym.node.dicom.compat import guard_responses, set_dul_loop_delay
-from sarclym.node.dicom.pdu_reader import quickack_after_reads
+from sarclym.node.dicom.compat import (
+    guard_dimse_decoding,
+    guard_responses,
+    replace_pdu_reader,
+    set_dul_loop_delay,
+)
+from sarclym.node.dicom.pdu_reader import PduReader
 from sarclym.node.dicom.send import set_nodelay
+from sarclym.node.dicom.store_lane import StoreLane, StoreRequest
 
 __all__ = ["DimseSource"]
+
+log = structlog.get_logger(__name__)
 
 _PENDING = (0xFF00, 0xFF01)
 _RETRIEVE_PENDING = (0xFF00,)
@@ -58,6 +83,13 @@ _MAX_PDU = 0
 #: pynetdicom's DUL reactor nap after an idle pass (its default 1 ms, per instance and per
 #: response); as the listener's (``dicom.listener._DUL_POLL_S``).
 _DUL_POLL_S = 0.0002
+#: The most bytes of one received data set the lane keeps: no limit of its own, as pynetdicom's
+#: path kept the whole message in memory (the receiver answers only the PACS it asked).
+_MAX_DATASET_BYTES = sys.maxsize
+_NO_RETRIEVE_WAITS = 0xC001
+_META_SHORT = struct.Struct("<HH2sH")  # Explicit VR LE element header, 2-byte length
+_META_LONG = struct.Struct("<HH2sHI")  # OB and the like: 2 reserved bytes, 4-byte length
+_UL = struct.Struct("<I")
 
 
 def _query(level: str, keys: Sequence[str], **values: str) -> Dataset:
@@ -87,20 +119,98 @@ def _deliver(sink: Sink, event: Any, ds: Dataset) -> None:
     take(ds, b"".join((_PREAMBLE, encode_file_meta(meta), stream)))
 
 
+def _deliver_lane(sink: Sink, store: StoreRequest, ds: Dataset) -> None:
+    """:func:`_deliver` for a C-STORE the store lane joined: the same data set and bytes.
+
+    The file meta is pynetdicom's ``Event.file_meta`` (``create_file_meta`` from the request's
+    Affected SOP Class and Instance UIDs and the context's transfer syntax); the data set is
+    :attr:`StoreRequest.data`, as sent, as ``Event.encoded_dataset`` gave it.
+    """
+    meta = create_file_meta(
+        sop_class_uid=UID(store.sop_class),
+        sop_instance_uid=UID(store.sop_instance),
+        transfer_syntax=UID(store.transfer_syntax),
+    )
+    ds.file_meta = meta
+    take = getattr(sink, "take_encoded", None)
+    if take is None:
+        sink(ds)
+        return
+    encoded_meta = _file_meta_bytes(store.sop_class, store.sop_instance, store.transfer_syntax)
+    take(ds, b"".join((_PREAMBLE, encoded_meta, store.data)))
+
+
+def _file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """``encode_file_meta(create_file_meta(...))`` byte for byte, without pydicom's writer.
+
+    File Meta Information (PS3.10 7.1, Explicit VR Little Endian, PS3.5 7.1.2): Group Length,
+    Version 00 01, Media Storage SOP Class and Instance UIDs, Transfer Syntax UID, pynetdicom's
+    Implementation Class UID and Version Name; UIDs padded with NUL, the name with a space, to
+    even length. pydicom's generic writer costs about 0.2 ms per instance here.
+    """
+
+    def element(number: int, vr: bytes, value: bytes) -> bytes:
+        if vr == b"OB":
+            return _META_LONG.pack(0x0002, number, vr, 0, len(value)) + value
+        return _META_SHORT.pack(0x0002, number, vr, len(value)) + value
+
+    def padded(value: str, pad: bytes) -> bytes:
+        data = value.encode("ascii")
+        return data + pad if len(data) % 2 else data
+
+    body = b"".join(
+        (
+            element(0x0001, b"OB", b"\x00\x01"),
+            element(0x0002, b"UI", padded(sop_class, b"\x00")),
+            element(0x0003, b"UI", padded(sop_instance, b"\x00")),
+            element(0x0010, b"UI", padded(transfer_syntax, b"\x00")),
+            element(0x0012, b"UI", padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            element(0x0013, b"SH", padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
+    return _META_SHORT.pack(0x0002, 0x0000, b"UL", 4) + _UL.pack(len(body)) + body
+
+
+def _decode(store: StoreRequest) -> Dataset:
+    """The data set of a lane's C-STORE, decoded as ``Event.dataset`` decodes it.
+
+    Whole, not its header alone: elements are read lazily by pydicom (values converted on
+    access, so reading the UIDs costs little), and a sink that pseudonymises re-encodes the
+    instance, pixels included.
+    """
+    syntax = UID(store.transfer_syntax)
+    ds = decode(
+        BytesIO(store.data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+    )
+    ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
+    return ds
+
+
 class _MoveReceiver:
-    """The Storage SCP that C-MOVE sub-operations arrive at, for the whole pull."""
+    """The Storage SCP that C-MOVE sub-operations arrive at, for the whole pull.
+
+    Each association it accepts reads its PDUs with the listener's
+    :class:`~sarclym.node.dicom.pdu_reader.PduReader` (Maximum Length :data:`_MAX_PDU`, the
+    request within ``timeout``, no PDU stalled for longer, TCP_QUICKACK re-armed after each
+    read) and serves its C-STORE requests with a :class:`~sarclym.node.dicom.store_lane.StoreLane`
+    on the association's DUL thread (:meth:`_serve`). Only PET storage contexts are accepted;
+    a C-STORE on a context that was not accepted, or any other message, is pynetdicom's to answer
+    as before. Invariant: every instance of a series a retrieve waits for goes to that
+    retrieve's sink before its C-STORE-RSP is sent (so before the PACS's final C-MOVE-RSP).
+    """
 
     def __init__(self, config: DimseConfig, aet: str, timeout: float) -> None:
         self._sinks: dict[str, Sink] = {}
         self._received: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._timeout = timeout
         ae = AE(ae_title=aet)
         ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = timeout
         ae.maximum_associations = 32
         ae.maximum_pdu_size = _MAX_PDU
         for uid in PET_SOP_CLASSES:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, self._opened)]
         assert config.move_port is not None
         try:
             server = ae.start_server(
@@ -114,23 +224,48 @@ class _MoveReceiver:
         assert server is not None  # block=False returns the server
         self._server = server
 
-    @staticmethod
-    def _accepted(event: Any) -> None:
-        set_nodelay(event.assoc)
-        quickack_after_reads(event.assoc)  # a PACS that leaves Nagle on: no delayed-ACK stall
-        set_dul_loop_delay(event.assoc, _DUL_POLL_S)
+    def _opened(self, event: Any) -> None:
+        """EVT_CONN_OPEN, before the DUL reads: the node's PDU reader with the store lane."""
+        assoc = event.assoc
+        set_nodelay(assoc)  # our C-STORE-RSPs are short: no wait on Nagle's algorithm
+        set_dul_loop_delay(assoc, _DUL_POLL_S)
+        reader = PduReader(
+            assoc,
+            max_pdu=_MAX_PDU,
+            request_deadline=time.monotonic() + self._timeout,
+            stall_s=self._timeout,
+            peer=str(assoc.requestor.address),
+            log=log,
+            lane=StoreLane(
+                assoc, self._serve, max_dataset_bytes=_MAX_DATASET_BYTES, on_error=_store_failed
+            ),
+        )  # re-arms TCP_QUICKACK after each read: a PACS that leaves Nagle on does not stall
+        replace_pdu_reader(assoc, reader)
+        guard_dimse_decoding(assoc, reader.dimse_failed)
 
-    def _store(self, event: Any) -> int:
-        ds = event.dataset
+    def _serve(self, store: StoreRequest) -> tuple[int, str | None]:
+        """One C-STORE from the lane (on the association's DUL thread): its status."""
+        ds = _decode(store)
         series = str(ds.get("SeriesInstanceUID", ""))
         with self._lock:
             sink = self._sinks.get(series)
         if sink is None:
-            return 0xC001  # no retrieve of ours waits for this series
-        _deliver(sink, event, ds)
-        with self._lock:
-            self._received[series] = self._received.get(series, 0) + 1
-        return 0x0000
+            status = _NO_RETRIEVE_WAITS  # no retrieve of ours waits for this series
+        else:
+            _deliver_lane(sink, store, ds)
+            with self._lock:
+                self._received[series] = self._received.get(series, 0) + 1
+            status = 0x0000
+        # pynetdicom logs each C-STORE it serves at DEBUG; so does the lane (UIDs only).
+        log.debug(
+            "c-store served",
+            sop_class_uid=store.sop_class,
+            sop_instance_uid=store.sop_instance,
+            transfer_syntax=store.transfer_syntax,
+            bytes=store.received,
+            status=f"0x{status:04X}",
+        )
+        return status, None
 
     @contextmanager
     def expecting(self, series_uid: str, sink: Sink) -> Iterator[None]:
@@ -144,6 +279,11 @@ class _MoveReceiver:
 
     def close(self) -> None:
         self._server.shutdown()
+
+
+def _store_failed(exc: BaseException) -> None:
+    """A C-STORE whose serving raised (answered 0xC211 by the lane, as pynetdicom does)."""
+    log.error("c-store failed", error=type(exc).__name__, exc_info=exc)
 
 
 class DimseSource:
@@ -208,8 +348,25 @@ class DimseSource:
             why = "rejected the association" if assoc.is_rejected else "did not answer"
             raise SourceError(f"source {self.name!r}: {self.describe()} {why}")
         set_nodelay(assoc)
-        quickack_after_reads(assoc)  # C-GET sub-operations arrive on this association
         set_dul_loop_delay(assoc, _DUL_POLL_S)
+        if get:  # C-GET sub-operations arrive on this association: the store lane serves them
+            reader = PduReader(
+                assoc,
+                max_pdu=_MAX_PDU,
+                request_deadline=time.monotonic(),
+                stall_s=c.timeout,
+                peer=c.host,
+                log=log,
+                lane=StoreLane(
+                    assoc,
+                    functools.partial(self._serve_get, assoc),
+                    max_dataset_bytes=_MAX_DATASET_BYTES,
+                    on_error=_store_failed,
+                ),
+                established=True,
+            )  # re-arms TCP_QUICKACK after each read, as on the C-MOVE receiver
+            replace_pdu_reader(assoc, reader)
+            guard_dimse_decoding(assoc, reader.dimse_failed)
         guard_responses(assoc)
         try:
             yield assoc
@@ -241,12 +398,22 @@ class DimseSource:
 
     def _get_store(self, event: Any) -> int:
         # C-GET sub-operations arrive on the association: the sink of its running retrieve.
+        # (pynetdicom's path: only until the store lane is installed on the association.)
         with self._receiver_lock:
             sink = self._get_sinks.get(id(event.assoc))
         if sink is None:
-            return 0xC001
+            return _NO_RETRIEVE_WAITS
         _deliver(sink, event, event.dataset)
         return 0x0000
+
+    def _serve_get(self, assoc: Association, store: StoreRequest) -> tuple[int, str | None]:
+        """A C-GET sub-operation from the store lane (on the association's DUL thread)."""
+        with self._receiver_lock:
+            sink = self._get_sinks.get(id(assoc))
+        if sink is None:
+            return _NO_RETRIEVE_WAITS, None
+        _deliver_lane(sink, store, _decode(store))
+        return 0x0000, None
 
     @contextmanager
     def session(self) -> Iterator[_Session]:

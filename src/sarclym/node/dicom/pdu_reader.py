@@ -106,6 +106,10 @@ class PduReader:
         Once the association is established, each P-DATA-TF goes to this lane first
         (:mod:`~sarclym.node.dicom.store_lane`: C-STOREs served on this thread); what it does
         not take goes to pynetdicom, and what it refuses is refused (A-ABORT).
+    established
+        The reader replaces pynetdicom's on an association already established (a requestor
+        receiving C-GET sub-operations): no A-ASSOCIATE-RQ is awaited, ``request_deadline``
+        is not used.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class PduReader:
         log: EventLog,
         quickack: bool = True,
         lane: StoreLane | None = None,
+        established: bool = False,
     ) -> None:
         self._assoc = assoc
         self._max_pdu = max_pdu
@@ -129,7 +134,9 @@ class PduReader:
         self._quickack = quickack
         self._lane = lane
         self._drained = 0
-        self._requesting = True  # until an A-ASSOCIATE-RQ has been read whole
+        # Until an A-ASSOCIATE-RQ has been read whole; a requestor's reader, installed once its
+        # association is established, reads whatever comes.
+        self._requesting = not established
 
     @property
     def awaiting_request(self) -> bool:
