@@ -337,6 +337,13 @@ class ServiceConfig(Frozen):
         "longest the request line and headers may take in all; a client that stops sending "
         "its body is answered 408 and dropped, one that stalls in its headers is dropped.",
     )
+    http_max_connections: Annotated[int, Field(ge=2, le=10000)] = Field(
+        default=64,
+        description="HTTP endpoint: connections served at once (a thread each). One more closes "
+        "the oldest connection still sending its request line and headers; when every one is "
+        "in a request, it is answered 503 with Retry-After: 1 (probes too: raise it when more "
+        "uploads than this run at once).",
+    )
     stow_max_body_mb: Annotated[int, Field(ge=1, le=65536)] = Field(
         default=2048,
         description="Largest STOW-RS request body in MiB (a larger one is answered 413, before "

@@ -14,7 +14,9 @@ that builds it (docs/design.md).
 
 Bounds (:class:`HttpLimits`, from the ``service`` section): one thread per connection and one
 request per connection (HTTP/1.0 replies), so a slow or stuck client holds only its own thread,
-and the probes keep answering beside it. Each read waits at most
+and the probes keep answering beside it; at most ``service.http_max_connections`` connections
+at once (one more closes the oldest still in its headers, or is answered 503 when all are in a
+request). Each read waits at most
 ``service.http_read_timeout_seconds``, and the request line and headers must be complete within
 that time in all; a client that stops sending its body is answered 408 and dropped (one that
 stalls in its request line or headers is dropped without an answer). Every body is read by
@@ -39,14 +41,17 @@ concurrent clients.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -65,6 +70,18 @@ log = structlog.get_logger(__name__)
 _LINGER_S = 2.0  # at most, after an answer given without reading the body
 _MB = 1024 * 1024
 _FORM_MAX_BODY = 64 * 1024  # a dashboard form: a token, a result id, a CSRF token
+_BUSY_BODY = b'{"error": "too many connections (service.http_max_connections)"}'
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: "
+    + str(len(_BUSY_BODY)).encode()
+    + b"\r\n\r\n"
+    + _BUSY_BODY
+)
+_BUSY_LOG_S = 10.0  # at most one "http connection refused" line per this many seconds
+#: A connection closed to make room has been in its request line and headers at least this long
+#: (one just accepted has had no chance to send them).
+_HEADER_GRACE_S = 1.0
 
 
 class Probes(Protocol):
@@ -94,21 +111,107 @@ class HttpLimits:
         (``service.http_read_timeout_seconds``).
     stow_max_body
         The largest STOW-RS request body in bytes (``service.stow_max_body_mb``).
+    max_connections
+        Connections served at once, each by its own thread (``service.http_max_connections``).
     """
 
     read_timeout_s: float
     stow_max_body: int
+    max_connections: int = 64
 
     @classmethod
     def from_config(cls, service: ServiceConfig) -> HttpLimits:
         """The limits of the ``service`` section."""
-        return cls(service.http_read_timeout_seconds, service.stow_max_body_mb * _MB)
+        return cls(
+            service.http_read_timeout_seconds,
+            service.stow_max_body_mb * _MB,
+            service.http_max_connections,
+        )
 
 
 class _Server(ThreadingHTTPServer):
-    """The stdlib server, logging an unexpected handler error instead of printing it."""
+    """The stdlib server with at most ``max_connections`` connections (threads) at once.
+
+    One more connection closes the oldest one still in its request line and headers after
+    :data:`_HEADER_GRACE_S` (a client that has not said what it wants in all that time: a slow or
+    hostile one); when every
+    connection is in a request, the new one is answered 503 with ``Retry-After`` and closed,
+    on the accepting thread without waiting (a single non-blocking send). An unexpected handler
+    error is logged instead of printed. Invariant: the threads serving connections are at most
+    ``max_connections``, plus those whose connection was just closed to make room (they end at
+    their next read).
+    """
 
     daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int,
+    ) -> None:
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        # Each open connection -> when it was accepted while its headers are incomplete; None
+        # once it is in a request (insertion order: oldest first).
+        self._open: dict[socket.socket, float | None] = {}
+        self._refused = 0  # since the last log line about it
+        self._refused_logged = 0.0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            room = len(self._open) < self.max_connections or self._make_room()
+            if room:
+                self._open[request] = time.monotonic()
+        if not room:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection in its headers for at least :data:`_HEADER_GRACE_S`
+        (under the lock); False if none."""
+        now = time.monotonic()
+        for connection, accepted in self._open.items():
+            if accepted is not None and now - accepted >= _HEADER_GRACE_S:
+                del self._open[connection]
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)  # its thread ends at its next read
+                log.info(
+                    "http connection closed to make room",
+                    seconds=round(time.monotonic() - accepted, 3),
+                    max_connections=self.max_connections,
+                )
+                return True
+        return False
+
+    def _refuse(self, request: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_BUSY)
+        self.shutdown_request(request)
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= _BUSY_LOG_S:  # a flood is not a flood of log lines
+            log.warning(
+                "http connection refused",
+                reason=f"service.http_max_connections ({self.max_connections}) in requests",
+                refused=self._refused,
+            )
+            self._refused, self._refused_logged = 0, now
+
+    def request_started(self, connection: socket.socket) -> None:
+        """The connection's request line and headers are complete (from its handler)."""
+        with self._lock:
+            if connection in self._open:
+                self._open[connection] = None
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("http handler failed")
@@ -143,7 +246,11 @@ class HttpServer:
     ) -> None:
         limits = limits or HttpLimits.from_config(ServiceConfig())
         self.limits = limits
-        self._server = _Server((host, port), _handler(probes, stow, dashboard, limits))
+        self._server = _Server(
+            (host, port),
+            _handler(probes, stow, dashboard, limits),
+            max_connections=limits.max_connections,
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -198,6 +305,7 @@ def _handler(
 
         def _serve(self, route: Callable[[], None]) -> None:
             self.reader.deadline = None  # headers complete: from now on, per read
+            cast(_Server, self.server).request_started(self.connection)
             try:
                 route()
             except RequestRefused as exc:
