@@ -10,12 +10,17 @@ measurement group, which is what is checked:
 - one DICOMSRDisplay annotation per SR measurement group (same Tracking Unique Identifier),
   drawn on the SC;
 - its outline is where the SR's Image Region says (image coordinates, within half a pixel);
-- its label, rendered in the viewport's SVG layer, shows the group's probability.
+- its label, rendered in the viewport's SVG layer, shows the group's class name (the code
+  meaning of its Finding) first, then its probability.
 
-OHIF 3.13.2 labels a TID 1410 group with its NUM items ("Probability: 0.87 1", the unit code
-last) and its SCT Finding Site; it never shows the Finding (121071) code itself, so the class
-name is visible only burned into the SC (see the screenshot). The screenshot is kept under the
-test's tmp folder and, when ``SARCLYM_OHIF_SCREENSHOT`` names a path, also there.
+OHIF 3.13.2 labels a TID 1410 group (region at group level) with its NUM items only
+("Probability: 0.87 1", the unit code last) and its SCT Finding Site, and never shows the
+Finding (121071) code itself. A group whose region hangs under its NUM (INFERRED FROM, TID 1501)
+is labelled with each of its group-level (121106, DCM, "Comment") TEXT items first
+("Malignant lymphoma: "), then its NUM items: so the SR's groups are TID 1501 groups whose
+first comment is the class name (``sarclym.node.results.sr.group_texts``). At most five label
+lines are drawn. The screenshot is kept under the test's tmp folder and, when
+``SARCLYM_OHIF_SCREENSHOT`` names a path, also there.
 """
 
 from __future__ import annotations
@@ -235,10 +240,20 @@ def test_ohif_shows_sr_probabilities_on_sc(tmp_path: Path) -> None:
             assert f"{meaning}: {value:.2f}" in drawn["svgText"], (where, drawn["svgText"])
         for comment in group["comments"]:
             assert comment in drawn["svgText"], (where, drawn["svgText"])
+        assert group["finding"] in drawn["svgText"], (where, drawn["svgText"])
         (outline,) = drawn["points"]
         assert len(outline) == len(group["region"]), where
         for (x, y), (col, row) in zip(outline, group["region"], strict=True):
             assert abs(x - col) <= 0.5, (where, (x, y), (col, row))
             assert abs(y - row) <= 0.5, (where, (x, y), (col, row))
+    # The class name is each group's first label line, before its probability.
+    shown_lines = {drawn["uid"]: drawn["labels"] for drawn in annotations}
+    for uid, group in groups.items():
+        where = f"group {group['finding']!r} ({uid})"
+        lines = shown_lines[uid]
+        assert lines[0] == f"{group['finding']}: ", (where, lines)
+        assert lines[-1].startswith("Probability: "), (where, lines)
+        assert len(lines) <= 5, (where, lines)  # OHIF draws five lines at most
+    assert {g["finding"] for g in groups.values()} == {"Malignant lymphoma", "Sarcoidosis"}
     lymphoma = next(g for g in groups.values() if "lymphoma" in g["finding"].lower())
     assert lymphoma["numbers"]["Probability"] == pytest.approx(prediction.probability_lymphoma)

@@ -3,7 +3,10 @@
 Each tool is skipped with the reason when it is not installed (``./dev.sh setup``). Warnings
 left (not errors): dciodvfy 2022 does not know (0018,1002) *Device UID* inside the
 Contributing Equipment Sequence (AIR asks for it there), so it calls the objects
-"Standard Extended SOP Class".
+"Standard Extended SOP Class"; pixelmed's validator (templates of 2022) reports each
+measurement group's (121106, DCM, "Comment") TEXT, the class name that OHIF shows (TID 1501 is
+extensible; see ``sarclym.node.results.sr``), as "Content Item not in template", and nothing
+else.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ pytestmark = pytest.mark.integration
 
 KINDS: tuple[SrKind, ...] = ("comprehensive3d", "comprehensive", "enhanced")
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+#: The one warning pixelmed may give: a measurement group's Comment (TID 1501 extension).
+GROUP_COMMENT_WARNING = (
+    '/CONTAINER (126010,DCM,"Imaging Measurements")/CONTAINER (125007,DCM,"Measurement Group")'
+    '/TEXT (121106,DCM,"Comment"): Content Item not in template'
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +60,9 @@ def test_dciodvfy_reports_no_error(files: dict[str, Path], name: str) -> None:
     assert errors == [], output
 
 
-def assert_pixelmed_sr_clean(path: Path) -> None:
-    """pixelmed's DicomSRValidator finds TID 1500 in ``path`` and reports no error or warning."""
+def assert_pixelmed_sr_clean(path: Path, groups: int = 2) -> None:
+    """pixelmed's DicomSRValidator finds TID 1500 in ``path`` and reports no error, and no
+    warning but :data:`GROUP_COMMENT_WARNING` for each of the ``groups`` class comments."""
     java = require_tool("java")
     if not PIXELMED_JAR.exists():
         pytest.skip(f"{PIXELMED_JAR} is not installed (apt-get install pixelmed-apps)")
@@ -75,7 +84,10 @@ def assert_pixelmed_sr_clean(path: Path) -> None:
     output = proc.stdout + proc.stderr
     problems = [line for line in output.splitlines() if line.startswith(("Error", "Warning"))]
     assert "Found Root Template TID_1500 (MeasurementReport)" in output, output[-4000:]
-    assert problems == [], "\n".join(problems)
+    comments = [p for p in problems if p.startswith("Warning") and GROUP_COMMENT_WARNING in p]
+    assert len(comments) == groups, "\n".join(problems)
+    others = [p for p in problems if p not in comments]
+    assert others == [], "\n".join(others)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -47,6 +47,7 @@ from sarclym.node.results.codes import (
     PROBABILITY,
     QUALITATIVE_EVALUATIONS,
 )
+from sarclym.node.results.sr import group_texts
 from tests.results_fixtures import (
     CREATED,
     LARGE_SHAPE,
@@ -87,16 +88,18 @@ def _report(
     return report
 
 
-def _label(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> str:
+def _label(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str:
     finding = group.finding_type
     assert finding is not None
     assert finding.scheme_designator == "SCT"
     return next(k for k, c in CLASS_CODES.items() if c.value == finding.value)
 
 
-def _roi(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> hd.sr.ImageRegion:
-    roi = group.roi
-    assert isinstance(roi, hd.sr.ImageRegion)
+def _roi(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> hd.sr.CoordinatesForMeasurement:
+    """The region the group's probability is INFERRED FROM (TID 300/320)."""
+    (measurement,) = group.get_measurements(name=PROBABILITY)
+    (roi,) = measurement.referenced_coordinates or []
+    assert isinstance(roi, hd.sr.CoordinatesForMeasurement)
     return roi
 
 
@@ -127,7 +130,7 @@ def test_round_trip_gives_back_findings_and_probabilities(case: Case, sr: Datase
     prediction, _, sc = case
     doc = hd.sr.srread(BytesIO(_bytes(sr)))
     assert isinstance(doc, hd.sr.Comprehensive3DSR)
-    groups = _report(doc).get_planar_roi_measurement_groups()
+    groups = _report(doc).get_image_measurement_groups()
     assert len(groups) == 2
     found = {}
     for group in groups:
@@ -153,7 +156,7 @@ def test_predicted_group_outlines_the_grad_cam_hot_region(case: Case, sr: Datase
     layout = sc_layout(prediction.mips)
     view, expected = hot_region(prediction, layout)
     by_label = {}
-    for group in _report(doc).get_planar_roi_measurement_groups():
+    for group in _report(doc).get_image_measurement_groups():
         by_label[_label(group)] = _roi(group).value
     predicted = by_label[prediction.label]
     np.testing.assert_allclose(predicted, expected, rtol=1e-6)
@@ -166,7 +169,7 @@ def test_tracking_identifiers_are_present_and_deterministic(case: Case, sr: Data
     prediction, _, _ = case
     uids = result_uids(prediction)
     doc = hd.sr.srread(BytesIO(_bytes(sr)))
-    groups = _report(doc).get_planar_roi_measurement_groups()
+    groups = _report(doc).get_image_measurement_groups()
     tracked = {g.tracking_uid for g in groups}
     assert tracked == set(uids.tracking.values())
     assert all(g.tracking_identifier for g in groups)
@@ -262,8 +265,11 @@ def test_image_library_lists_the_sc(case: Case, sr: Dataset) -> None:
     ]
 
 
-def test_tree_follows_tid_1410_order_and_relationships(sr: Dataset) -> None:
-    """Regression for the adjustments to highdicom's tree (see sr._conform_to_templates)."""
+def test_tree_follows_tid_1501_order_and_relationships(sr: Dataset) -> None:
+    """Regression for the group's shape (see sr._groups) and the adjustments to highdicom's
+    tree (see sr._conform_to_templates): the class name as a Comment after the Finding, the
+    region under the probability NUM, none at group level (OHIF would then not show the
+    Comment)."""
     groups = [i for i in _items(sr) if _named_meaning(i, "Measurement Group")]
     assert len(groups) == 2
     for group in groups:
@@ -273,14 +279,52 @@ def test_tree_follows_tid_1410_order_and_relationships(sr: Dataset) -> None:
             "Tracking Identifier",
             "Tracking Unique Identifier",
             "Finding",
-            "Image Region",
+            "Comment",
         ]
         assert _named(content[2], FINDING)
-        assert _named(content[3], IMAGE_REGION)
+        assert _named(content[3], COMMENT)
+        assert content[3].ValueType == "TEXT"
+        assert content[3].RelationshipType == "CONTAINS"
+        assert [i.ValueType for i in content].count("SCOORD") == 0
+        assert not any(_named(i, IMAGE_REGION) for i in content)
         method = next(i for i in content if _named(i, MEASUREMENT_METHOD))
         assert method.RelationshipType == "HAS CONCEPT MOD"
+        (number,) = (i for i in content if i.ValueType == "NUM")
+        assert _named(number, PROBABILITY)
+        (region,) = number.ContentSequence
+        assert (region.ValueType, region.RelationshipType) == ("SCOORD", "INFERRED FROM")
+        assert region.GraphicType == "POLYLINE"
+        (image,) = region.ContentSequence
+        assert (image.ValueType, image.RelationshipType) == ("IMAGE", "SELECTED FROM")
     modality = [i for i in _items(sr) if _named_meaning(i, "Modality")]
     assert modality == []
+
+
+def test_each_group_names_its_class_in_a_comment(case: Case, sr: Dataset) -> None:
+    """What OHIF shows above the probability: the code meaning of the group's Finding."""
+    prediction, _, _ = case
+    groups = [i for i in _items(sr) if _named_meaning(i, "Measurement Group")]
+    shown = {}
+    for group in groups:
+        content = list(group.ContentSequence)
+        (finding,) = (i for i in content if _named(i, FINDING))
+        comments = [str(i.TextValue) for i in content if _named(i, COMMENT)]
+        label = next(
+            k for k, c in CLASS_CODES.items() if c.value == finding.ConceptCodeSequence[0].CodeValue
+        )
+        assert comments == list(group_texts(prediction, label))
+        assert comments[0] == finding.ConceptCodeSequence[0].CodeMeaning
+        shown[label] = comments[0]
+    assert shown == {"lymphoma": "Malignant lymphoma", "sarcoidosis": "Sarcoidosis"}
+
+
+def test_group_texts_start_with_the_class_name(case: Case) -> None:
+    prediction, _, _ = case
+    for label, code in CLASS_CODES.items():
+        texts = group_texts(prediction, label)
+        assert texts[0] == code.meaning
+        assert 1 <= len(texts) <= 4  # OHIF draws five label lines, the probability last
+        assert all(t and len(t) <= 1024 for t in texts)
 
 
 def test_every_date_comes_from_created_or_the_source(case: Case) -> None:
@@ -321,7 +365,7 @@ def test_each_kind_builds(case: Case, kind: SrKind, sop_class: str) -> None:
     assert "SCOORD" in value_types
     assert "SCOORD3D" not in value_types
     doc = hd.sr.srread(BytesIO(_bytes(sr)))
-    assert len(_report(doc).get_planar_roi_measurement_groups()) == 2
+    assert len(_report(doc).get_image_measurement_groups()) == 2
 
 
 def test_unknown_kind_is_refused(case: Case) -> None:

@@ -8,19 +8,30 @@ with TID 1500 as root (``docs/conformance-statement.md`` §8.1)::
       Procedure Reported = (443271005, SCT, "PET/CT FDG imaging of whole body")
       Image Library (111028): the Secondary Capture                            TID 1600
       Imaging Measurements (126010)
-        Measurement Group per class (sarcoidosis, malignant lymphoma)          TID 1501/1410
+        Measurement Group per class (sarcoidosis, malignant lymphoma)          TID 1501
           Tracking Identifier + Tracking Unique Identifier                     TID 4108
-          Finding (121071) = class; Measurement Method = MIP (113078)
+          Finding (121071) = class
+          TEXT Comment (121106): the class name (group_texts)
+          Measurement Method = MIP (113078)
           Algorithm Name / Version / Parameters (weights hash)                 TID 4019
           NUM Probability (122157) in [0, 1], unit (1, UCUM, "no units")       TID 300
-          Image Region POLYLINE on the SC (TID 1410): for the predicted class the
-            Grad-CAM hot region, for the other class the border of the same MIP panel
+            INFERRED FROM SCOORD POLYLINE on the SC (SELECTED FROM the SC):    TID 320
+              for the predicted class the Grad-CAM hot region, for the other
+              class the border of the same MIP panel
       Qualitative Evaluations (C0034375, UMLS): TEXT research use, model card summary
 
-OHIF's measurement viewport draws only groups that carry a region, so each group is a planar
-ROI (TID 1410) on the plain MIP panel of the SC. The source PET instances are listed
-as evidence ((0040,A375) *Current Requested Procedure Evidence Sequence*). The model is a
-(0018,A001) *Contributing Equipment* item with its (0018,1002) *Device UID*.
+What a viewer shows decides the group's shape. OHIF 3.13 draws only groups that carry a
+region; it labels a group whose region is at group level (TID 1410) with its NUM items alone
+("Probability: 0.87 1"), never with the coded Finding, and a group whose region hangs under
+its NUM (TID 1501) with its group-level Comment texts first, then its NUM items
+("Malignant lymphoma: ", "Probability: 0.87 1"). So each group is a TID 1501 group: the class
+name is a Comment, the region on the plain MIP panel of the SC is what the probability is
+inferred from. TID 1501 is extensible; pixelmed's validator (2022 templates) reports the
+Comment as "Content Item not in template", a warning, not an error.
+
+The source PET instances are listed as evidence ((0040,A375) *Current Requested Procedure
+Evidence Sequence*). The model is a (0018,A001) *Contributing Equipment* item with its
+(0018,1002) *Device UID*.
 
 The Patient and Study modules are the source's, value for value, in the source's character set
 where pydicom can write them in it, else in ISO_IR 192 (:mod:`sarclym.node.results.patient`).
@@ -72,7 +83,7 @@ from sarclym.node.results.render import hot_region, sc_layout
 from sarclym.node.results.sc import MANUFACTURER, provenance_kwargs, stamp_created
 from sarclym.node.results.uids import ResultUids, result_uids
 
-__all__ = ["CLASS_ORDER", "RESEARCH_STATEMENT", "SrKind", "build_sr"]
+__all__ = ["CLASS_ORDER", "RESEARCH_STATEMENT", "SrKind", "build_sr", "group_texts"]
 
 SrKind = Literal["comprehensive3d", "comprehensive", "enhanced"]
 
@@ -105,17 +116,49 @@ def _probability(prediction: Prediction, label: Label) -> float:
     return p if label == "lymphoma" else 1.0 - p
 
 
+def group_texts(prediction: Prediction, label: Label) -> tuple[str, ...]:
+    """The (121106, DCM, "Comment") TEXT items of ``label``'s measurement group.
+
+    OHIF 3.13 labels a TID 1501 group with these texts, one line each, above the group's
+    probability ("Malignant lymphoma: " then "Probability: 0.87 1"); it never shows the coded
+    Finding. The first text is the class's code meaning (:data:`CLASS_CODES`), so that the
+    viewer shows the class name with its probability. Texts about the prediction as a whole
+    (an out-of-distribution flag, once the prediction carries one) go after it, in every
+    group. At most four texts: OHIF draws five label lines and the probability is the last.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        The prediction the group reports.
+    label : {"sarcoidosis", "lymphoma"}
+        The group's class.
+
+    Returns
+    -------
+    tuple of str
+        Non-empty texts, the class name first.
+    """
+    del prediction  # nothing of it is shown yet besides the probability (a NUM item)
+    return (CLASS_CODES[label].meaning,)
+
+
+def _comment(text: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
 def _groups(
     prediction: Prediction, sc: Dataset, uids: ResultUids
-) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """One planar-ROI measurement group per class, in :data:`CLASS_ORDER`.
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One measurement group per class, in :data:`CLASS_ORDER`.
 
-    Every group carries a region on the SC, so that OHIF draws each (its SR viewport shows only
-    groups with a SCOORD) and so that all groups follow one template, TID 1410 (pixelmed's
-    validator checks every group against TID 1410 when exactly one group has an Image Region,
-    and then reports the groups without one). The
-    predicted class's region is the Grad-CAM hot region; the other class's is the border of
-    the same plain MIP panel: its probability concerns the whole projection.
+    Each group is a TID 1501 group whose probability NUM is INFERRED FROM its region on the
+    SC (TID 300/320), with the group's Comment texts (:func:`group_texts`) after the Finding:
+    OHIF 3.13 labels such a group with its comments and NUMs and draws its region, whereas a
+    TID 1410 group (region at group level) is labelled with its NUMs only. The predicted
+    class's region is the Grad-CAM hot region; the other class's is the border of the same
+    plain MIP panel: its probability concerns the whole projection.
     """
     model = prediction.model
     algorithm = hd.sr.AlgorithmIdentification(
@@ -133,34 +176,41 @@ def _groups(
             f"{layout.rows}x{layout.columns}: the SC was not built from this prediction"
         )
     hot_view, hot = hot_region(prediction, layout)
-    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     for label in CLASS_ORDER:
         finding = CLASS_CODES[label]
         if label == prediction.label:
             polyline, what = hot, "Grad-CAM hot region"
         else:
             polyline, what = layout.panel(hot_view, overlay=False).outline(), "whole MIP"
-        region = hd.sr.ImageRegion(
+        region = hd.sr.CoordinatesForMeasurement(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=polyline,
             source_image=hd.sr.SourceImageForRegion.from_source_image(sc),
         )
         probability = hd.sr.Measurement(
-            name=PROBABILITY, value=round(_probability(prediction, label), 6), unit=NO_UNITS
+            name=PROBABILITY,
+            value=round(_probability(prediction, label), 6),
+            unit=NO_UNITS,
+            referenced_coordinates=[region],
         )
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uids.tracking[label],
-                    identifier=f"AI {finding.meaning} probability ({what})",
-                ),
-                referenced_region=region,
-                finding_type=finding,
-                method=MAXIMUM_INTENSITY_PROJECTION,
-                algorithm_id=algorithm,
-                measurements=[probability],
-            )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uids.tracking[label],
+                identifier=f"AI {finding.meaning} probability ({what})",
+            ),
+            finding_type=finding,
+            method=MAXIMUM_INTENSITY_PROJECTION,
+            algorithm_id=algorithm,
+            measurements=[probability],
         )
+        content = list(group[0].ContentSequence)
+        after = next(i + 1 for i, e in enumerate(content) if e.name == FINDING)
+        comments = [_comment(t) for t in group_texts(prediction, label)]
+        group[0].ContentSequence = hd.sr.ContentSequence(
+            [*content[:after], *comments, *content[after:]]
+        )
+        groups.append(group)
     return groups
 
 
@@ -194,12 +244,12 @@ def _statements(prediction: Prediction, review: str | None = None) -> hd.sr.Cont
 
 
 def _conform_to_templates(report: hd.sr.MeasurementReport) -> None:
-    """Fix three deviations of highdicom 0.28.2's tree that pixelmed's validator reports.
+    """Fix the deviations of highdicom 0.28.2's tree that pixelmed's validator reports.
 
     - TID 1501/1419: (370129005, SCT, "Measurement Method") is HAS CONCEPT MOD, not CONTAINS.
-    - TID 1410: the Image Region SCOORD (row 5) follows the tracking identifiers and the
-      Finding (rows 2-3b) and precedes the TID 1419 items (method, algorithm, measurements);
-      highdicom appends it last.
+    - TID 1410 (a group with a group-level Image Region, which :func:`_groups` no longer
+      writes): the Image Region SCOORD (row 5) follows the tracking identifiers and the
+      Finding (rows 2-3b) and precedes the TID 1419 items; highdicom appends it last.
     - TID 1602: the Image Library entry's Modality must come from CID 29, which has no "OT"
       (the SC's modality); the row is optional, so it is dropped.
     """
