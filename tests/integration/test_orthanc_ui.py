@@ -7,7 +7,9 @@ study. Orthanc 1.10 serves Orthanc Explorer (jQuery Mobile) at ``/app/explorer.h
 Chromium (DevTools pipe, ``tests/ohif/cdp.py``) opens the study page and checks that the series
 list shows the SC and SR series by their SeriesDescription, then opens the SC instance and its
 "Preview the instance" lightbox (Orthanc renders ``/instances/{id}/preview`` as PNG) and checks
-that the image loaded (``naturalWidth > 0``, the lightbox at the image's size).
+that the image loaded (``naturalWidth > 0``, the lightbox at the image's size); then opens the SR
+instance, expands its tag tree and checks that its content names each class ("Malignant
+lymphoma", "Sarcoidosis") beside its probability, as OHIF does.
 
 Two screenshots are kept under the test's tmp folder and, with ``SARCLYM_UPDATE_DOCS=1``,
 written to ``docs/orthanc_study.png`` (study page with its series) and
@@ -70,6 +72,22 @@ LIGHTBOX_JS = """
   const style = getComputedStyle(box);
   const size = [parseFloat(style.width), parseFloat(style.height)];
   return url.includes('/preview') ? {url, size} : null;
+})()
+"""
+
+#: The SR instance's tag tree with every node opened: the text of its (ContentSequence) node.
+SR_TREE_JS = """
+(() => {
+  const tree = document.querySelector('#dicom-tree');
+  if (!tree) return null;
+  for (let i = 0; i < 20; i++) {
+    const closed = tree.querySelectorAll('a.toggler.closed');
+    if (!closed.length) break;
+    closed.forEach(a => a.click());
+  }
+  const top = [...tree.querySelectorAll(':scope > ul > li')];
+  const content = top.find(li => li.innerText.includes('(ContentSequence)'));
+  return content && content.innerText.includes('(NumericValue)') ? content.innerText : null;
 })()
 """
 
@@ -206,6 +224,22 @@ def test_results_in_orthanc_explorer(tmp_path: Path, orthanc: OrthancServer) -> 
         assert box["size"] == natural  # the lightbox at the image's size
         time.sleep(0.3)
         browser.screenshot(preview_png)
+
+        # The SR instance: its content tree names each class beside its probability, the words
+        # OHIF shows (issue 17).
+        _window(browser, STUDY_WINDOW)
+        sr_id = _orthanc_id(orthanc, sr.SOPInstanceUID, "Instance")
+        _open(
+            browser,
+            f"{explorer}#instance?uuid={sr_id}",
+            INSTANCE_PAGE_JS % json.dumps(sr.SOPInstanceUID),
+            "the SR instance",
+        )
+        tree = browser.wait_for(SR_TREE_JS, timeout=30)
+        assert tree, f"no SR content tree; exceptions: {browser.exceptions}"
+        for words in ("Malignant lymphoma", "Sarcoidosis"):
+            assert f"(TextValue): {words}" in tree, tree[:3000]
+        assert "(CodeMeaning): Probability" in tree
         assert browser.exceptions == []
 
     if os.environ.get(DOCS_ENV) == "1":
