@@ -30,7 +30,7 @@ from sarclym.node.delivery.destinations import (
     classify_store_status,
 )
 from sarclym.node.delivery.ledger import DeliveryLedger
-from sarclym.node.delivery.records import backoff_delay
+from sarclym.node.delivery.records import PassReport, backoff_delay
 from sarclym.node.errors import ConfigError
 from sarclym.node.store.records import DeliveryState
 
@@ -663,3 +663,35 @@ def test_wait_idle_returns_once_the_notified_pass_is_done() -> None:
     finally:
         ledger.release.set()
         deliverer.stop()
+
+
+def test_a_slow_destination_holds_no_other_back(tmp_path: Path, files: list[Path]) -> None:
+    """Each destination's rows go in their own thread: the folder is delivered while the PACS
+    (due first) still takes its time."""
+    ledger = ledger_at(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(path: Path) -> None:
+        entered.set()
+        assert release.wait(30)
+
+    pacs = FakeDestination("a-pacs", slow)  # type: ignore[arg-type]
+    folder = FakeDestination("b-folder")
+    ledger.enqueue("r1", files, [pacs, folder], now=T0)
+    reports: list[PassReport] = []
+    runner = threading.Thread(target=lambda: reports.append(ledger.run_due([pacs, folder], now=T0)))
+    runner.start()
+    try:
+        assert entered.wait(30)
+        deadline = time.monotonic() + 30
+        while {r.destination: r.state for r in ledger.summary("r1")}["b-folder"] != (
+            DeliveryState.DELIVERED
+        ):
+            assert time.monotonic() < deadline, "the folder waited for the PACS"
+            time.sleep(0.01)
+        assert runner.is_alive()  # the PACS is still being sent to
+    finally:
+        release.set()
+        runner.join(30)
+    assert reports[0].delivered == 2
+    assert folder.calls == [tuple(files)]

@@ -6,9 +6,11 @@ ledger decides, the store records. It shares the :class:`~sarclym.node.store.sta
 its process (one connection, one lock; the deliverer thread and the worker threads use it at
 once) or opens one from a path.
 
-A pass (:meth:`DeliveryLedger.run_due`) takes each due row in turn. It first *claims* it in its
-own transaction (one more attempt, next attempt pushed into the future), then sends the files
-the destination has not confirmed yet, then records the outcome. So a crash at any point loses
+A pass (:meth:`DeliveryLedger.run_due`) takes each destination's due rows in turn, each
+destination in its own thread when there are several (a slow or unreachable one holds no other
+back). It first *claims* a row in its own transaction (one more attempt, next attempt pushed
+into the future), then sends the files the destination has not confirmed yet, then records the
+outcome. So a crash at any point loses
 nothing: a row claimed but not recorded is simply due again later and re-sends only what was not
 confirmed (result UIDs are deterministic, so a second copy of an object the peer already had is
 an update, not a duplicate), and a result that crashes the process on every try still reaches the
@@ -26,6 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -187,7 +190,9 @@ class DeliveryLedger:
         """Deliver everything due to its destination and record each outcome.
 
         Each due row is tried at most once per pass, claimed before sending (one more attempt,
-        next attempt pushed ahead) and recorded after: delivered when the destination has now
+        next attempt pushed ahead) and recorded after, each destination's rows in their own
+        thread when several destinations have due rows (an exception in one is raised here once
+        every destination's rows were tried): delivered when the destination has now
         confirmed every file; dead on a permanent failure or when ``max_attempts`` is used up;
         else pending again after :func:`backoff_delay`.
 
@@ -208,13 +213,50 @@ class DeliveryLedger:
         """
         by_name = {d.name: d for d in destinations}
         report = PassReport()
+        groups: dict[str, list[DueDelivery]] = {}
         for item in self.due(now):
+            if item.destination in by_name:
+                groups.setdefault(item.destination, []).append(item)
+            else:
+                report.unknown_destinations.add(item.destination)
+        if len(groups) <= 1:
+            for name, items in groups.items():
+                self._run_group(by_name[name], items, now, stop, report)
+        else:
+            # One thread per destination: a slow or unreachable one does not hold the others
+            # back (each destination is still called by one thread at a time).
+            parts = {name: PassReport() for name in groups}
+            with ThreadPoolExecutor(len(groups), thread_name_prefix="sarclym-deliver") as pool:
+                futures = [
+                    pool.submit(self._run_group, by_name[name], items, now, stop, parts[name])
+                    for name, items in groups.items()
+                ]
+            for future in futures:
+                future.result()  # an exception of a group's thread, here
+            for part in parts.values():
+                report.attempted += part.attempted
+                report.delivered += part.delivered
+                report.retrying += part.retrying
+                report.dead += part.dead
+        if report.unknown_destinations:
+            log.warning(
+                "deliveries for destinations not configured",
+                destinations=sorted(report.unknown_destinations),
+            )
+        return report
+
+    def _run_group(
+        self,
+        destination: Destination,
+        items: Sequence[DueDelivery],
+        now: float | None,
+        stop: threading.Event | None,
+        report: PassReport,
+    ) -> None:
+        """Deliver one destination's due rows in order (claim, send, record each)."""
+        for item in items:
             if stop is not None and stop.is_set():
                 break
-            destination = by_name.get(item.destination)
-            if destination is None:
-                report.unknown_destinations.add(item.destination)
-                continue
             claim = self._claim(item, self._now(now))
             if claim is None:
                 continue  # another thread or process took it, or it went to the dead letter
@@ -227,12 +269,6 @@ class DeliveryLedger:
                 report.dead += 1
             else:
                 report.retrying += 1
-        if report.unknown_destinations:
-            log.warning(
-                "deliveries for destinations not configured",
-                destinations=sorted(report.unknown_destinations),
-            )
-        return report
 
     def _claim(self, item: DueDelivery, t: float) -> Claim | None:
         """Count the attempt and push the row ahead; None if it is no longer ours to send."""
