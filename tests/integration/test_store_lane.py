@@ -14,6 +14,7 @@ import itertools
 import json
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -322,3 +323,29 @@ def test_parse_command_reads_pynetdicoms_encoding() -> None:
     assert elements[0x1000].rstrip(b"\x00").decode() == ds.SOPInstanceUID
     with pytest.raises(ValueError, match="command element"):
         parse_command(b"\x08\x00\x18\x00\x02\x00\x00\x00ab")  # group 0008
+
+
+def test_a_slow_long_message_is_not_an_idle_association(start_node: Callable[..., Node]) -> None:
+    """The lane reads a message's PDUs in one pass of pynetdicom's loop: the network timeout
+    restarts after each PDU, as pynetdicom's own reader does, or a data set arriving slowly
+    over more than the timeout would be aborted half way."""
+    node = start_node()
+    server = node.listener._server
+    assert server is not None
+    server.ae.network_timeout = 1.0  # associations made from now on; each PDU within 0.35 s
+    (ds,) = _pet(1)
+    data = _data_set(ds)
+    with _raw_association(node) as sock:
+        sock.sendall(_p_data(_pdv(PET_CONTEXT, COMMAND | LAST, _store_command(ds, 1))))
+        step = len(data) // 8 + 1
+        for start in range(0, len(data), step):  # about 2.5 s in all
+            time.sleep(0.3)
+            last = LAST if start + step >= len(data) else 0
+            sock.sendall(_p_data(_pdv(PET_CONTEXT, last, data[start : start + step])))
+        _, rsp = _response(sock)
+        assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (1, StoreStatus.SUCCESS)
+        # The association is still up (no A-ABORT for a network timeout): a C-ECHO is answered.
+        sock.sendall(_p_data(_pdv(ECHO_CONTEXT, COMMAND | LAST, _echo_command(2))))
+        _, rsp = _response(sock)
+        assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (2, 0)
+    assert node.instance_count() == 1

@@ -32,6 +32,7 @@ function                       private attribute
 :func:`association_pause`      ``Association._reactor_checkpoint``, ``_is_paused``
 :func:`association_pass`       ``Association._run_reactor``'s loop body (copied), ``_kill``
 :func:`idle_seconds_left`      ``DULServiceProvider._idle_timer``
+:func:`restart_idle_timer`     ``DULServiceProvider._idle_timer`` (the store lane's long reads)
 =============================  ==============================================================
 
 ``sarclym.node.dicom.reactor`` overrides ``DULServiceProvider.run_reactor``, ``kill_dul``,
@@ -78,6 +79,7 @@ __all__ = [
     "queue_pdu",
     "read_file_meta",
     "replace_pdu_reader",
+    "restart_idle_timer",
     "set_dul_loop_delay",
     "wake_on_put",
 ]
@@ -591,6 +593,17 @@ def association_pass(assoc: Association) -> bool | None:
         assoc.kill()
         return None
     return bool(msg)
+
+
+def restart_idle_timer(assoc: Association) -> None:
+    """Restart the association's network timeout, as pynetdicom does after each PDU it reads.
+
+    Checked on pynetdicom 3.0.4: the DUL reactor restarts ``dul._idle_timer`` (a
+    ``pynetdicom.timer.Timer``) when ``_is_transport_event`` returns True, once per call of the
+    PDU reader; the association thread aborts once it has expired (``idle_timer_expired``). The
+    store lane reads all the PDUs of a message in one call: it restarts the timer after each.
+    """
+    assoc.dul._idle_timer.restart()
 
 
 def idle_seconds_left(assoc: Association) -> float | None:

@@ -32,7 +32,13 @@ from typing import Any, Protocol
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
-from sarclym.node.dicom.compat import after_each_pdu, association_socket, decode_pdu, queue_pdu
+from sarclym.node.dicom.compat import (
+    after_each_pdu,
+    association_socket,
+    decode_pdu,
+    queue_pdu,
+    restart_idle_timer,
+)
 from sarclym.node.dicom.store_lane import LaneError, StoreLane
 
 __all__ = ["MAX_OTHER_PDU", "EventLog", "PduReader", "quickack_after_reads", "rearm_quickack"]
@@ -170,6 +176,7 @@ class PduReader:
         # is on its way: no pass of the DUL loop, no nap, between its command and data set).
         while self._read_one(sock, requesting):
             requesting = False
+            restart_idle_timer(self._assoc)  # a long message is not an idle association
 
     def _read_one(self, sock: socket.socket, requesting: bool) -> bool:
         """Read one PDU; True when the lane took it and awaits more of the same message."""
