@@ -154,6 +154,9 @@ def render_card(card: Mapping[str, Any]) -> str:
         auc = auc_mean(card)
         if auc is not None and card["bayes_auc"]:
             lines.append(f"Mean CV AUC / Bayes AUC: {auc / card['bayes_auc']:.3f}.")
+    ood = card.get("ood_reference")
+    if isinstance(ood, Mapping):
+        lines += ["", "## Out-of-distribution score", "", *_ood_lines(ood)]
     if card.get("reproduce"):
         steps = _reproduce_steps(card)
         lines += ["", "## Reproduce", "", "```", *steps, "```"]
@@ -162,6 +165,31 @@ def render_card(card: Mapping[str, Any]) -> str:
     if card.get("notes"):
         lines += ["", "## Notes", "", str(card["notes"]).rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _ood_lines(ood: Mapping[str, Any]) -> list[str]:
+    """The card's ``ood_reference`` for people: what the score is and how it was calibrated."""
+    percentile = ood.get("percentile")
+    nth = f"{percentile:g}th" if isinstance(percentile, int | float) else "?"
+    lines = [
+        f"Each prediction carries its distance from the training cases: {ood.get('method', '?')} "
+        f"({ood.get('feature_size', '?')} features in {ood.get('groups', '?')} groups, "
+        f"{ood.get('components', '?')} components each). Above {_fmt(ood.get('threshold'))} the "
+        'result says "outside the model\'s training data".',
+        "",
+        f"- reference fitted on {ood.get('n_fit', '?')} cases; threshold: the {nth} percentile of "
+        f"{ood.get('n_calibration', '?')} held-out cases "
+        f"({_fmt(ood.get('calibration_inside_fraction'))} of them inside)",
+        f"- file `{ood.get('file')}`, SHA-256 `{ood.get('sha256')}`",
+    ]
+    for key in ("source", "seed"):
+        if ood.get(key) is not None:
+            lines.append(f"- {key}: {ood[key]}")
+    command = ood.get("command")
+    if command:
+        steps = [str(c) for c in command] if isinstance(command, list | tuple) else [str(command)]
+        lines += ["", "Made by:", "", "```", *steps, "```"]
+    return lines
 
 
 def _ci(entry: Any) -> str:

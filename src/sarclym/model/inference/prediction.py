@@ -78,6 +78,16 @@ class Prediction:
         Every instance of the analysed series.
     skipped : tuple of Skipped
         The study's other series and why they were not analysed.
+    ood_score : float or None
+        How far the study lies from the model's training cases
+        (:mod:`sarclym.model.inference.ood`: scaled Mahalanobis distance of the penultimate
+        features, about 1 for a typical training case); ``None`` when the model version has no
+        OOD reference.
+    ood_threshold : float or None
+        The version's threshold for ``ood_score``; ``None`` likewise.
+    outside_training_data : bool or None
+        ``ood_score > ood_threshold``: the study is outside the model's training data and the
+        probability is not to be trusted; ``None`` when the version has no reference.
     """
 
     study_instance_uid: str
@@ -90,6 +100,9 @@ class Prediction:
     model: ModelIdentity
     source_instances: tuple[SourceInstance, ...] = ()
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    outside_training_data: bool | None = None
 
     @property
     def suv_max(self) -> float:

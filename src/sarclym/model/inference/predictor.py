@@ -1,8 +1,9 @@
 """Turn a prepared study into a :class:`~sarclym.model.inference.prediction.Prediction`.
 
 One :class:`Predictor` holds one verified model version, loaded once (per worker process) and
-reused for every study: MIPs -> CNN -> probability, Grad-CAM per view mapped back onto the
-raw MIP grids.
+reused for every study: MIPs -> CNN -> probability and, from the same forward pass's penultimate
+features, the out-of-distribution score when the version has a reference; Grad-CAM per view
+mapped back onto the raw MIP grids.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from sarclym.model.imaging.prepare import PreparedStudy
 from sarclym.model.inference.gradcam import cams_to_mip_grid, gradcam
+from sarclym.model.inference.ood import FeatureTap
 from sarclym.model.inference.prediction import (
     MODEL_NAME,
     Label,
@@ -124,8 +126,9 @@ class Predictor:
         x = torch.from_numpy(
             np.stack([mips.frontal_net, mips.lateral_net])[None].astype(np.float32)
         ).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), FeatureTap(self.net) as tap:
             probability = float(torch.sigmoid(self.net(x)).item())
+        ood = self.loaded.ood.judge(tap.features[0]) if self.loaded.ood is not None else None
         label: Label = "lymphoma" if probability >= self.threshold else "sarcoidosis"
         cams = gradcam(self.net, x, explain=label)
         heatmaps = cams_to_mip_grid(cams, mips)
@@ -143,4 +146,7 @@ class Predictor:
             model=self.identity,
             source_instances=sources,
             skipped=tuple(prepared.selection.skipped),
+            ood_score=None if ood is None else ood.score,
+            ood_threshold=None if ood is None else ood.threshold,
+            outside_training_data=None if ood is None else ood.outside,
         )

@@ -13,6 +13,9 @@ Layout::
                                    training data, CV metrics with CIs, Bayes ceiling, date,
                                    SHA-256 of weights.safetensors, disclaimer, synthetic flag
             model_card.md          the card rendered for people
+            ood_reference.safetensors  optional: the out-of-distribution reference and
+                                   threshold (:mod:`~sarclym.model.inference.ood`), named
+                                   with its SHA-256 under ``ood_reference`` in the card
 
 A version folder is written under a temporary name and renamed into place, and ``ACTIVE`` /
 ``ACTIVE_HISTORY`` are replaced atomically (temp file, fsync, rename), so a crash leaves either
@@ -21,9 +24,9 @@ after registration; promotion (:meth:`Registry.activate`) is explicit, gated on 
 cross-validated AUC, and reversible (:meth:`Registry.rollback`).
 
 :meth:`Registry.load` verifies the weights' SHA-256 against the card before deserialising the
-very bytes it hashed; any mismatch, missing file or unreadable card is a
-:class:`~sarclym.model.errors.RegistryError` naming the file. The registry does not lock: one
-writer (the ``retrain`` / ``activate`` CLI) at a time.
+very bytes it hashed (and the OOD reference's, when the card names one); any mismatch, missing
+file or unreadable card is a :class:`~sarclym.model.errors.RegistryError` naming the file. The
+registry does not lock: one writer (the ``retrain`` / ``activate`` CLI) at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from safetensors.torch import save as save_safetensors
 from sarclym.model.errors import RegistryError
 from sarclym.model.inference.card import DISCLAIMER, auc_mean, render_card
 from sarclym.model.inference.net import MipNet, build_net, count_parameters
+from sarclym.model.inference.ood import REFERENCE_FILE, OodReference
 
 __all__ = [
     "CARD_FILE",
@@ -99,12 +103,16 @@ class LoadedModel:
         SHA-256 (hex) of ``weights.safetensors``, equal to the card's.
     version : str
         Version name.
+    ood : OodReference or None
+        The out-of-distribution reference, verified against the card's SHA-256; ``None`` for
+        a version without one (it predicts without an OOD score).
     """
 
     net: MipNet
     card: dict[str, Any]
     sha256: str
     version: str
+    ood: OodReference | None = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -223,7 +231,14 @@ class Registry:
         ] or [0]
         return f"{prefix}-{max(taken) + 1}"
 
-    def register(self, net: MipNet, card: Mapping[str, Any], version: str | None = None) -> str:
+    def register(
+        self,
+        net: MipNet,
+        card: Mapping[str, Any],
+        version: str | None = None,
+        *,
+        ood: OodReference | None = None,
+    ) -> str:
         """Store a trained network as a new, inactive version.
 
         Parameters
@@ -239,6 +254,9 @@ class Registry:
         version : str or None, optional
             ``"MAJOR.MINOR.PATCH"`` or ``"YYYY.MM.DD-N"``; ``None`` takes the next
             ``YYYY.MM.DD-N`` of today (UTC).
+        ood : OodReference or None, optional
+            Out-of-distribution reference calibrated for ``net``: written with the version
+            (:data:`~sarclym.model.inference.ood.REFERENCE_FILE`) and named in the card.
 
         Returns
         -------
@@ -277,13 +295,18 @@ class Registry:
             "disclaimer": DISCLAIMER,
             "synthetic_data": bool(card.get("synthetic_data", False)),
         }
+        files: list[tuple[str, bytes]] = [(WEIGHTS_FILE, weights)]
+        if ood is not None:
+            reference = ood.to_bytes()
+            full["ood_reference"] = _ood_card(reference, ood)
+            files.append((REFERENCE_FILE, reference))
         card_json = json.dumps(full, indent=2, sort_keys=False, allow_nan=True) + "\n"
 
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
         os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700
         try:
             for fname, data in (
-                (WEIGHTS_FILE, weights),
+                *files,
                 (CARD_FILE, card_json.encode("utf-8")),
                 (CARD_MD_FILE, render_card(full).encode("utf-8")),
             ):
@@ -495,4 +518,69 @@ class Registry:
                 f"cannot build the model of {self._card_path(version)} from {path}: {exc}"
             ) from exc
         net.eval()
-        return LoadedModel(net=net, card=card, sha256=digest, version=version)
+        ood = self._load_ood(version, card)
+        return LoadedModel(net=net, card=card, sha256=digest, version=version, ood=ood)
+
+    def _load_ood(self, version: str, card: Mapping[str, Any]) -> OodReference | None:
+        named = card.get("ood_reference")
+        if named is None:
+            return None
+        path = self.root / version / REFERENCE_FILE
+        if not isinstance(named, Mapping) or not isinstance(named.get("threshold"), int | float):
+            raise RegistryError(
+                f"{self._card_path(version)}: ood_reference must be an object with a numeric "
+                "threshold"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RegistryError(
+                f"OOD reference named in the card unreadable: {path}: {exc}"
+            ) from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != named.get("sha256"):
+            raise RegistryError(
+                f"SHA-256 of {path} is {digest}, model card says {named.get('sha256')}: file "
+                "modified or corrupt"
+            )
+        try:
+            return OodReference.from_bytes(data, threshold=float(named["threshold"]))
+        except ValueError as exc:
+            raise RegistryError(f"{path}: {exc}") from exc
+
+    def add_ood_reference(self, version: str, reference: OodReference) -> None:
+        """Give a version registered without one its OOD reference (once; never replaced).
+
+        The weights, and so the SHA-256 every output names, stay as they are: the reference
+        file is added and the card (and its Markdown) rewritten with ``ood_reference``, each
+        atomically, the file first, so a crash leaves the version as it was or complete. Used
+        for versions made before OOD scores existed (the shipped default); ``retrain`` writes
+        the reference with the version (:meth:`register`).
+
+        Raises
+        ------
+        RegistryError
+            Unknown version, or it already has a reference.
+        """
+        if not (self.root / version).is_dir():
+            raise RegistryError(f"no version {version!r} in {self.root}")
+        card = self._read_card(version)
+        if "ood_reference" in card or (self.root / version / REFERENCE_FILE).exists():
+            raise RegistryError(
+                f"version {version} already has an OOD reference; a reference is never replaced"
+            )
+        data = reference.to_bytes()
+        _write_atomic(self.root / version / REFERENCE_FILE, data)
+        card["ood_reference"] = _ood_card(data, reference)
+        text = json.dumps(card, indent=2, sort_keys=False, allow_nan=True) + "\n"
+        _write_atomic(self.root / version / CARD_MD_FILE, render_card(card).encode("utf-8"))
+        _write_atomic(self._card_path(version), text.encode("utf-8"))
+
+
+def _ood_card(data: bytes, reference: OodReference) -> dict[str, Any]:
+    """The card's ``ood_reference``: file, SHA-256 and the reference's fields."""
+    return {
+        "file": REFERENCE_FILE,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **reference.card_fields(),
+    }

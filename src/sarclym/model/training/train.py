@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from sarclym.model.inference.net import MipNet, build_net
+from sarclym.model.inference.ood import extract_features, feature_layout, fit_reference
 from sarclym.model.training.augment import Augmentation
 from sarclym.model.training.evaluation import (
     BinaryMetrics,
@@ -141,6 +142,11 @@ class CVResult:
         Stratified percentile bootstrap 95% CI of ``pooled.auc`` (2000 resamples).
     seconds : float
         Wall time of the cross-validation.
+    oof_ood_score : numpy.ndarray or None
+        Out-of-fold OOD score of each case, ``(N,)``: its distance
+        (:mod:`sarclym.model.inference.ood`) from the penultimate features of its fold's
+        training cases, under the fold's net. What sets a retrained version's OOD threshold
+        (:func:`sarclym.model.training.ood_calibrate.reference_from_cv`).
     """
 
     arch: str
@@ -153,6 +159,7 @@ class CVResult:
     pooled: BinaryMetrics
     pooled_auc_ci: tuple[float, float]
     seconds: float = field(default=0.0, compare=False)
+    oof_ood_score: np.ndarray | None = field(default=None, compare=False)
 
     def table(self) -> str:
         """The summary as text, one metric a line, like the paper's table."""
@@ -410,6 +417,7 @@ def cross_validate(
     fold_of = stratified_folds(y, folds, seed)
     x_all = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
     oof = np.full(y.size, np.nan, dtype=np.float64)
+    oof_ood = np.full(y.size, np.nan, dtype=np.float64)
     fold_metrics = []
     for k in range(folds):
         train_idx, test_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -429,6 +437,14 @@ def cross_validate(
                 on_epoch=on_epoch,
             )
             oof[test_idx] = predict_proba(net, x_all[torch.from_numpy(test_idx)])
+            # Held-out cases' distance from the fold's training cases, under the fold's net.
+            fitted = fit_reference(
+                extract_features(net, x_all[torch.from_numpy(train_idx)]),
+                layout=feature_layout(net),
+            )
+            oof_ood[test_idx] = fitted.scores(
+                extract_features(net, x_all[torch.from_numpy(test_idx)])
+            )
         fold_metrics.append(binary_metrics(y[test_idx], oof[test_idx]))
     summary = {key: mean_ci([getattr(m, key) for m in fold_metrics]) for key in _SUMMARY_KEYS}
     return CVResult(
@@ -442,6 +458,7 @@ def cross_validate(
         pooled=binary_metrics(y, oof),
         pooled_auc_ci=bootstrap_auc_ci(y, oof, n_resamples=bootstrap_resamples, seed=seed),
         seconds=time.perf_counter() - t0,
+        oof_ood_score=oof_ood,
     )
 
 

@@ -76,6 +76,9 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
             "suv_max": None,
             "probability_lymphoma": None,
             "label": None,
+            "ood_score": None,
+            "ood_threshold": None,
+            "outside_training_data": None,
             "model_version": predictor.identity.version,
             "weights_sha256": predictor.identity.weights_sha256,
             "research_use_only": True,
@@ -86,6 +89,9 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
                 suv_max=round(prediction.suv_max, 4),
                 probability_lymphoma=round(prediction.probability_lymphoma, 6),
                 label=prediction.label,
+                ood_score=prediction.ood_score,
+                ood_threshold=prediction.ood_threshold,
+                outside_training_data=prediction.outside_training_data,
             )
             if args.out is not None:
                 entry["files"] = [str(p) for p in _write_results(args.out, prediction, prepared)]
@@ -134,6 +140,11 @@ def _print_infer(results: list[dict[str, Any]], *, as_json: bool) -> None:
                 f"{where}: {r['label']} (P(lymphoma) {r['probability_lymphoma']:.3f}, "
                 f"image maximum SUV {r['suv_max']:.1f}) model {r['model_version']}"
             )
+            if r.get("outside_training_data"):
+                print(
+                    f"  outside the model's training data (OOD score {r['ood_score']:.2f} > "
+                    f"threshold {r['ood_threshold']:.2f}): the probability is not to be trusted"
+                )
         for s in r["skipped"]:
             print(f"  {s['series_instance_uid']}: {s['reason']}")
         for f in r.get("files", []):
@@ -331,8 +342,14 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         card["bayes_auc"] = bayes
     if notes:
         card["notes"] = notes
+    from sarclym.model.training.ood_calibrate import reference_from_cv
+
+    # Its own OOD reference: fitted on its cases, the threshold from the out-of-fold scores.
+    ood = reference_from_cv(net, data.x, cv)
+    if ood is None:
+        print("no OOD reference: fewer than 20 cases (predictions carry no OOD score)")
     try:
-        version = registry.register(net, card, args.version)
+        version = registry.register(net, card, args.version, ood=ood)
     except RegistryError as exc:
         raise ModelError(str(exc)) from exc
     print(f"registered model version {version} in {registry.root} (not active)")
