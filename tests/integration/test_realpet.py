@@ -33,6 +33,7 @@ from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless
 from sarclym.model.errors import SeriesRejected
 from sarclym.model.imaging.prepare import read_deferred, scan_paths
 from sarclym.model.imaging.selection import DEFAULT_RULES, check_series
+from sarclym.model.inference.prediction import OUTSIDE_TEXT
 from sarclym.node.cli import main
 from sarclym.node.dicom.part10 import expected_count
 from sarclym.node.store.state import ReceivedInstance, StateDB
@@ -418,6 +419,38 @@ def test_real_scans_through_serve_into_orthanc(
             assert str(ds.PatientName) == studies[str(ds.StudyInstanceUID)]
             assert "RESEARCH USE ONLY" in str(ds.SeriesDescription)
 
+        # The real scan lies outside the synthetic-trained model's training data (issue 17):
+        # the flag in the audit, the status reason, every SR group and the dashboard.
+        whole_uid = str(_headers()[0].SeriesInstanceUID)
+        done = [e for e in _audit(node, whole_uid) if e["event"] == "done"][-1]["detail"]
+        assert done["outside_training_data"] is True
+        assert done["ood_score"] > done["ood_threshold"]
+        status = {s["series_instance_uid"]: s for s in node.status()}[whole_uid]
+        assert "outside the model's training data" in status["reason"]
+        flagged = 0
+        for ids in httpx.get(f"{orthanc.url}/instances", timeout=10).json():
+            raw = httpx.get(f"{orthanc.url}/instances/{ids}/file", timeout=30).content
+            sr = dcmread(BytesIO(raw))
+            if sr.Modality != "SR" or sr.StudyInstanceUID != _headers()[0].StudyInstanceUID:
+                continue
+            texts = [
+                str(item.TextValue)
+                for top in sr.ContentSequence
+                for group in getattr(top, "ContentSequence", [])
+                for item in getattr(group, "ContentSequence", [])
+                if getattr(item, "ValueType", "") == "TEXT"
+            ]
+            flagged += sum(t.startswith(OUTSIDE_TEXT) for t in texts)
+        assert flagged == 2  # one per measurement group
+        token = (node.data_dir / "dashboard-admin.token").read_text().strip()
+        done_page = httpx.get(
+            f"http://127.0.0.1:{node.http_port}/dashboard/?status=done",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert done_page.status_code == 200
+        assert 'class="ood"' in done_page.text
+
         # The refused crop: the same reason, with its attribute, in status, audit and dashboard.
         crop_uid = str(read_deferred(next(CROPPED.rglob("image/*.dcm"))).SeriesInstanceUID)
         reason = (
@@ -435,7 +468,6 @@ def test_real_scans_through_serve_into_orthanc(
         skipped = [e for e in _audit(node, crop_uid) if e["event"] == "skipped"]
         assert skipped[-1]["detail"]["reason"] == reason
         assert skipped[-1]["detail"]["attributes"] == ["ImageType"]
-        token = (node.data_dir / "dashboard-admin.token").read_text().strip()
         page = httpx.get(
             f"http://127.0.0.1:{node.http_port}/dashboard/?status=skipped",
             headers={"Authorization": f"Bearer {token}"},

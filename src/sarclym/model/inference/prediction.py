@@ -14,10 +14,20 @@ from sarclym.model.classes import Label
 from sarclym.model.imaging.mip import Mips
 from sarclym.model.imaging.selection import Skipped
 
-__all__ = ["MODEL_NAME", "Label", "ModelIdentity", "Prediction", "SourceInstance"]
+__all__ = [
+    "MODEL_NAME",
+    "OUTSIDE_TEXT",
+    "Label",
+    "ModelIdentity",
+    "Prediction",
+    "SourceInstance",
+    "outside_words",
+]
 
 #: Name of the algorithm, as written into every result object.
 MODEL_NAME = "sarclym-mip-cnn"
+#: What every output of a prediction says when ``outside_training_data`` is true.
+OUTSIDE_TEXT = "OUTSIDE THE MODEL'S TRAINING DATA"
 
 
 @dataclass(frozen=True)
@@ -114,3 +124,11 @@ class Prediction:
         """Probability of the predicted class."""
         p = self.probability_lymphoma
         return p if self.label == "lymphoma" else 1.0 - p
+
+
+def outside_words(prediction: Prediction) -> str | None:
+    """``"OUTSIDE THE MODEL'S TRAINING DATA (OOD score 32.45 > 5.03)"`` when the prediction is
+    flagged, else None (inside, or a version without an out-of-distribution reference)."""
+    if not prediction.outside_training_data:
+        return None
+    return f"{OUTSIDE_TEXT} (OOD score {prediction.ood_score:.2f} > {prediction.ood_threshold:.2f})"

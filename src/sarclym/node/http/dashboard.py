@@ -479,6 +479,9 @@ class Dashboard:
                         probability_lymphoma=result.probability_lymphoma,
                         model_version=result.model_version,
                         weights_sha256=result.weights_sha256,
+                        outside_training_data=result.outside_training_data,
+                        ood_score=result.ood_score,
+                        ood_threshold=result.ood_threshold,
                     )
         return None
 

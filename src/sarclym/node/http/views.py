@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from sarclym.model.inference.prediction import OUTSIDE_TEXT
 from sarclym.node.http.result_files import PatientContext
 from sarclym.node.store.audit import AuditEvent
 from sarclym.node.store.records import DeliveryRecord, SeriesRecord
@@ -73,6 +74,7 @@ a.result-image{display:inline-block;flex:none}
 .context{color:var(--ink);font-weight:600}
 .result{display:flex;gap:10px;align-items:flex-start}
 .label-l{color:#8a1c1c;font-weight:700}.label-s{color:#1f4f80;font-weight:700}
+.ood{color:#fff;background:#b3261e;padding:2px 6px;border-radius:3px;margin:2px 0}
 .cards{display:flex;flex-wrap:wrap;gap:14px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px;
 width:286px}
@@ -123,6 +125,9 @@ class ResultView:
     probability_lymphoma: float | None
     model_version: str | None
     weights_sha256: str | None = None
+    outside_training_data: bool | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,14 +219,26 @@ def full_image(uid: str) -> str:
 
 
 def result_text(result: ResultView) -> str:
-    """Label, P(lymphoma) and model version."""
+    """Label, P(lymphoma), the out-of-distribution flag when raised, and model version."""
     css = "label-l" if result.label == "lymphoma" else "label-s"
     prob = "" if result.probability_lymphoma is None else f"{result.probability_lymphoma:.3f}"
+    outside = ""
+    if result.outside_training_data:
+        outside = (
+            f'<div class="ood"><b>{esc(OUTSIDE_TEXT.lower())}</b> '
+            f"(OOD score {esc(_fmt(result.ood_score))} &gt; {esc(_fmt(result.ood_threshold))}"
+            "): the probability is not to be trusted</div>"
+        )
     return (
         f'<div class="{css}">{esc(result.label)}</div>'
         f'<div>P(lymphoma) <b class="p-lymphoma">{esc(prob)}</b></div>'
+        f"{outside}"
         f'<div class="muted">model {esc(result.model_version)}</div>'
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def table(headers: Sequence[str], rows: Iterable[str], empty: str = "nothing yet") -> str:

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.measure import approximate_polygon, find_contours, points_in_poly
 
 from sarclym.model.imaging.mip import Mips
-from sarclym.model.inference.prediction import Prediction
+from sarclym.model.inference.prediction import OUTSIDE_TEXT, Prediction
 from sarclym.node.results.codes import CLASS_CODES
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "Layout",
     "Panel",
     "View",
+    "banner_text",
     "footer_lines",
     "hot_region",
     "render_sc",
@@ -337,11 +338,19 @@ def _text(
     )
 
 
+def banner_text(prediction: Prediction, *, review: bool = False) -> str:
+    """The SC's red banner: "RESEARCH USE ONLY - NOT FOR DIAGNOSIS", after "MODEL UNDER REVIEW"
+    (the stop rule) and "OUTSIDE THE MODEL'S TRAINING DATA" (the study's out-of-distribution
+    score above the version's threshold) when they apply."""
+    banner = f"{REVIEW_TEXT} - {BANNER_TEXT}" if review else BANNER_TEXT
+    return f"{OUTSIDE_TEXT} - {banner}" if prediction.outside_training_data else banner
+
+
 def _header(
     draw: ImageDraw.ImageDraw, prediction: Prediction, columns: int, *, review: bool = False
 ) -> None:
     draw.rectangle((0, 0, columns - 1, _BANNER_H - 1), fill=_BANNER_RED)
-    banner = f"{REVIEW_TEXT} - {BANNER_TEXT}" if review else BANNER_TEXT
+    banner = banner_text(prediction, review=review)
     size = 28
     while size > 12 and draw.textlength(banner, font=_font(size)) > columns - 2 * _MARGIN:
         size -= 2  # the whole banner on the image, however narrow
@@ -364,6 +373,11 @@ def _header(
     line3 = f"Model {model.name} {model.version}   |   weights sha256 {model.weights_sha256[:12]}"
     if model.synthetic_training_data:
         line3 += "   |   trained on synthetic data only"
+    if prediction.outside_training_data:  # the banner says so; here, by how much
+        line3 += (
+            f"   |   OOD score {prediction.ood_score:.2f} > threshold "
+            f"{prediction.ood_threshold:.2f}"
+        )
     _text(draw, (_MARGIN, y + 62), line3, size=17, fill=_MUTED)
 
 

@@ -60,7 +60,7 @@ from pydicom.uid import (
 )
 
 from sarclym.model.classes import CLASSES
-from sarclym.model.inference.prediction import Label, Prediction
+from sarclym.model.inference.prediction import Label, Prediction, outside_words
 from sarclym.node.results.codes import (
     CLASS_CODES,
     COMMENT,
@@ -123,8 +123,9 @@ def group_texts(prediction: Prediction, label: Label) -> tuple[str, ...]:
     probability ("Malignant lymphoma: " then "Probability: 0.87 1"); it never shows the coded
     Finding. The first text is the class's code meaning (:data:`CLASS_CODES`), so that the
     viewer shows the class name with its probability. Texts about the prediction as a whole
-    (an out-of-distribution flag, once the prediction carries one) go after it, in every
-    group. At most four texts: OHIF draws five label lines and the probability is the last.
+    go after it, in every group: "OUTSIDE THE MODEL'S TRAINING DATA (OOD score s > t)" when
+    the study lies outside the model's training data (:func:`outside_words`). At most four
+    texts: OHIF draws five label lines and the probability is the last.
 
     Parameters
     ----------
@@ -138,8 +139,8 @@ def group_texts(prediction: Prediction, label: Label) -> tuple[str, ...]:
     tuple of str
         Non-empty texts, the class name first.
     """
-    del prediction  # nothing of it is shown yet besides the probability (a NUM item)
-    return (CLASS_CODES[label].meaning,)
+    outside = outside_words(prediction)
+    return (CLASS_CODES[label].meaning,) + (() if outside is None else (outside,))
 
 
 def _comment(text: str) -> hd.sr.TextContentItem:

@@ -195,15 +195,26 @@ class SeriesResult:
     probability_lymphoma: float | None
     model_version: str | None
     weights_sha256: str | None = None
+    #: The study lies outside the model's training data (its out-of-distribution score above
+    #: the version's threshold); None when the version has no out-of-distribution reference.
+    outside_training_data: bool | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
     def detail(self) -> dict[str, Any]:
-        """The facts for the audit event's detail (JSON)."""
-        return {
+        """The facts for the audit event's detail (JSON); the out-of-distribution ones only
+        when the version has a reference."""
+        facts: dict[str, Any] = {
             "label": self.label,
             "probability_lymphoma": self.probability_lymphoma,
             "model_version": self.model_version,
             "weights_sha256": self.weights_sha256,
         }
+        if self.outside_training_data is not None:
+            facts["outside_training_data"] = self.outside_training_data
+            facts["ood_score"] = self.ood_score
+            facts["ood_threshold"] = self.ood_threshold
+        return facts
 
     @classmethod
     def from_detail(cls, detail: Mapping[str, Any]) -> SeriesResult | None:
@@ -216,7 +227,18 @@ class SeriesResult:
             probability_lymphoma=None if probability is None else float(probability),
             model_version=detail.get("model_version"),
             weights_sha256=detail.get("weights_sha256"),
+            outside_training_data=_optional_bool(detail.get("outside_training_data")),
+            ood_score=_optional_float(detail.get("ood_score")),
+            ood_threshold=_optional_float(detail.get("ood_threshold")),
         )
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def series_from_row(row: sqlite3.Row) -> SeriesRecord:

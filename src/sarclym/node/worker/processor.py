@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sarclym.model.inference.prediction import OUTSIDE_TEXT
 from sarclym.node.config import Config
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.monitoring.review import not_scored_reason
@@ -316,17 +317,22 @@ class Processor:
         self.ledger.enqueue(result_id, files, self.destinations)
         self.notify()
         clock.lap("results")  # SC and SR built, written durably, handed to delivery
+        outside = prediction.outside_training_data
+        score, threshold = prediction.ood_score, prediction.ood_threshold
         result = SeriesResult(
             label=prediction.label,
             probability_lymphoma=round(float(prediction.probability_lymphoma), 4),
             model_version=prediction.model.version,
             weights_sha256=prediction.model.weights_sha256,
+            outside_training_data=outside,
+            ood_score=None if score is None else round(float(score), 3),
+            ood_threshold=None if threshold is None else round(float(threshold), 3),
         )
         return (
             SeriesStatus.DONE,
             # In words, for people; the dashboard reads the result from the audit detail.
             f"{prediction.label} (P(lymphoma) {prediction.probability_lymphoma:.3f}), "
-            f"model {prediction.model.version}",
+            f"model {prediction.model.version}" + (f"; {OUTSIDE_TEXT.lower()}" if outside else ""),
             {
                 **result.detail(),
                 "results": [p.name for p in files],
