@@ -21,8 +21,9 @@ from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 from pynetdicom.dul import DULServiceProvider
 
 from sarclym.model.imaging.selection import PET_SOP_CLASSES
-from sarclym.node.cases.dimse import DimseSource, _file_meta_bytes
+from sarclym.node.cases.dimse import DimseSource
 from sarclym.node.config.sources import DimseSource as DimseConfig
+from sarclym.node.dicom.part10 import part10_prefix
 from tests.conftest import free_port
 
 PET = next(iter(PET_SOP_CLASSES))  # PET Image Storage (or the first PET class)
@@ -195,7 +196,7 @@ def test_file_meta_bytes_are_pynetdicoms(instance: str, syntax: str) -> None:
             sop_class_uid=UID(PET), sop_instance_uid=UID(instance), transfer_syntax=UID(syntax)
         )
     )
-    assert _file_meta_bytes(PET, instance, syntax) == expected
+    assert part10_prefix(PET, instance, syntax, None) == _PREAMBLE + expected
 
 
 def test_c_get_sub_operations_are_served_on_the_lane_with_the_same_bytes() -> None:

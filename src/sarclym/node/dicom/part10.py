@@ -289,13 +289,16 @@ def _padded(value: str, pad: bytes) -> bytes:
 
 
 def part10_prefix(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None
 ) -> bytes:
     """Preamble, ``DICM`` and File Meta Information (PS3.10 7.1) of a received data set.
 
     What pydicom's ``write_file_meta_info`` writes, built directly: the listener writes one
     per instance, and the generic writer costs about as much as the rest of the bookkeeping.
+    ``source_ae`` None: no (0002,0016) *Source Application Entity Title*, byte for byte what
+    pynetdicom's ``Event.file_meta`` encodes to (``cases pull`` keeps those bytes).
     """
+    source = () if source_ae is None else (_element(0x0016, b"AE", _padded(source_ae[:16], b" ")),)
     elements = b"".join(
         (
             _element(0x0001, b"OB", b"\x00\x01"),
@@ -304,7 +307,7 @@ def part10_prefix(
             _element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
             _element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
             _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            _element(0x0016, b"AE", _padded(source_ae[:16], b" ")),
+            *source,
         )
     )
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements))
