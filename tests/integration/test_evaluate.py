@@ -89,8 +89,19 @@ def test_evaluate_the_shipped_version_on_a_case_store(
     assert report["cases"]["labels_sha256"] == hashlib.sha256(labels).hexdigest()
     assert len(report["per_case"]) == N
     assert report["run_by"]
+    # The shipped version has an out-of-distribution reference: how many cases lie outside
+    # its training data, per case too (synthetic cases: few or none).
+    outside = model["n_outside_training_data"]
+    assert isinstance(outside, int)
+    assert 0 <= outside <= model["n_cases"]
+    assert model["ood_threshold"] > 0
+    rows = [row for row in report["per_case"] if "probability_lymphoma" in row]
+    flags = [row["outside_training_data"]["1.0.0"] for row in rows]
+    assert sum(flags) == outside
+    assert len(flags) == model["n_cases"]
     html = next((env / "reports").glob("evaluation-1.0.0-*.html"))
     assert "data:image/png;base64," in html.read_text()
+    assert "Outside the model's training data" in html.read_text()
     assert "Research use only" in html.read_text()
     assert report["html_report"]["sha256"] == hashlib.sha256(html.read_bytes()).hexdigest()
     with StateDB(env / "var" / "state.db") as state:

@@ -211,6 +211,13 @@ def _html(report: Mapping[str, Any], versions: Sequence[VersionScores]) -> str:
         parts.append(
             f"<tr><td>refusal rate</td><td>{_f(model['refusal_rate'])}</td><td></td></tr></table>"
         )
+        if model.get("n_outside_training_data") is not None:
+            parts.append(
+                f"<p>Outside the model's training data (out-of-distribution score above "
+                f"{_f(model['ood_threshold'])}): <b>{model['n_outside_training_data']}</b> of "
+                f"{model['n_cases']} cases. A site whose scans are often outside is not the "
+                "population the model was trained on.</p>"
+            )
         parts.append(
             "<h3>Criteria</h3><table><tr><th>key</th><th>criterion</th><th>bound</th>"
             "<th>value</th><th>result</th></tr>"

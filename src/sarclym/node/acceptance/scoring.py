@@ -78,6 +78,17 @@ class VersionScores:
     bins: list[ReliabilityBin] = field(default_factory=list)
     roc: tuple[list[float], list[float]] = ([], [])
     criteria: list[Criterion] = field(default_factory=list)
+    #: Out-of-distribution score of each analysed study and the version's threshold; None
+    #: when the version has no reference (``model/inference/ood.py``).
+    ood: np.ndarray | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def outside(self) -> np.ndarray | None:
+        """Which analysed studies lie outside the model's training data (None: unknown)."""
+        if self.ood is None or self.ood_threshold is None:
+            return None
+        return np.asarray(self.ood > self.ood_threshold)
 
     @property
     def refusal_rate(self) -> float:
@@ -102,6 +113,8 @@ class VersionScores:
             "threshold": THRESHOLD,
             "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
             "ece": self.ece,
+            "n_outside_training_data": None if self.outside is None else int(self.outside.sum()),
+            "ood_threshold": self.ood_threshold,
             "passed": self.passed,
             "criteria": [c.as_dict() for c in self.criteria],
         }
@@ -187,6 +200,14 @@ def score_version(
     )
     net = loaded.net.to(device)
     p = predict_proba(net, data.x) if len(data.y) else np.zeros(0)
+    reference = getattr(loaded, "ood", None)
+    ood = None
+    if reference is not None:
+        from sarclym.model.inference.ood import extract_features
+
+        ood = (
+            reference.scores(extract_features(net, data.x)) if len(data.y) else np.zeros(0)
+        ).astype(np.float64)
     return VersionScores(
         version=loaded.version,
         weights_sha256=loaded.sha256,
@@ -197,6 +218,8 @@ def score_version(
         refused=dict(data.skipped),
         n_unmatched=len(cases.unmatched),
         n_rows=cases.n_rows,
+        ood=ood,
+        ood_threshold=None if reference is None else float(reference.threshold),
     )
 
 
@@ -224,9 +247,12 @@ def per_case(versions: Sequence[VersionScores], labels: Mapping[str, str]) -> li
         uid: {"study_instance_uid": uid, "label": label} for uid, label in labels.items()
     }
     for v in versions:
-        for uid, y, p in zip(v.study_uids, v.y, v.p, strict=True):
+        outside = v.outside
+        for k, (uid, y, p) in enumerate(zip(v.study_uids, v.y, v.p, strict=True)):
             row = rows.setdefault(uid, {"study_instance_uid": uid, "label": label_name(y)})
             row.setdefault("probability_lymphoma", {})[v.version] = round(float(p), 6)
+            if outside is not None:
+                row.setdefault("outside_training_data", {})[v.version] = bool(outside[k])
         for uid, why in v.refused.items():
             row = rows.setdefault(uid, {"study_instance_uid": uid})
             row.setdefault("refused", {})[v.version] = why
