@@ -29,7 +29,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode, encode
 
-from sarclym.node.dicom.store_lane import parse_command
+from sarclym.node.dicom.store_lane import MAX_COMMAND_BYTES, parse_command
 from tests.integration.test_listener import Node, StoreStatus, associate, small_series, store_all
 from tests.integration.test_listener import start_node as start_node  # the fixture
 from tests.integration.test_listener_hardening_net import (
@@ -349,3 +349,25 @@ def test_a_slow_long_message_is_not_an_idle_association(start_node: Callable[...
         _, rsp = _response(sock)
         assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (2, 0)
     assert node.instance_count() == 1
+
+
+def test_a_command_set_that_never_ends_is_aborted_not_held(
+    start_node: Callable[..., Node], json_log: io.StringIO
+) -> None:
+    node = start_node()
+    fragment = b"\x00" * 8192
+    with _raw_association(node) as sock:
+        for _ in range(MAX_COMMAND_BYTES // len(fragment) + 2):  # never the last fragment
+            try:
+                sock.sendall(_p_data(_pdv(PET_CONTEXT, COMMAND, fragment)))
+            except OSError:
+                break  # aborted and closed already
+        reply = read_pdu(sock)
+        assert reply is not None
+        assert reply[0] == A_ABORT
+    assert echo_ok(node)
+    node.listener.stop()
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    refused = [line for line in lines if line["event"] == "pdu refused"]
+    assert len(refused) == 1
+    assert f"longer than {MAX_COMMAND_BYTES} bytes" in refused[0]["reason"]

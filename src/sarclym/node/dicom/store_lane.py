@@ -23,9 +23,10 @@ before pynetdicom decodes it:
 Invariants: the lane decides only at a message boundary (pynetdicom never holds half a message
 the lane owns, nor the reverse); every C-STORE-RQ the lane takes gets exactly one response, on
 its context, before the next PDU is read; a P-DATA-TF whose PDV items do not fit its length, or a
-message that changes context or sends a command fragment in the middle of its data set, is
-refused as pynetdicom's decoder failing would be (A-ABORT). The association's state machine,
-ARTIM, network timeout, A-RELEASE and A-ABORT stay pynetdicom's.
+message that changes context or sends a command fragment in the middle of its data set, or a
+command set longer than :data:`MAX_COMMAND_BYTES`, is refused as pynetdicom's decoder failing
+would be (A-ABORT). The association's state machine, ARTIM, network timeout, A-RELEASE and
+A-ABORT stay pynetdicom's.
 """
 
 from __future__ import annotations
@@ -36,10 +37,20 @@ from dataclasses import dataclass
 
 from pynetdicom.association import Association
 
-__all__ = ["C_STORE_RQ", "LaneError", "StoreLane", "StoreRequest", "encode_c_store_rsp"]
+__all__ = [
+    "C_STORE_RQ",
+    "MAX_COMMAND_BYTES",
+    "LaneError",
+    "StoreLane",
+    "StoreRequest",
+    "encode_c_store_rsp",
+]
 
 #: (0000,0100) Command Field of a C-STORE-RQ (PS3.7 9.3.1.1).
 C_STORE_RQ = 0x0001
+#: The longest command set the lane gathers (a C-STORE-RQ's is about 200 bytes): one that goes
+#: on past this is refused (A-ABORT), not held.
+MAX_COMMAND_BYTES = 1 << 16
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101  # (0000,0800) Command Data Set Type: no data set (PS3.7 E.2)
 _ESTABLISHED = "Sta6"
@@ -297,6 +308,11 @@ class StoreLane:
         self._context_id = context_id
         self._held.append(item)
         self._command += pdu[start:end]
+        if len(self._command) > MAX_COMMAND_BYTES:
+            self._reset()
+            raise LaneError(
+                f"malformed P-DATA-TF: a command set longer than {MAX_COMMAND_BYTES} bytes"
+            )
         if not control & _LAST:
             return
         request = self._store_request()
