@@ -399,10 +399,14 @@ def part_inference(ctx: Ctx) -> None:
 
     default = compare()
     node_dp, node_dh, labels = 0.0, 0.0, 0
+    node_dood, ood_flips = 0.0, 0  # the out-of-distribution score, where the version has one
     for study in prepared:
         pc, pg = cpu.predict(study), gpu.predict(study)
         node_dp = max(node_dp, abs(pc.probability_lymphoma - pg.probability_lymphoma))
         labels += pc.label != pg.label
+        if pc.ood_score is not None and pg.ood_score is not None:
+            node_dood = max(node_dood, abs(pc.ood_score - pg.ood_score) / max(pc.ood_score, 1e-9))
+            ood_flips += pc.outside_training_data != pg.outside_training_data
         node_dh = max(
             node_dh,
             *(float(np.abs(pc.heatmaps[v] - pg.heatmaps[v]).max()) for v in pc.heatmaps),
@@ -413,7 +417,14 @@ def part_inference(ctx: Ctx) -> None:
         strict = compare()
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
-    ctx.put(default=default, strict_fp32=strict, predict_prob=node_dp, predict_heatmap=node_dh)
+    ctx.put(
+        default=default,
+        strict_fp32=strict,
+        predict_prob=node_dp,
+        predict_heatmap=node_dh,
+        predict_ood_relative=node_dood,
+        predict_ood_flag_flips=ood_flips,
+    )
     ctx.say(
         f"  CUDA vs CPU, {x_all.shape[0]} inputs, node default (cudnn.allow_tf32={tf32}): "
         f"max |dP| {default['prob']:.2e}, Grad-CAM max |diff| {default['cam']:.2e}, "
@@ -431,6 +442,11 @@ def part_inference(ctx: Ctx) -> None:
         f"max |dP| {worst:.2e} <= {PROB_TOL:g} (with TF32 off {strict['prob']:.2e})",
     )
     ctx.check("a.label", labels == 0 and default["label_flips"] == 0, "same labels")
+    ctx.check(
+        "a.ood",
+        ood_flips == 0 and node_dood <= 1e-3,
+        f"out-of-distribution score relative |diff| {node_dood:.2e} <= 1e-3, same flags",
+    )
     cam = max(default["cam"], node_dh)
     ctx.check("a.gradcam", cam <= CAM_TOL, f"max |diff| {cam:.2e} <= {CAM_TOL:g}")
 
