@@ -200,7 +200,7 @@ def score_version(
     )
     net = loaded.net.to(device)
     p = predict_proba(net, data.x) if len(data.y) else np.zeros(0)
-    reference = getattr(loaded, "ood", None)
+    reference = loaded.ood
     ood = None
     if reference is not None:
         from sarclym.model.inference.ood import extract_features

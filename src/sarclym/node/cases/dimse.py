@@ -21,7 +21,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
@@ -57,12 +57,7 @@ from sarclym.node.cases.source import (
     match_filter,
 )
 from sarclym.node.config.sources import DimseSource as DimseConfig
-from sarclym.node.dicom.compat import (
-    guard_dimse_decoding,
-    guard_responses,
-    replace_pdu_reader,
-    set_dul_loop_delay,
-)
+from sarclym.node.dicom.compat import guard_responses, set_dul_loop_delay
 from sarclym.node.dicom.part10 import part10_prefix
 from sarclym.node.dicom.pdu_reader import PduReader
 from sarclym.node.dicom.send import set_nodelay
@@ -193,19 +188,7 @@ class _MoveReceiver:
         assoc = event.assoc
         set_nodelay(assoc)  # our C-STORE-RSPs are short: no wait on Nagle's algorithm
         set_dul_loop_delay(assoc, _DUL_POLL_S)
-        reader = PduReader(
-            assoc,
-            max_pdu=_MAX_PDU,
-            request_deadline=time.monotonic() + self._timeout,
-            stall_s=self._timeout,
-            peer=str(assoc.requestor.address),
-            log=log,
-            lane=StoreLane(
-                assoc, self._serve, max_dataset_bytes=_MAX_DATASET_BYTES, on_error=_store_failed
-            ),
-        )  # re-arms TCP_QUICKACK after each read: a PACS that leaves Nagle on does not stall
-        replace_pdu_reader(assoc, reader)
-        guard_dimse_decoding(assoc, reader.dimse_failed)
+        _serve_with_lane(assoc, self._serve, timeout=self._timeout, peer=assoc.requestor.address)
 
     def _serve(self, store: StoreRequest) -> tuple[int, str | None]:
         """One C-STORE from the lane (on the association's DUL thread): its status."""
@@ -243,6 +226,31 @@ class _MoveReceiver:
 
     def close(self) -> None:
         self._server.shutdown()
+
+
+def _serve_with_lane(
+    assoc: Association,
+    serve: Callable[[StoreRequest], tuple[int, str | None]],
+    *,
+    timeout: float,
+    peer: str,
+    established: bool = False,
+) -> None:
+    """Read ``assoc``'s PDUs with the node's reader, its C-STOREs served by ``serve`` on the
+    store lane (Maximum Length :data:`_MAX_PDU`, no PDU stalled past ``timeout``, TCP_QUICKACK
+    re-armed after each read: a PACS that leaves Nagle on does not stall). ``established``: the
+    pull's own association (C-GET), already up; else an acceptor's, before its request."""
+    lane = StoreLane(assoc, serve, max_dataset_bytes=_MAX_DATASET_BYTES, on_error=_store_failed)
+    PduReader(
+        assoc,
+        max_pdu=_MAX_PDU,
+        request_deadline=time.monotonic() + timeout,
+        stall_s=timeout,
+        peer=str(peer),
+        log=log,
+        lane=lane,
+        established=established,
+    ).install()
 
 
 def _store_failed(exc: BaseException) -> None:
@@ -314,23 +322,8 @@ class DimseSource:
         set_nodelay(assoc)
         set_dul_loop_delay(assoc, _DUL_POLL_S)
         if get:  # C-GET sub-operations arrive on this association: the store lane serves them
-            reader = PduReader(
-                assoc,
-                max_pdu=_MAX_PDU,
-                request_deadline=time.monotonic(),
-                stall_s=c.timeout,
-                peer=c.host,
-                log=log,
-                lane=StoreLane(
-                    assoc,
-                    functools.partial(self._serve_get, assoc),
-                    max_dataset_bytes=_MAX_DATASET_BYTES,
-                    on_error=_store_failed,
-                ),
-                established=True,
-            )  # re-arms TCP_QUICKACK after each read, as on the C-MOVE receiver
-            replace_pdu_reader(assoc, reader)
-            guard_dimse_decoding(assoc, reader.dimse_failed)
+            serve = functools.partial(self._serve_get, assoc)
+            _serve_with_lane(assoc, serve, timeout=c.timeout, peer=c.host, established=True)
         guard_responses(assoc)
         try:
             yield assoc

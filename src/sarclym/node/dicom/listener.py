@@ -485,8 +485,10 @@ class Listener:
         the store guard answer on pynetdicom's path, the same status and Error Comment."""
         stats = self._stats_for(assoc)
         structlog.contextvars.bind_contextvars(**stats.context)  # this thread's log lines
-        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-        if store.sop_class not in accepted:  # as guard_store_requests answers it
+        # A class on its own context is accepted; another one only if some context has it.
+        if store.sop_class != store.abstract_syntax and store.sop_class not in {
+            str(cx.abstract_syntax) for cx in assoc.accepted_contexts
+        }:  # as guard_store_requests answers it
             refusal = Refusal(
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,
                 "SOP Class UID not accepted on this association",

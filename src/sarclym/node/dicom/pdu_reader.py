@@ -36,7 +36,9 @@ from sarclym.node.dicom.compat import (
     after_each_pdu,
     association_socket,
     decode_pdu,
+    guard_dimse_decoding,
     queue_pdu,
+    replace_pdu_reader,
     restart_idle_timer,
 )
 from sarclym.node.dicom.store_lane import LaneError, StoreLane
@@ -143,6 +145,13 @@ class PduReader:
         # Until an A-ASSOCIATE-RQ has been read whole; a requestor's reader, installed once its
         # association is established, reads whatever comes.
         self._requesting = not established
+
+    def install(self) -> None:
+        """Make this the association's PDU reader (:func:`~sarclym.node.dicom.compat.
+        replace_pdu_reader`), refusing through it what pynetdicom's DIMSE decoding cannot take
+        (:meth:`dimse_failed`, :func:`~sarclym.node.dicom.compat.guard_dimse_decoding`)."""
+        replace_pdu_reader(self._assoc, self)
+        guard_dimse_decoding(self._assoc, self.dimse_failed)
 
     @property
     def awaiting_request(self) -> bool:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from pynetdicom.association import Association
 
@@ -315,45 +316,40 @@ class StoreLane:
             )
         if not control & _LAST:
             return
-        request = self._store_request()
-        if request is not None:
+        try:
+            elements: dict[int, bytes] | None = parse_command(self._command)
+        except ValueError:
+            elements = None
+        if elements is not None and self._takes(elements):
             self._held.clear()
-            self._request = request
+            self._request = elements
             self._owner = _LANE
             return
         # Not a C-STORE-RQ the lane takes (a C-ECHO, ...): pynetdicom serves it, to the end of
         # its data set if it has one.
         forward.extend(self._held)
-        data_type = _command_value(self._command, _DATA_SET_TYPE)
+        data_type = None if elements is None else _us(elements, _DATA_SET_TYPE)
         self._reset()
         if data_type is None:
             self._owner = _OFF
         elif data_type != _NO_DATA_SET:
             self._owner = _PEER
 
-    def _store_request(self) -> dict[int, bytes] | None:
-        """The command's elements when it is a C-STORE-RQ with a data set on an accepted
-        context; else None."""
-        try:
-            elements = parse_command(self._command)
-        except ValueError:
-            return None
-        if any(tag not in elements for tag in _REQUIRED):
-            return None
-        if len(elements[_COMMAND_FIELD]) != 2 or len(elements[_MESSAGE_ID]) != 2:
-            return None
-        if _US.unpack(elements[_COMMAND_FIELD])[0] != C_STORE_RQ:
-            return None
-        data_type = elements.get(_DATA_SET_TYPE)
-        if data_type is None or len(data_type) != 2 or _US.unpack(data_type)[0] == _NO_DATA_SET:
-            return None
+    def _takes(self, elements: dict[int, bytes]) -> bool:
+        """Whether a whole command set is a C-STORE-RQ with a data set on an accepted context."""
+        if any(tag not in elements for tag in _REQUIRED) or _us(elements, _MESSAGE_ID) is None:
+            return False
+        if _us(elements, _COMMAND_FIELD) != C_STORE_RQ:
+            return False
+        if _us(elements, _DATA_SET_TYPE) in (None, _NO_DATA_SET):
+            return False
         if self._context_id not in self._accepted():
-            return None
+            return False
         try:
             _uid(elements[_AFFECTED_SOP_CLASS]), _uid(elements[_AFFECTED_SOP_INSTANCE])
         except UnicodeDecodeError:
-            return None
-        return elements
+            return False
+        return True
 
     # -- the lane's own message: data set fragments, then the response ---------------------
 
@@ -394,7 +390,7 @@ class StoreLane:
             status, comment = 0xC211, None
         rsp = encode_c_store_rsp(
             context_id,
-            _US.unpack(elements[_MESSAGE_ID])[0],
+            cast(int, _us(elements, _MESSAGE_ID)),  # checked by _takes
             store.sop_class,
             store.sop_instance,
             status,
@@ -425,9 +421,7 @@ class StoreLane:
         self._received = 0
 
 
-def _command_value(command: bytes | bytearray, element: int) -> int | None:
-    try:
-        value = parse_command(command).get(element)
-    except ValueError:
-        return None
+def _us(elements: dict[int, bytes], element: int) -> int | None:
+    """The US value of a command element; None when it is absent or not 2 bytes long."""
+    value = elements.get(element)
     return None if value is None or len(value) != 2 else int(_US.unpack(value)[0])

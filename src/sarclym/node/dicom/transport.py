@@ -53,8 +53,6 @@ from sarclym.node.config import ListenerConfig, TlsConfig
 from sarclym.node.dicom.compat import (
     association_socket,
     end_request_wait,
-    guard_dimse_decoding,
-    replace_pdu_reader,
 )
 from sarclym.node.dicom.pdu_reader import PduReader
 from sarclym.node.dicom.peers import host_is_named
@@ -349,8 +347,7 @@ class ListenerServer(ThreadedAssociationServer):
             quickack=self.quickack,
             lane=None if self.store_lane is None else self.store_lane(assoc),
         )
-        replace_pdu_reader(assoc, reader)
-        guard_dimse_decoding(assoc, reader.dimse_failed)
+        reader.install()
         with self._lock:  # a weak reference: the reader refers to the association
             self._by_assoc[assoc] = _Waiting(key, deadline, weakref.ref(reader))
 
