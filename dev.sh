@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sarclym-node developer entry point. Sets everything up on a fresh Debian 12 machine (root or
-# sudo): Debian packages (DCMTK, dicom3tools, Orthanc, Redis, pixelmed), a virtualenv in .venv with
-# the CPU build of torch first, then the project in editable mode with its test tools.
+# sudo): Debian packages (DCMTK, dicom3tools, Orthanc, Redis, pixelmed, PostgreSQL 15), a
+# virtualenv in .venv with the CPU build of torch first, then the project in editable mode with
+# its test tools.
 #
 #   ./dev.sh node     set up, then run the node on its embedded defaults
 #   ./dev.sh test     set up, then run the whole test suite (lint, types, import contracts, tests,
@@ -14,10 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server)
+APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server postgresql)
 # What each package gives us, to tell whether apt-get is needed at all.
 APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /usr/sbin/Orthanc
-            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server)
+            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server
+            /usr/lib/postgresql/15/bin/postgres)
 TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }

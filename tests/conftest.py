@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.pg import pg_server, pg_url, state_backend  # noqa: F401 - fixtures
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

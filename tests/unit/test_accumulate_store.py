@@ -18,6 +18,7 @@ from sarclym.node.store.partials import (
 )
 from sarclym.node.store.records import ReceivedInstance
 from sarclym.node.store.state import StateDB
+from tests.pg import StateBackend
 
 SERIES = "1.2.3.4"
 
@@ -38,8 +39,10 @@ def _instance(k: int, *, size: int = 1000) -> ReceivedInstance:
     )
 
 
-def test_two_processes_merge_and_the_last_slice_completes(tmp_path: Path) -> None:
-    with StateDB.in_data_dir(tmp_path) as one, StateDB.in_data_dir(tmp_path) as two:
+def test_two_processes_merge_and_the_last_slice_completes(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
+    with state_backend.open(tmp_path) as one, state_backend.open(tmp_path) as two:
         outcomes = [
             record_instance_with_partial(
                 (one, two)[k % 2], _instance(k), contribution=b"c%d" % k, header=b"h%d" % k
@@ -62,8 +65,10 @@ def test_two_processes_merge_and_the_last_slice_completes(tmp_path: Path) -> Non
         assert load_partials(one, SERIES).mismatch == "no accumulated state"
 
 
-def test_rows_that_do_not_match_the_instances_are_not_used(tmp_path: Path) -> None:
-    with StateDB.in_data_dir(tmp_path) as state:
+def test_rows_that_do_not_match_the_instances_are_not_used(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
+    with state_backend.open(tmp_path) as state:
         record_instance_with_partial(state, _instance(1), contribution=b"c1", header=b"h")
         state.record_instance(_instance(2))  # e.g. re-indexed from the spool after a power cut
         assert load_partials(state, SERIES).mismatch == (
@@ -72,8 +77,10 @@ def test_rows_that_do_not_match_the_instances_are_not_used(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("header", [None, b"h"])
-def test_no_series_header_is_a_mismatch(tmp_path: Path, header: bytes | None) -> None:
-    with StateDB.in_data_dir(tmp_path) as state:
+def test_no_series_header_is_a_mismatch(
+    tmp_path: Path, header: bytes | None, state_backend: StateBackend
+) -> None:
+    with state_backend.open(tmp_path) as state:
         record_instance_with_partial(state, _instance(1), contribution=b"c1", header=header)
         expected = None if header else "no series header accumulated"
         assert load_partials(state, SERIES).mismatch == expected
@@ -89,7 +96,6 @@ def test_listener_accumulates_only_when_configured(tmp_path: Path, accumulate: b
     from sarclym.node.dicom.listener import Listener
     from sarclym.node.dicom.status import StoreStatus
     from sarclym.node.store.partials import load_partials
-    from sarclym.node.store.state import StateDB
 
     real = Path(__file__).resolve().parents[1] / "data" / "realpet" / "tcia-sts-001-wholebody-fdg"
     path = sorted((real / "STS_001" / "FDG_PET" / "image").glob("*.dcm"))[0]

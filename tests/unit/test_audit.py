@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from sarclym.node.store.audit import (
     record_event,
 )
 from sarclym.node.store.state import SeriesStatus, StateDB
+from tests.pg import StateBackend
 from tests.unit.test_state import STUDY, pet
 
 SERIES = "1.2.3.4"
@@ -43,8 +43,8 @@ class Destination:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    with StateDB.in_data_dir(tmp_path) as state:
+def db(tmp_path: Path, state_backend: StateBackend) -> Iterator[StateDB]:
+    with state_backend.open(tmp_path) as state:
         yield state
 
 
@@ -86,7 +86,9 @@ def test_failed_change_writes_no_event(db: StateDB) -> None:
     assert events(db) == [("received", "PETCT1")]
 
 
-def test_event_and_state_change_share_one_transaction(db: StateDB) -> None:
+def test_event_and_state_change_share_one_transaction(
+    db: StateDB, state_backend: StateBackend
+) -> None:
     db.record_instance(pet(1, expected=None))
 
     def complete_then_fail() -> None:
@@ -94,7 +96,7 @@ def test_event_and_state_change_share_one_transaction(db: StateDB) -> None:
             db._set_status(conn, SERIES, SeriesStatus.COMPLETE, "quiet", T0)
             conn.execute("INSERT INTO series (series_uid) VALUES (NULL)")  # rolls back both
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(state_backend.integrity_error):
         complete_then_fail()
     assert db.series(SERIES).status is SeriesStatus.RECEIVING  # type: ignore[union-attr]
     assert events(db) == [("received", "PETCT1")]
@@ -110,7 +112,7 @@ def test_deliveries_and_retries_are_audited(db: StateDB, tmp_path: Path) -> None
     result = tmp_path / "SC_1.dcm"
     result.write_bytes(b"x")
     up, down = Destination("pacs", up=True), Destination("archive", up=False)
-    with DeliveryLedger(db.path, policy=RetryPolicy(max_attempts=1), clock=lambda: T0) as ledger:
+    with DeliveryLedger(db, policy=RetryPolicy(max_attempts=1), clock=lambda: T0) as ledger:
         ledger.enqueue(f"{SERIES}/1.0.0", [result], [up, down])
         ledger.run_due([up, down])
         assert ledger.retry(actor="dashboard:alice") == 1

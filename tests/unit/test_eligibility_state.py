@@ -22,6 +22,7 @@ from sarclym.node.store.decisions import (
 )
 from sarclym.node.store.records import Unanalysable
 from sarclym.node.store.state import ReceivedInstance, SeriesStatus, StateDB
+from tests.pg import StateBackend
 
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"
 SERIES = "1.2.3.9"
@@ -29,8 +30,8 @@ CT_REASON = Unanalysable("skipped: Modality (0008,0060) is CT, not PT.", ("Modal
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    with StateDB.in_data_dir(tmp_path) as state:
+def db(tmp_path: Path, state_backend: StateBackend) -> Iterator[StateDB]:
+    with state_backend.open(tmp_path) as state:
         yield state
 
 
@@ -125,9 +126,11 @@ def test_without_a_series_row_a_join_is_not_recorded(db: StateDB) -> None:
     assert db.series(SERIES) is None
 
 
-def test_two_connections_deciding_the_same_series_at_once(tmp_path: Path) -> None:
+def test_two_connections_deciding_the_same_series_at_once(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     """Listener processes sharing one state.db: one series row, one refusal, every instance."""
-    dbs = [StateDB.in_data_dir(tmp_path) for _ in range(4)]
+    dbs = [state_backend.open(tmp_path) for _ in range(4)]
     try:
         barrier = threading.Barrier(len(dbs))
         errors: list[BaseException] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from sarclym.node.store.state import (
     StateDB,
     StateError,
 )
+from tests.pg import StateBackend
 
 PET = "1.2.840.10008.5.1.4.1.1.128"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -25,8 +25,8 @@ STUDY = "1.2.3"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[StateDB]:
-    with StateDB.in_data_dir(tmp_path) as state:
+def db(tmp_path: Path, state_backend: StateBackend) -> Iterator[StateDB]:
+    with state_backend.open(tmp_path) as state:
         yield state
 
 
@@ -86,7 +86,7 @@ def test_file_schema_and_pragmas(tmp_path: Path) -> None:
 
 
 def test_other_modules_add_their_tables(db: StateDB) -> None:
-    step1 = ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, series_uid TEXT)",)
+    step1 = ("CREATE TABLE jobs (id @ID@, series_uid TEXT)",)  # @ID@: Database.ddl
     step2 = ("ALTER TABLE jobs ADD COLUMN state TEXT",)
     assert db.ensure_schema("jobs", [step1]) == 0
     assert db.ensure_schema("jobs", [step1, step2]) == 1  # only step 2 runs
@@ -96,11 +96,11 @@ def test_other_modules_add_their_tables(db: StateDB) -> None:
     assert db.query("SELECT state FROM jobs")[0][0] == "queued"
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    with StateDB.in_data_dir(tmp_path) as state, state.transaction() as conn:
+def test_newer_schema_is_refused(tmp_path: Path, state_backend: StateBackend) -> None:
+    with state_backend.open(tmp_path) as state, state.transaction() as conn:
         conn.execute("UPDATE schema_versions SET version = 7 WHERE component = 'receive'")
     with pytest.raises(StateError, match="'receive' is version 7, this node knows 1"):
-        StateDB.in_data_dir(tmp_path)
+        state_backend.open(tmp_path)
 
 
 def test_not_a_database(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_not_a_database(tmp_path: Path) -> None:
         StateDB.in_data_dir(tmp_path)
 
 
-def test_transaction_rolls_back_and_nests(db: StateDB) -> None:
+def test_transaction_rolls_back_and_nests(db: StateDB, state_backend: StateBackend) -> None:
     db.ensure_schema("t", [("CREATE TABLE t (x INTEGER)",)])
 
     def fail_midway() -> None:
@@ -129,7 +129,7 @@ def test_transaction_rolls_back_and_nests(db: StateDB) -> None:
         with db.transaction() as inner:  # joins the outer transaction
             inner.execute("INSERT INTO t VALUES (3)")
     assert [r[0] for r in db.query("SELECT x FROM t ORDER BY x")] == [2, 3]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(state_backend.integrity_error):
         violate_key()
     assert [r[0] for r in db.query("SELECT x FROM t ORDER BY x")] == [2, 3]
 
@@ -202,7 +202,9 @@ def test_single_instance_series(db: StateDB) -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_exactly_once_under_concurrency(tmp_path: Path, seed: int) -> None:
+def test_exactly_once_under_concurrency(
+    tmp_path: Path, seed: int, state_backend: StateBackend
+) -> None:
     """Shuffled slices with duplicates from four threads: one completion, at the last index."""
     n = 60
     indices = list(range(1, n + 1)) + random.Random(seed).sample(range(1, n + 1), 20)
@@ -210,7 +212,7 @@ def test_exactly_once_under_concurrency(tmp_path: Path, seed: int) -> None:
     chunks = [indices[k::4] for k in range(4)]
     results: list[InstanceOutcome] = []
     lock = threading.Lock()
-    with StateDB.in_data_dir(tmp_path) as state:
+    with state_backend.open(tmp_path) as state:
 
         def send(chunk: list[int]) -> None:
             for i in chunk:
@@ -230,9 +232,11 @@ def test_exactly_once_under_concurrency(tmp_path: Path, seed: int) -> None:
         assert sum(o.new for o in results) == n
 
 
-def test_completion_from_two_processes_sharing_the_file(tmp_path: Path) -> None:
+def test_completion_from_two_processes_sharing_the_file(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     """Two StateDB objects on one file (listener and worker processes) see each other."""
-    with StateDB.in_data_dir(tmp_path) as a, StateDB.in_data_dir(tmp_path) as b:
+    with state_backend.open(tmp_path) as a, state_backend.open(tmp_path) as b:
         a.record_instance(pet(1, expected=2))
         assert b.record_instance(pet(2, expected=2)).series_complete_now
         assert not a.record_instance(pet(2, expected=2)).series_complete_now

@@ -17,9 +17,11 @@ from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.http.dashboard import Dashboard
 from sarclym.node.store import durable
 from sarclym.node.store.audit import AUDIT_EVENTS, STATUS_EVENTS, audit_events, series_result
+from sarclym.node.store.database import ddl
 from sarclym.node.store.records import DeliveryState, SeriesResult, SeriesStatus, SeriesTimes
 from sarclym.node.store.schema import AUDIT_MIGRATIONS, COMPONENTS, RECEIVE_MIGRATIONS
 from sarclym.node.store.state import StateDB
+from tests.pg import StateBackend
 from tests.unit.test_state import pet
 
 T0 = 1_800_000_000.0
@@ -97,7 +99,7 @@ def old_state_db(path: Path, *, with_state: bool = True) -> None:
             "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
         )
         for statement in (*RECEIVE_MIGRATIONS[0], *AUDIT_MIGRATIONS[0], OLD_PRUNED_TABLE):
-            conn.execute(statement)
+            conn.execute(ddl(statement, "sqlite"))
         conn.executemany(
             "INSERT INTO schema_versions VALUES (?, 1)", [("receive",), ("audit",), ("retention",)]
         )
@@ -112,7 +114,7 @@ def old_state_db(path: Path, *, with_state: bool = True) -> None:
         conn.execute("INSERT INTO pruned_series VALUES (?, ?)", (OTHER_UID, T0 + 50))
     else:
         for statement in AUDIT_MIGRATIONS[0]:  # the ledger ran the audit DDL too
-            conn.execute(statement)
+            conn.execute(ddl(statement, "sqlite"))
     conn.executescript(OLD_LEDGER_SCHEMA)
     conn.execute(
         "INSERT INTO delivery_results (result_id, files, created_at) VALUES (?, ?, ?)",
@@ -182,14 +184,16 @@ def test_a_result_from_before_the_audit_log_is_read_as_data(tmp_path: Path) -> N
         )
 
 
-def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+def test_processes_opening_a_new_file_at_once_migrate_it_once(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     barrier = threading.Barrier(6)
     errors: list[BaseException] = []
 
     def open_it() -> None:
         barrier.wait()
         try:
-            StateDB(tmp_path / "state.db").close()  # its own connection, as another process
+            state_backend.open(tmp_path).close()  # its own connection, as another process
         except BaseException as exc:
             errors.append(exc)
 
@@ -199,14 +203,16 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) ->
     for thread in threads:
         thread.join()
     assert errors == []
-    with StateDB(tmp_path / "state.db") as state:
+    with state_backend.open(tmp_path) as state:
         assert state.schema_version("receive") == len(RECEIVE_MIGRATIONS)
 
 
-def test_the_ledger_shares_the_state_connection(tmp_path: Path) -> None:
+def test_the_ledger_shares_the_state_connection(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     result = tmp_path / "SC.dcm"
     result.write_bytes(b"x")
-    with StateDB.in_data_dir(tmp_path) as state:
+    with state_backend.open(tmp_path) as state:
         ledger = DeliveryLedger(state, clock=lambda: T0)
         assert ledger.enqueue(f"{DONE_UID}/1.0.0", [result], ["pacs"]) == 1
         ledger.close()  # a shared StateDB stays open
@@ -216,8 +222,10 @@ def test_the_ledger_shares_the_state_connection(tmp_path: Path) -> None:
 # -- named reads -------------------------------------------------------------------------------
 
 
-def test_named_reads_for_the_dashboard_metrics_and_status(tmp_path: Path) -> None:
-    with StateDB.in_data_dir(tmp_path) as state:
+def test_named_reads_for_the_dashboard_metrics_and_status(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
+    with state_backend.open(tmp_path) as state:
         for k, index in enumerate((1, 2, 3, 4)):
             state.record_instance(pet(index), now=T0 + k)
         state.record_instance(pet(1, series="1.2.3.7", expected=None), now=T0 + 10)

@@ -208,6 +208,30 @@ class StorageConfig(Frozen):
         "on its own port; completion, queue and deliveries stay exactly-once through state.db). "
         "Off: a second serve on the folder is refused with the first one's PID (exit 5).",
     )
+    database_url: str = Field(
+        default="",
+        description="Where the state database is: '' the embedded <data_dir>/state.db; "
+        "sqlite:///<file> another SQLite file; postgresql://user@host:port/db a PostgreSQL "
+        "server shared by hosts (issue 18).",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """'' or a ``sqlite:///`` / ``postgresql://`` URL with a database; never echoes it (a
+        URL may carry a password)."""
+        scheme, sep, rest = value.partition("://")
+        driver = scheme.partition("+")[0]
+        if value == "" or (sep and driver == "sqlite" and rest.startswith("/") and rest != "/"):
+            return value
+        host_db = rest.rpartition("@")[2]
+        if sep and driver in ("postgresql", "postgres") and host_db.partition("/")[2]:
+            return value
+        got = f"a {scheme!r} URL" if sep else "no URL"
+        raise ValueError(
+            "expected '' (the embedded state.db), sqlite:///<file> or "
+            f"postgresql://<user>@<host>:<port>/<database>; got {got}"
+        )
 
 
 class LogFormat(str, Enum):

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from sarclym.node.store.records import DeliveryState, SeriesResult, SeriesStatus
 
 if TYPE_CHECKING:
+    from sarclym.node.store.database import Database
     from sarclym.node.store.state import StateDB
 
 __all__ = [
@@ -125,7 +125,7 @@ def process_actor() -> str:
 
 
 def record_event(
-    conn: sqlite3.Connection,
+    conn: Database,
     series_uid: str,
     event: SeriesStatus | DeliveryState | SeriesEvent | str,
     *,

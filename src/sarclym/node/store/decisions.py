@@ -122,6 +122,7 @@ def record_unanalysed_instance(
     now = time.time() if now is None else now
     durable = "NORMAL" if inst.path and refusal is None else "FULL"
     with state._lock, state._synchronous(durable), state.transaction() as conn:
+        StateDB.lock_series(conn, inst.series_uid)
         resent = StateDB._record_resend(conn, inst, now)
         if resent is not None:
             return resent

@@ -11,9 +11,11 @@ Two tables (schema component ``deliveries``, :mod:`.schema`):
     ``next_attempt_at`` (Unix seconds), ``last_error`` and the files the destination has
     ``confirmed`` so far (JSON list).
 
-:class:`DeliveryTable` names every operation on them; each write is one ``BEGIN IMMEDIATE``
-transaction of the shared :class:`~sarclym.node.store.state.StateDB` (so a read that decides a
-write cannot be overtaken by another thread or process), and every state change that ends a
+:class:`DeliveryTable` names every operation on them; each write is one transaction of the
+shared :class:`~sarclym.node.store.state.StateDB` (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
+``SELECT ... FOR UPDATE`` on the rows a read decides on, an advisory lock on a result being
+added), so a read that decides a write cannot be overtaken by another thread or process on any
+host; and every state change that ends a
 delivery or re-arms it is audited in the same transaction. *When* to deliver, the backoff and
 the dead-letter decisions are the delivery ledger's (:mod:`sarclym.node.delivery.ledger`): it
 passes them in.
@@ -22,13 +24,13 @@ passes them in.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sarclym.node.store.audit import SeriesEvent, record_event
+from sarclym.node.store.database import Database
 from sarclym.node.store.records import (
     DeliveryRecord,
     DeliveryState,
@@ -62,7 +64,7 @@ class DeadLetter:
 
 
 def _audit(
-    conn: sqlite3.Connection,
+    conn: Database,
     result_id: str,
     event: DeliveryState | SeriesEvent,
     detail: dict[str, Any],
@@ -98,7 +100,7 @@ class DeliveryTable:
 
     def __init__(self, state: StateDB) -> None:
         self.state = state
-        self._base = state.path.absolute().parent
+        self._base = state.data_dir.absolute()
 
     def stored_path(self, path: str | Path) -> str:
         """How ``path`` is stored: relative to the data_dir when inside it, else absolute."""
@@ -133,6 +135,7 @@ class DeliveryTable:
             raise ValueError(f"result {result_id}: no files to deliver")
         added = 0
         with self.state.transaction() as conn:
+            conn.lock("result", result_id)  # PostgreSQL: one adder of a result at a time
             row = conn.execute(
                 "SELECT files FROM delivery_results WHERE result_id = ?", (result_id,)
             ).fetchone()
@@ -145,8 +148,9 @@ class DeliveryTable:
                 raise ValueError(f"result {result_id} was enqueued before with other files")
             for name in dict.fromkeys(destinations):
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO deliveries (result_id, destination, state, "
-                    "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO deliveries (result_id, destination, state, next_attempt_at, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (result_id, destination) DO NOTHING",
                     (result_id, name, DeliveryState.PENDING.value, t, t, t),
                 )
                 added += cur.rowcount
@@ -205,7 +209,7 @@ class DeliveryTable:
         with self.state.transaction() as conn:
             row = conn.execute(
                 "SELECT attempts, last_error FROM deliveries WHERE result_id = ? AND "
-                "destination = ? AND state = ? AND next_attempt_at <= ?",
+                "destination = ? AND state = ? AND next_attempt_at <= ?" + conn.for_update,
                 (result_id, destination, DeliveryState.PENDING.value, t),
             ).fetchone()
             if row is None:
@@ -261,7 +265,7 @@ class DeliveryTable:
         with self.state.transaction() as conn:
             row = conn.execute(
                 "SELECT d.state, d.confirmed, r.files FROM deliveries d JOIN delivery_results r "
-                "USING (result_id) WHERE d.result_id = ? AND d.destination = ?",
+                "USING (result_id) WHERE d.result_id = ? AND d.destination = ?" + conn.for_update,
                 (result_id, destination),
             ).fetchone()
             if row["state"] == DeliveryState.DELIVERED.value:
@@ -295,9 +299,7 @@ class DeliveryTable:
         return state
 
     @staticmethod
-    def _set_dead(
-        conn: sqlite3.Connection, result_id: str, destination: str, error: str, t: float
-    ) -> None:
+    def _set_dead(conn: Database, result_id: str, destination: str, error: str, t: float) -> None:
         conn.execute(
             "UPDATE deliveries SET state = ?, next_attempt_at = NULL, last_error = ?, "
             "updated_at = ? WHERE result_id = ? AND destination = ?",
@@ -339,7 +341,8 @@ class DeliveryTable:
                 params.append(value)
         with self.state.transaction() as conn:
             rows = conn.execute(
-                f"SELECT result_id, destination, state FROM deliveries {where}", params
+                f"SELECT result_id, destination, state FROM deliveries {where}" + conn.for_update,
+                params,
             ).fetchall()
             conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "

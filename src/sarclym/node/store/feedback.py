@@ -137,7 +137,7 @@ def record_analysed_study(
         conn.execute(
             "INSERT INTO analysed_studies (study_uid, accession_hmac, recorded_at) "
             "VALUES (?, ?, ?) ON CONFLICT (study_uid) DO UPDATE SET "
-            "accession_hmac = COALESCE(excluded.accession_hmac, accession_hmac)",
+            "accession_hmac = COALESCE(excluded.accession_hmac, analysed_studies.accession_hmac)",
             (study_uid, accession_hmac, time.time() if now is None else now),
         )
 
@@ -193,11 +193,16 @@ def input_facts(
 ) -> list[InputFacts]:
     """Recorded input facts, oldest first: all, or the ``latest`` N; of one version if given
     (refusals have no version and are always included)."""
-    rows = state.query(
-        "SELECT * FROM (SELECT * FROM input_facts WHERE (? IS NULL OR model_version = ? "
-        "OR outcome = 'refused') ORDER BY at DESC LIMIT ?) ORDER BY at",
-        (model_version, model_version, -1 if latest is None else latest),
-    )
+    sql = "SELECT * FROM input_facts"
+    params: list[Any] = []
+    if model_version is not None:
+        sql += " WHERE model_version = ? OR outcome = 'refused'"
+        params.append(model_version)
+    sql += " ORDER BY at DESC"
+    if latest is not None:
+        sql += " LIMIT ?"
+        params.append(latest)
+    rows = state.query(f"SELECT * FROM ({sql}) AS chosen ORDER BY at", params)
     return [
         InputFacts(
             series_uid=row["series_uid"],
@@ -216,12 +221,13 @@ def pet_study_outcomes(state: StateDB, *, latest: int) -> tuple[int, int]:
     the node refused (no series of it DONE, none kept from scoring by the stop rule)."""
     rows = state.query(
         "SELECT COUNT(*) AS studies, COALESCE(SUM(refused), 0) AS refused FROM ("
-        " SELECT s.study_uid, MAX(s.status = 'done') = 0 AND COUNT(f.series_uid) = 0 AS refused,"
+        " SELECT s.study_uid, CASE WHEN MAX(CASE WHEN s.status = 'done' THEN 1 ELSE 0 END) = 0"
+        " AND COUNT(f.series_uid) = 0 THEN 1 ELSE 0 END AS refused,"
         " MAX(s.status_changed) AS t FROM series s LEFT JOIN input_facts f"
         " ON f.series_uid = s.series_uid AND f.outcome = 'not_scored'"
         " WHERE s.modality = 'PT' GROUP BY s.study_uid"
-        " HAVING SUM(s.status NOT IN ('done', 'skipped', 'failed')) = 0"
-        " ORDER BY t DESC LIMIT ?)",
+        " HAVING SUM(CASE WHEN s.status NOT IN ('done', 'skipped', 'failed') THEN 1 ELSE 0 END)"
+        " = 0 ORDER BY t DESC LIMIT ?) AS finished",
         (latest,),
     )
     return int(rows[0]["studies"]), int(rows[0]["refused"])
@@ -279,6 +285,7 @@ def set_feedback(
         raise ValueError(f"source must be one of {', '.join(FEEDBACK_SOURCES)}, not {source!r}")
     now = time.time() if now is None else now
     with state.transaction() as conn:
+        conn.lock("feedback", study_uid)  # PostgreSQL: the row may not exist yet
         row = conn.execute(
             "SELECT diagnosis FROM feedback WHERE study_uid = ?", (study_uid,)
         ).fetchone()
@@ -323,10 +330,8 @@ def feedback_for(state: StateDB, study_uid: str) -> Feedback | None:
 
 def feedback_history(state: StateDB, study_uid: str | None = None) -> list[FeedbackChange]:
     """Changes of final diagnoses, oldest first (of one study if given)."""
-    rows = state.query(
-        "SELECT * FROM feedback_history WHERE (? IS NULL OR study_uid = ?) ORDER BY at, id",
-        (study_uid, study_uid),
-    )
+    where, params = ("", []) if study_uid is None else (" WHERE study_uid = ?", [study_uid])
+    rows = state.query(f"SELECT * FROM feedback_history{where} ORDER BY at, id", params)
     return [
         FeedbackChange(
             study_uid=row["study_uid"],
@@ -367,26 +372,27 @@ def labelled_results(state: StateDB) -> list[LabelledResult]:
     :class:`~sarclym.node.store.records.SeriesResult`); a study analysed twice by one version
     (two series, or a re-run) counts once, with its latest result. Oldest first.
     """
+    # The detail is read here, not with the dialects' different JSON functions.
     rows = state.query(
-        "SELECT s.study_uid, a.series_uid, a.at, f.diagnosis, "
-        "json_extract(a.detail, '$.model_version') AS model_version, "
-        "json_extract(a.detail, '$.label') AS label, "
-        "json_extract(a.detail, '$.probability_lymphoma') AS p "
+        "SELECT s.study_uid, a.series_uid, a.at, f.diagnosis, a.detail "
         "FROM audit a JOIN series s ON s.series_uid = a.series_uid "
         "JOIN feedback f ON f.study_uid = s.study_uid "
-        "WHERE a.event = ? AND json_extract(a.detail, '$.label') IS NOT NULL "
-        "ORDER BY a.at, a.id",
+        "WHERE a.event = ? ORDER BY a.at, a.id",
         (SeriesStatus.DONE.value,),
     )
     latest: dict[tuple[str, str], LabelledResult] = {}
     for row in rows:
-        version = str(row["model_version"] or "")
+        detail = json.loads(row["detail"])
+        if detail.get("label") is None:
+            continue
+        version = str(detail.get("model_version") or "")
+        p = detail.get("probability_lymphoma")
         latest[(row["study_uid"], version)] = LabelledResult(
             study_uid=row["study_uid"],
             series_uid=row["series_uid"],
             model_version=version,
-            label=str(row["label"]),
-            probability_lymphoma=None if row["p"] is None else float(row["p"]),
+            label=str(detail["label"]),
+            probability_lymphoma=None if p is None else float(p),
             diagnosis=row["diagnosis"],
             at=float(row["at"]),
         )
@@ -399,15 +405,13 @@ def weights_of_versions(state: StateDB) -> dict[str, list[str]]:
     One hash per version unless a registry was replaced under the same version name; every
     figure of the Monitoring page names the weights it is about.
     """
-    rows = state.query(
-        "SELECT DISTINCT json_extract(detail, '$.model_version') AS version, "
-        "json_extract(detail, '$.weights_sha256') AS sha FROM audit "
-        "WHERE event = ? AND json_extract(detail, '$.weights_sha256') IS NOT NULL",
-        (SeriesStatus.DONE.value,),
-    )
-    out: dict[str, list[str]] = {}
+    rows = state.query("SELECT detail FROM audit WHERE event = ?", (SeriesStatus.DONE.value,))
+    out: dict[str, set[str]] = {}
     for row in rows:
-        out.setdefault(str(row["version"] or ""), []).append(str(row["sha"]))
+        detail = json.loads(row["detail"])
+        if detail.get("weights_sha256") is not None:
+            version = str(detail.get("model_version") or "")
+            out.setdefault(version, set()).add(str(detail["weights_sha256"]))
     return {version: sorted(shas) for version, shas in out.items()}
 
 
@@ -455,6 +459,7 @@ def _set_review(
     now = time.time() if now is None else now
     text = json.dumps(dict(figures), sort_keys=True, default=str)
     with state.transaction() as conn:
+        conn.lock("review", version)  # PostgreSQL: the row may not exist yet
         row = conn.execute(
             "SELECT under_review FROM model_reviews WHERE model_version = ?", (version,)
         ).fetchone()
@@ -520,10 +525,8 @@ def lift_review(
 
 def review_history(state: StateDB, version: str | None = None) -> list[dict[str, Any]]:
     """Reviews and liftings, oldest first (of one version if given)."""
-    rows = state.query(
-        "SELECT * FROM model_review_history WHERE (? IS NULL OR model_version = ?) ORDER BY at, id",
-        (version, version),
-    )
+    where, params = ("", []) if version is None else (" WHERE model_version = ?", [version])
+    rows = state.query(f"SELECT * FROM model_review_history{where} ORDER BY at, id", params)
     return [{**dict(row), "figures": json.loads(row["figures"])} for row in rows]
 
 

@@ -40,7 +40,10 @@ _SELECT_INSTANCES = (
     "SELECT sop_instance_uid, size FROM instances WHERE series_uid = ? "
     "ORDER BY image_index IS NULL, image_index, received_at"
 )
-_INSERT_HEADER = "INSERT OR IGNORE INTO partial_headers (series_uid, data) VALUES (?, ?)"
+_INSERT_HEADER = (
+    "INSERT INTO partial_headers (series_uid, data) VALUES (?, ?) "
+    "ON CONFLICT (series_uid) DO NOTHING"
+)
 
 
 def record_instance_with_partial(
@@ -72,6 +75,7 @@ def record_instance_with_partial(
     # One transaction, committed as the instance row alone is (synchronous NORMAL: the spool
     # file is the durable record; reindex_spool re-records a lost row, without a contribution).
     with state._lock, state._synchronous("NORMAL"), state.transaction() as conn:
+        state.lock_series(conn, inst.series_uid)
         conn.execute(
             _INSERT_SLICE, (inst.sop_instance_uid, inst.series_uid, inst.size, contribution)
         )

@@ -8,12 +8,14 @@ dashboard, metrics), :class:`DeliveryState` where a result stands with one desti
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sarclym.node.store.database import Row
 
 __all__ = [
     "DeliveryRecord",
@@ -241,14 +243,14 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def series_from_row(row: sqlite3.Row) -> SeriesRecord:
+def series_from_row(row: Row) -> SeriesRecord:
     """A ``SELECT * FROM series`` row as a record."""
     values = dict(row)
     values["status"] = SeriesStatus(values["status"])
     return SeriesRecord(**values)
 
 
-def instance_from_row(row: sqlite3.Row) -> InstanceRecord:
+def instance_from_row(row: Row) -> InstanceRecord:
     """A ``SELECT * FROM instances`` row as a record."""
     return InstanceRecord(**dict(row))
 

@@ -73,7 +73,8 @@ def prune_spool(
                 folder.parent.rmdir()
         with state.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO pruned_series (series_uid, pruned_at) VALUES (?, ?)",
+                "INSERT INTO pruned_series (series_uid, pruned_at) VALUES (?, ?) "
+                "ON CONFLICT (series_uid) DO NOTHING",
                 (series_uid, time.time()),
             )
             detail = {"files": files, "retention_hours": retention_hours}

@@ -23,6 +23,13 @@ EXISTS`` and no version row: the delivery ledger (its own connection) the ``audi
 ``delivery_results`` and ``deliveries`` tables, the retention sweep ``pruned_series`` (version 1,
 lazily). The first step of those components therefore keeps ``IF NOT EXISTS``: on such a file it
 finds the tables in place, rows and all, and only records the version.
+
+One text for SQLite and PostgreSQL: the column types that differ are written as words that
+:meth:`~sarclym.node.store.database.Database.ddl` spells per dialect (``@REAL@``: SQLite
+``REAL``, PostgreSQL ``DOUBLE PRECISION``, POSIX seconds need 8 bytes; ``@BLOB@``: ``BLOB`` /
+``BYTEA``; ``@ID@``: ``INTEGER PRIMARY KEY AUTOINCREMENT`` / an identity column; ``@BIGINT@``:
+``INTEGER`` / ``BIGINT``, byte counts). On SQLite each step reads exactly as released. A
+:class:`SqliteOnly` step repairs SQLite files from before a feature and is skipped on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,10 +45,22 @@ __all__ = [
     "RECEIVE_MIGRATIONS",
     "RETENTION_MIGRATIONS",
     "Migrations",
+    "SqliteOnly",
 ]
 
 #: ``migrations[i]``: the SQL statements from version ``i`` to ``i + 1``.
 Migrations = tuple[tuple[str, ...], ...]
+
+
+class SqliteOnly(str):
+    """A migration statement for SQLite files only: PostgreSQL skips it (and counts the step).
+
+    For steps that repair rows of SQLite files from before a feature; a PostgreSQL database is
+    always created by a node that writes those rows right.
+    """
+
+    __slots__ = ()
+
 
 RECEIVE_MIGRATIONS: Migrations = (
     (
@@ -53,13 +72,13 @@ RECEIVE_MIGRATIONS: Migrations = (
             expected_count  INTEGER,           -- NumberOfSlices x NumberOfTimeSlices, or NULL
             indexed_count   INTEGER NOT NULL DEFAULT 0,  -- distinct ImageIndex in 1..expected
             instance_count  INTEGER NOT NULL DEFAULT 0,  -- distinct SOP instances
-            byte_count      INTEGER NOT NULL DEFAULT 0,
-            first_received  REAL NOT NULL,
-            last_received   REAL NOT NULL,     -- any arrival, duplicates included
+            byte_count      @BIGINT@ NOT NULL DEFAULT 0,
+            first_received  @REAL@ NOT NULL,
+            last_received   @REAL@ NOT NULL,     -- any arrival, duplicates included
             status          TEXT NOT NULL,
             status_reason   TEXT,
-            status_changed  REAL NOT NULL,
-            completed_at    REAL
+            status_changed  @REAL@ NOT NULL,
+            completed_at    @REAL@
         )""",
         "CREATE INDEX series_by_status ON series (status, last_received)",
         "CREATE INDEX series_by_study ON series (study_uid)",
@@ -72,10 +91,10 @@ RECEIVE_MIGRATIONS: Migrations = (
             modality         TEXT,
             image_index      INTEGER,
             path             TEXT NOT NULL,     -- relative to storage.data_dir
-            size             INTEGER NOT NULL,
+            size             @BIGINT@ NOT NULL,
             calling_ae       TEXT,
-            received_at      REAL NOT NULL,     -- first arrival
-            last_received    REAL NOT NULL,     -- latest arrival (a resend)
+            received_at      @REAL@ NOT NULL,     -- first arrival
+            last_received    @REAL@ NOT NULL,     -- latest arrival (a resend)
             copies           INTEGER NOT NULL DEFAULT 1
         )""",
         "CREATE INDEX instances_by_series ON instances (series_uid, image_index)",
@@ -91,7 +110,7 @@ RECEIVE_MIGRATIONS: Migrations = (
 # Debian bookworm has 3.40).
 _P = " (P(lymphoma) "
 _MODEL = "), model "
-_BACKFILL_DONE = f"""
+_BACKFILL_DONE = SqliteOnly(f"""
     INSERT INTO audit (at, series_uid, event, actor, detail)
     SELECT status_changed, series_uid, 'done', 'sarclym-node schema migration',
         json_object('reason', reason, 'label', label, 'probability_lymphoma', CAST(p AS REAL),
@@ -115,13 +134,13 @@ _BACKFILL_DONE = f"""
     WHERE label NOT GLOB '*[^A-Za-z0-9_]*' AND p != '' AND p NOT GLOB '*[^0-9.]*'
       AND rest NOT GLOB ' *' AND rest != ''
     ORDER BY status_changed, series_uid
-"""
+""")
 
 AUDIT_MIGRATIONS: Migrations = (
     (
         """CREATE TABLE IF NOT EXISTS audit (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            at          REAL NOT NULL,
+            id          @ID@,
+            at          @REAL@ NOT NULL,
             series_uid  TEXT NOT NULL,
             event       TEXT NOT NULL,
             actor       TEXT NOT NULL,
@@ -137,20 +156,20 @@ DELIVERY_MIGRATIONS: Migrations = (
         """CREATE TABLE IF NOT EXISTS delivery_results (
             result_id   TEXT PRIMARY KEY,
             files       TEXT NOT NULL,            -- JSON list of paths, in sending order
-            created_at  REAL NOT NULL,
-            pruned_at   REAL                      -- outbox files removed
+            created_at  @REAL@ NOT NULL,
+            pruned_at   @REAL@                      -- outbox files removed
         )""",
         """CREATE TABLE IF NOT EXISTS deliveries (
             result_id       TEXT NOT NULL REFERENCES delivery_results(result_id) ON DELETE CASCADE,
             destination     TEXT NOT NULL,
             state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
             attempts        INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL,                 -- NULL unless pending
+            next_attempt_at @REAL@,                 -- NULL unless pending
             last_error      TEXT,
             confirmed       TEXT NOT NULL DEFAULT '[]',  -- JSON list of paths confirmed
-            created_at      REAL NOT NULL,
-            updated_at      REAL NOT NULL,
-            delivered_at    REAL,
+            created_at      @REAL@ NOT NULL,
+            updated_at      @REAL@ NOT NULL,
+            delivered_at    @REAL@,
             PRIMARY KEY (result_id, destination)
         )""",
         "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at)",
@@ -160,7 +179,7 @@ DELIVERY_MIGRATIONS: Migrations = (
 RETENTION_MIGRATIONS: Migrations = (
     (
         "CREATE TABLE IF NOT EXISTS pruned_series "
-        "(series_uid TEXT PRIMARY KEY, pruned_at REAL NOT NULL)",
+        "(series_uid TEXT PRIMARY KEY, pruned_at @REAL@ NOT NULL)",
     ),
 )
 
@@ -168,7 +187,7 @@ RETENTION_MIGRATIONS: Migrations = (
 EVALUATION_MIGRATIONS: Migrations = (
     (
         """CREATE TABLE evaluations (
-            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            id               @ID@,
             model_version    TEXT NOT NULL,
             weights_sha256   TEXT NOT NULL,
             case_set         TEXT NOT NULL,     -- SHA-256 of the sorted (study UID, label) pairs
@@ -179,7 +198,7 @@ EVALUATION_MIGRATIONS: Migrations = (
             report_path      TEXT NOT NULL,
             report_sha256    TEXT NOT NULL,
             run_by           TEXT NOT NULL,     -- OS user
-            run_at           REAL NOT NULL      -- POSIX seconds
+            run_at           @REAL@ NOT NULL      -- POSIX seconds
         )""",
         "CREATE INDEX evaluations_by_version ON evaluations "
         "(model_version, weights_sha256, run_at)",
@@ -193,13 +212,13 @@ FEEDBACK_MIGRATIONS: Migrations = (
         """CREATE TABLE analysed_studies (
             study_uid       TEXT PRIMARY KEY,
             accession_hmac  TEXT,               -- HMAC-SHA256 of AccessionNumber (node key)
-            recorded_at     REAL NOT NULL
+            recorded_at     @REAL@ NOT NULL
         )""",
         "CREATE INDEX analysed_by_accession ON analysed_studies (accession_hmac)",
         """CREATE TABLE input_facts (
             series_uid      TEXT PRIMARY KEY,
             study_uid       TEXT NOT NULL,
-            at              REAL NOT NULL,
+            at              @REAL@ NOT NULL,
             outcome         TEXT NOT NULL CHECK (outcome IN ('scored', 'refused', 'not_scored')),
             model_version   TEXT,
             facts           TEXT NOT NULL DEFAULT '{}'   -- JSON: scanner, dose, uptake...
@@ -211,32 +230,32 @@ FEEDBACK_MIGRATIONS: Migrations = (
                 CHECK (diagnosis IN ('sarcoidosis', 'lymphoma', 'other', 'unknown')),
             actor       TEXT NOT NULL,
             source      TEXT NOT NULL CHECK (source IN ('dashboard', 'import')),
-            at          REAL NOT NULL
+            at          @REAL@ NOT NULL
         )""",
         """CREATE TABLE feedback_history (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            id          @ID@,
             study_uid   TEXT NOT NULL,
             diagnosis   TEXT NOT NULL,
             previous    TEXT,                 -- the value replaced, NULL for the first
             actor       TEXT NOT NULL,
             source      TEXT NOT NULL,
-            at          REAL NOT NULL,
+            at          @REAL@ NOT NULL,
             detail      TEXT NOT NULL DEFAULT '{}'
         )""",
         "CREATE INDEX feedback_history_by_study ON feedback_history (study_uid, at)",
         """CREATE TABLE model_reviews (
             model_version   TEXT PRIMARY KEY,
             under_review    INTEGER NOT NULL,
-            since           REAL NOT NULL,
+            since           @REAL@ NOT NULL,
             reason          TEXT NOT NULL,
             actor           TEXT NOT NULL,
             figures         TEXT NOT NULL DEFAULT '{}'
         )""",
         """CREATE TABLE model_review_history (
-            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            id              @ID@,
             model_version   TEXT NOT NULL,
             event           TEXT NOT NULL CHECK (event IN ('under_review', 'lifted')),
-            at              REAL NOT NULL,
+            at              @REAL@ NOT NULL,
             actor           TEXT NOT NULL,
             reason          TEXT NOT NULL,
             figures         TEXT NOT NULL DEFAULT '{}'
@@ -244,7 +263,7 @@ FEEDBACK_MIGRATIONS: Migrations = (
         """CREATE TABLE monitoring_figures (
             model_version   TEXT NOT NULL,
             kind            TEXT NOT NULL,        -- concordance, reference
-            computed_at     REAL NOT NULL,
+            computed_at     @REAL@ NOT NULL,
             data            TEXT NOT NULL,        -- JSON
             PRIMARY KEY (model_version, kind)
         )""",
@@ -259,14 +278,14 @@ PARTIALS_MIGRATIONS: Migrations = (
         """CREATE TABLE partial_slices (
             sop_instance_uid TEXT PRIMARY KEY,
             series_uid       TEXT NOT NULL,
-            size             INTEGER NOT NULL,   -- bytes of the spooled instance it came from
-            data             BLOB NOT NULL,      -- SliceContribution.to_bytes()
+            size             @BIGINT@ NOT NULL,   -- bytes of the spooled instance it came from
+            data             @BLOB@ NOT NULL,      -- SliceContribution.to_bytes()
             disagrees        INTEGER NOT NULL DEFAULT 0  -- the SOP came again, other content
         )""",
         "CREATE INDEX partial_slices_by_series ON partial_slices (series_uid)",
         """CREATE TABLE partial_headers (
             series_uid       TEXT PRIMARY KEY,
-            data             BLOB NOT NULL       -- SeriesHeader.to_bytes(), first instance
+            data             @BLOB@ NOT NULL       -- SeriesHeader.to_bytes(), first instance
         )""",
     ),
 )
@@ -280,7 +299,7 @@ DECISION_MIGRATIONS: Migrations = (
         """CREATE TABLE first_instance_decisions (
             series_uid       TEXT PRIMARY KEY REFERENCES series (series_uid),
             sop_instance_uid TEXT NOT NULL,      -- the instance the refusal was decided on
-            decided_at       REAL NOT NULL
+            decided_at       @REAL@ NOT NULL
         )""",
     ),
 )

@@ -26,7 +26,6 @@ Times are POSIX seconds (``time.time()``); paths are relative to ``storage.data_
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,8 +34,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import URL
+
 from sarclym.node.errors import StateError
 from sarclym.node.store.audit import SeriesEvent, record_event
+from sarclym.node.store.database import (
+    DATABASE_ERRORS,
+    Database,
+    Row,
+    database_url,
+    redacted,
+)
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import (
     InstanceOutcome,
@@ -48,9 +56,10 @@ from sarclym.node.store.records import (
     instance_from_row,
     series_from_row,
 )
-from sarclym.node.store.schema import COMPONENTS
+from sarclym.node.store.schema import COMPONENTS, SqliteOnly
 
 __all__ = [
+    "DATABASE_ERRORS",
     "InstanceOutcome",
     "InstanceRecord",
     "ReceivedInstance",
@@ -75,100 +84,100 @@ _INSERT_INSTANCE = """
 _UPDATE_SERIES = """
     UPDATE series SET expected_count = :expected, indexed_count = :indexed,
         instance_count = instance_count + 1, byte_count = byte_count + :size,
-        last_received = MAX(last_received, :now), modality = COALESCE(modality, :modality),
+        last_received = CASE WHEN last_received > :now THEN last_received ELSE :now END,
+        modality = COALESCE(modality, :modality),
         sop_class_uid = COALESCE(sop_class_uid, :sop_class_uid)
     WHERE series_uid = :series_uid"""
 
 
-def _switch_to_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
-    """Put the database in WAL mode, waiting up to ``busy_timeout_s`` for other openers.
-
-    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
-    locked" at once (without its busy handler) while another process opening the same new file
-    holds it or runs WAL recovery; several processes of one node start together, so the switch
-    is retried until the deadline. A database already in WAL mode needs no lock.
-    """
-    deadline = time.monotonic() + busy_timeout_s
-    delay = 0.005
-    while True:
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise
-        else:
-            if str(mode).lower() == "wal":
-                return
-            if time.monotonic() + delay > deadline:
-                raise sqlite3.OperationalError(f"journal mode stayed {mode!r}, expected 'wal'")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+def _url(text: str) -> URL:
+    try:
+        return database_url(text)
+    except ValueError as exc:
+        raise StateError(f"storage.database_url: {exc}") from exc
 
 
 class StateDB:
-    """The node's SQLite state database.
+    """The node's state database: the embedded SQLite file, or a PostgreSQL server.
 
     Parameters
     ----------
     path
-        Database file; created with its tables when missing.
+        The SQLite file ``<data_dir>/state.db``; created with its tables when missing. With a
+        PostgreSQL ``database_url`` no file is made: the path's folder is still the data_dir
+        that stored paths are relative to (:attr:`data_dir`).
     busy_timeout_s
-        How long a write waits for another process holding the write lock.
+        How long a write waits for another process holding the write lock (SQLite) or a row
+        lock (PostgreSQL ``lock_timeout``).
+    database_url
+        ``storage.database_url``: ``""`` for ``path``; ``sqlite:///<file>`` another file;
+        ``postgresql://<user>@<host>:<port>/<database>`` a server shared by hosts.
 
     Notes
     -----
     One connection shared by all threads of the process behind a re-entrant lock (pynetdicom
     runs every association in its own thread; the worker threads and the deliverer use the same
-    ``StateDB``, the ledger through :mod:`.deliveries`); other processes open their own and
-    SQLite's file locking serialises writers. Use :meth:`transaction` for anything that writes.
+    ``StateDB``, the ledger through :mod:`.deliveries`); other processes open their own. SQLite's
+    file locking serialises writers; on PostgreSQL the statements that decide a write lock their
+    rows (:mod:`.database`). Use :meth:`transaction` for anything that writes.
 
     Raises
     ------
     StateError
-        The file is not a database, or its schema is newer than this node knows.
+        The file is not a database, the server cannot be reached, or the schema is newer than
+        this node knows.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_s: float = 30.0, database_url: str = ""
+    ) -> None:
         self.path = Path(path)
+        #: The folder stored paths (spool, outbox) are relative to.
+        self.data_dir = self.path.parent
         self._lock = threading.RLock()
         self._depth = 0
+        url = _url(database_url or f"sqlite:///{self.path}")
+        if url.get_backend_name() == "sqlite" and url.database:
+            self.path = Path(url.database)
+        #: Where the database is, for messages (a password hidden).
+        self.where = str(self.path) if url.get_backend_name() == "sqlite" else redacted(url)
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._conn.row_factory = sqlite3.Row
+            self._db = Database(url, busy_timeout_s=busy_timeout_s)
             # WAL: readers never block the writer; FULL: a commit is on disk when it returns.
-            _switch_to_wal(self._conn, busy_timeout_s)
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
+            self._db.wait_for_wal(busy_timeout_s)
+            self._db.pragma("synchronous=FULL")
+            self._db.pragma("foreign_keys=ON")
+        except DATABASE_ERRORS as exc:
             self._close_quietly()
-            raise StateError(f"{self.path}: cannot open the state database ({exc})") from exc
+            raise StateError(f"{self.where}: cannot open the state database ({exc})") from exc
         try:
             for component, migrations in COMPONENTS:
                 self.ensure_schema(component, migrations)
         except BaseException:
-            self._conn.close()
+            self._db.close()
             raise
 
     @classmethod
-    def in_data_dir(cls, data_dir: str | Path) -> StateDB:
-        """Open ``<data_dir>/state.db``, creating the folder when missing."""
+    def in_data_dir(cls, data_dir: str | Path, *, database_url: str = "") -> StateDB:
+        """Open ``<data_dir>/state.db`` (or ``database_url``), creating the folder when missing."""
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        return cls(DataLayout(folder).state_db)
+        return cls(DataLayout(folder).state_db, database_url=database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is SQLite (else PostgreSQL)."""
+        return self._db.is_sqlite
 
     def _close_quietly(self) -> None:
-        conn = getattr(self, "_conn", None)
-        if conn is not None:
-            conn.close()
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     def __enter__(self) -> StateDB:
         return self
@@ -179,50 +188,53 @@ class StateDB:
     # -- for every module -------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run statements atomically: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).
+    def transaction(self) -> Iterator[Database]:
+        """Run statements atomically: ``BEGIN IMMEDIATE`` (SQLite) or ``BEGIN`` ... ``COMMIT``
+        (``ROLLBACK`` on error).
 
         Nested calls in the same thread join the outer transaction. The connection must not be
         used after the block, nor from another thread during it.
 
         Yields
         ------
-        sqlite3.Connection
-            Rows come back as :class:`sqlite3.Row`.
+        Database
+            ``execute(sql, params)``; rows read by name and position (:class:`Row`).
         """
         with self._lock:
             if self._depth:
                 self._depth += 1
                 try:
-                    yield self._conn
+                    yield self._db
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._db.begin()
             self._depth = 1
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
+                yield self._db
+                self._db.commit()
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                self._db.rollback()
                 raise
             finally:
                 self._depth = 0
 
     @contextmanager
     def _synchronous(self, level: str) -> Iterator[None]:
-        """Another ``PRAGMA synchronous`` for the transactions of the block (outside any)."""
-        if self._depth:  # inside a transaction: the outer one decides
+        """Another ``PRAGMA synchronous`` for the transactions of the block (outside any).
+
+        SQLite only: a PostgreSQL commit is always durable (``synchronous_commit`` as the
+        server has it)."""
+        if self._depth or not self._db.is_sqlite:  # inside a transaction: the outer one decides
             yield
             return
-        self._conn.execute(f"PRAGMA synchronous={level}")
+        self._db.pragma(f"synchronous={level}")
         try:
             yield
         finally:
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._db.pragma("synchronous=FULL")
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
         """Run one read-only statement and return all rows.
 
         For the store's own modules, tests and diagnostics: code outside
@@ -230,7 +242,7 @@ class StateDB:
         checks that no SQL is written elsewhere).
         """
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            return self._db.execute(sql, params).fetchall()
 
     def ensure_schema(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
         """Bring the tables of ``component`` to ``len(migrations)``; return the old version.
@@ -243,10 +255,12 @@ class StateDB:
         component
             Name of the owning module (``"receive"``, ``"audit"``, ``"deliveries"``...).
         migrations
-            ``migrations[i]`` holds the SQL statements that take version ``i`` to ``i + 1``.
-            Steps already applied are skipped. Each step runs in its own transaction, which
-            reads the version again first: two processes opening the same new file migrate it
-            once, the second finds each step done.
+            ``migrations[i]`` holds the SQL statements that take version ``i`` to ``i + 1``,
+            with the column words of :meth:`Database.ddl`; a :class:`~.schema.SqliteOnly`
+            statement is skipped on PostgreSQL. Steps already applied are skipped. Each step
+            runs in its own transaction, which reads the version again first (under the
+            schema's lock): two processes opening the same new database migrate it once, the
+            second finds each step done.
 
         Raises
         ------
@@ -254,6 +268,7 @@ class StateDB:
             The database holds a newer version than ``migrations`` knows (a downgrade).
         """
         with self.transaction() as conn:
+            conn.lock("schema")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions "
                 "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -261,6 +276,7 @@ class StateDB:
         old: int | None = None
         while True:
             with self.transaction() as conn:
+                conn.lock("schema")
                 row = conn.execute(
                     "SELECT version FROM schema_versions WHERE component = ?", (component,)
                 ).fetchone()
@@ -268,14 +284,15 @@ class StateDB:
                 old = version if old is None else old
                 if version > len(migrations):
                     raise StateError(
-                        f"{self.path}: schema of {component!r} is version {version}, this node "
+                        f"{self.where}: schema of {component!r} is version {version}, this node "
                         f"knows {len(migrations)}; run a newer sarclym-node or restore a "
                         "matching backup"
                     )
                 if version == len(migrations):
                     return old
                 for statement in migrations[version]:
-                    conn.execute(statement)
+                    if conn.is_sqlite or not isinstance(statement, SqliteOnly):
+                        conn.execute(conn.ddl(statement))
                 conn.execute(
                     "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
@@ -340,12 +357,13 @@ class StateDB:
         """
         now = time.time() if now is None else now
         with self._lock, self._synchronous("NORMAL"), self.transaction() as conn:
+            self.lock_series(conn, inst.series_uid)
             resent = self._record_resend(conn, inst, now)
             if resent is not None:
                 return resent
             self._open_series(conn, inst, now)
             series = conn.execute(
-                "SELECT * FROM series WHERE series_uid = ?", (inst.series_uid,)
+                "SELECT * FROM series WHERE series_uid = ?" + conn.for_update, (inst.series_uid,)
             ).fetchone()
             expected, indexed = self._add_instance(conn, series, inst, now)
             status = SeriesStatus(series["status"])
@@ -366,7 +384,14 @@ class StateDB:
         )
 
     @staticmethod
-    def _open_series(conn: sqlite3.Connection, inst: ReceivedInstance, now: float) -> bool:
+    def lock_series(conn: Database, series_uid: str) -> None:
+        """Serialise the transactions that record instances of one series (PostgreSQL; SQLite's
+        write lock already does): the resend check, the series row that may not exist yet and
+        the completion are one step, whichever listener process records the instance."""
+        conn.lock("series", series_uid)
+
+    @staticmethod
+    def _open_series(conn: Database, inst: ReceivedInstance, now: float) -> bool:
         """Create the series row of ``inst``, RECEIVING, with its ``received`` audit event;
         False (nothing written) when the row exists."""
         values = {**asdict(inst), "now": now, "receiving": SeriesStatus.RECEIVING.value}
@@ -384,7 +409,7 @@ class StateDB:
 
     @classmethod
     def _add_instance(
-        cls, conn: sqlite3.Connection, series: sqlite3.Row, inst: ReceivedInstance, now: float
+        cls, conn: Database, series: Row, inst: ReceivedInstance, now: float
     ) -> tuple[int | None, int]:
         """Insert the row of a new instance and count it in ``series`` (its row before);
         return the series' expected count and distinct Image Index values with it."""
@@ -395,9 +420,7 @@ class StateDB:
         return expected, indexed
 
     @staticmethod
-    def _count_index(
-        conn: sqlite3.Connection, series: sqlite3.Row, inst: ReceivedInstance
-    ) -> tuple[int | None, int]:
+    def _count_index(conn: Database, series: Row, inst: ReceivedInstance) -> tuple[int | None, int]:
         """Expected count and distinct Image Index values in 1..expected, with ``inst``."""
         expected = series["expected_count"]
         if expected is None and inst.expected_count is not None:
@@ -426,7 +449,7 @@ class StateDB:
 
     @staticmethod
     def _record_resend(
-        conn: sqlite3.Connection, inst: ReceivedInstance, now: float
+        conn: Database, inst: ReceivedInstance, now: float
     ) -> InstanceOutcome | None:
         """Record a resend of a known SOP Instance UID (its arrival time and copy count only)
         and return its outcome; None, with nothing written, for a new instance."""
@@ -437,14 +460,15 @@ class StateDB:
         if known is None:
             return None
         series_uid = known[0]
+        later = "CASE WHEN last_received > :now THEN last_received ELSE :now END"
         conn.execute(
-            "UPDATE instances SET copies = copies + 1, last_received = MAX(last_received, ?) "
-            "WHERE sop_instance_uid = ?",
-            (now, sop_instance_uid),
+            f"UPDATE instances SET copies = copies + 1, last_received = {later} "
+            "WHERE sop_instance_uid = :uid",
+            {"now": now, "uid": sop_instance_uid},
         )
         conn.execute(
-            "UPDATE series SET last_received = MAX(last_received, ?) WHERE series_uid = ?",
-            (now, series_uid),
+            f"UPDATE series SET last_received = {later} WHERE series_uid = :uid",
+            {"now": now, "uid": series_uid},
         )
         row = conn.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
         return InstanceOutcome(
@@ -467,10 +491,12 @@ class StateDB:
         self, status: SeriesStatus | str, *, limit: int | None = None
     ) -> list[SeriesRecord]:
         """Series in ``status``, oldest status change first."""
-        rows = self.query(
-            "SELECT * FROM series WHERE status = ? ORDER BY status_changed LIMIT ?",
-            (SeriesStatus(status).value, -1 if limit is None else limit),
-        )
+        sql = "SELECT * FROM series WHERE status = ? ORDER BY status_changed"
+        params: list[Any] = [SeriesStatus(status).value]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self.query(sql, params)
         return [series_from_row(r) for r in rows]
 
     def recent_series(
@@ -479,10 +505,10 @@ class StateDB:
         """The series with the latest arrivals, newest first; only those in ``status`` if given
         (a :class:`SeriesStatus` or its value, else ValueError)."""
         value = None if status is None else SeriesStatus(status).value
+        where = "" if value is None else " WHERE status = ?"
+        params = [] if value is None else [value]
         rows = self.query(
-            "SELECT * FROM series WHERE (? IS NULL OR status = ?) "
-            "ORDER BY last_received DESC LIMIT ?",
-            (value, value, limit),
+            f"SELECT * FROM series{where} ORDER BY last_received DESC LIMIT ?", [*params, limit]
         )
         return [series_from_row(r) for r in rows]
 
@@ -577,7 +603,7 @@ class StateDB:
         now = time.time() if now is None else now
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT status FROM series WHERE series_uid = ?", (series_uid,)
+                "SELECT status FROM series WHERE series_uid = ?" + conn.for_update, (series_uid,)
             ).fetchone()
             if row is None or (want is not None and row["status"] != want.value):
                 return False
@@ -586,7 +612,7 @@ class StateDB:
 
     @staticmethod
     def _set_status(
-        conn: sqlite3.Connection,
+        conn: Database,
         series_uid: str,
         status: SeriesStatus,
         reason: str | None,
