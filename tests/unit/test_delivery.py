@@ -33,6 +33,8 @@ from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.delivery.records import PassReport, backoff_delay
 from sarclym.node.errors import ConfigError
 from sarclym.node.store.records import DeliveryState
+from sarclym.node.store.state import StateDB
+from tests.pg import StateBackend
 
 T0 = 1_000_000.0
 
@@ -88,7 +90,7 @@ def files(tmp_path: Path) -> list[Path]:
     return out
 
 
-_OPENED: list[DeliveryLedger] = []
+_OPENED: list[DeliveryLedger | StateDB] = []
 
 
 @pytest.fixture(autouse=True)
@@ -100,10 +102,18 @@ def _close_ledgers() -> Iterator[None]:
 
 
 def ledger_at(
-    path: Path, policy: RetryPolicy | None = None, *, seed: int = 7, lease_s: float = 60.0
+    backend: StateBackend,
+    path: Path,
+    policy: RetryPolicy | None = None,
+    *,
+    seed: int = 7,
+    lease_s: float = 60.0,
 ) -> DeliveryLedger:
+    """A ledger on its own connection to the test's database (``backend``), as a process has."""
+    state = backend.open(path)
+    _OPENED.append(state)
     ledger = DeliveryLedger(
-        path / "state.db",
+        state,
         policy=policy or RetryPolicy(max_attempts=5, base_delay_s=2.0, max_delay_s=20.0),
         rng=random.Random(seed),
         clock=lambda: T0,
@@ -139,9 +149,11 @@ def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
     assert backoff_delay(10_000, policy, random.Random(3)) <= policy.max_delay_s
 
 
-def test_failed_attempts_are_rescheduled_by_the_backoff(tmp_path: Path, files: list[Path]) -> None:
+def test_failed_attempts_are_rescheduled_by_the_backoff(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
     policy = RetryPolicy(max_attempts=10, base_delay_s=2.0, max_delay_s=20.0)
-    ledger = ledger_at(tmp_path, policy)
+    ledger = ledger_at(state_backend, tmp_path, policy)
     down = FakeDestination("pacs", transient)
     ledger.enqueue("r1", files, [down], now=T0)
     now = T0
@@ -165,8 +177,12 @@ def test_failed_attempts_are_rescheduled_by_the_backoff(tmp_path: Path, files: l
 # -- dead letter and retry -----------------------------------------------------------------
 
 
-def test_dead_letter_after_max_attempts(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path, RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0))
+def test_dead_letter_after_max_attempts(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(
+        state_backend, tmp_path, RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0)
+    )
     down = FakeDestination("pacs", transient)
     ledger.enqueue("r1", files, [down], now=T0)
     reports = [ledger.run_due([down], now=T0 + 10 * k) for k in range(6)]
@@ -180,8 +196,10 @@ def test_dead_letter_after_max_attempts(tmp_path: Path, files: list[Path]) -> No
     assert ledger.prunable() == []
 
 
-def test_permanent_failure_goes_to_dead_letter_at_once(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_permanent_failure_goes_to_dead_letter_at_once(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     bad = FakeDestination("pacs", lambda p: permanent(p) if p.name == "sr.dcm" else None)
     ledger.enqueue("r1", files, [bad], now=T0)
     assert ledger.run_due([bad], now=T0).dead == 1
@@ -192,8 +210,10 @@ def test_permanent_failure_goes_to_dead_letter_at_once(tmp_path: Path, files: li
     assert "permanent: status 0xA900" in record.last_error
 
 
-def test_retry_rearms_dead_and_pending(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path, RetryPolicy(max_attempts=1))
+def test_retry_rearms_dead_and_pending(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path, RetryPolicy(max_attempts=1))
     down = FakeDestination("pacs", transient)
     ledger.enqueue("dead", files, [down], now=T0)
     ledger.run_due([down], now=T0)
@@ -219,8 +239,10 @@ def test_retry_rearms_dead_and_pending(tmp_path: Path, files: list[Path]) -> Non
 # -- enqueue -------------------------------------------------------------------------------
 
 
-def test_enqueue_is_idempotent(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_enqueue_is_idempotent(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     assert ledger.enqueue("r1", files, ["a", "b"], now=T0) == 2
     assert ledger.enqueue("r1", files, ["a", "b"], now=T0 + 5) == 0
     assert ledger.enqueue("r1", files, ["b", "c"], now=T0 + 6) == 1
@@ -232,8 +254,10 @@ def test_enqueue_is_idempotent(tmp_path: Path, files: list[Path]) -> None:
         ledger.enqueue("r2", [], ["a"])
 
 
-def test_enqueue_after_delivery_changes_nothing(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_enqueue_after_delivery_changes_nothing(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     dest = FakeDestination("a")
     ledger.enqueue("r1", files, [dest], now=T0)
     ledger.run_due([dest], now=T0)
@@ -263,8 +287,10 @@ def test_data_dir_can_move(tmp_path: Path) -> None:
 # -- crash safety --------------------------------------------------------------------------
 
 
-def test_crash_mid_pass_resends_only_unconfirmed(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_crash_mid_pass_resends_only_unconfirmed(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     first = FakeDestination("a-folder")
 
     def crash(path: Path) -> None:
@@ -275,7 +301,7 @@ def test_crash_mid_pass_resends_only_unconfirmed(tmp_path: Path, files: list[Pat
     with pytest.raises(Crash):
         ledger.run_due([first, second], now=T0)
     # The process is gone: no close(), no cleanup. A new process opens the same database.
-    reopened = ledger_at(tmp_path, seed=8)
+    reopened = ledger_at(state_backend, tmp_path, seed=8)
     states = {r.destination: r.state for r in reopened.summary("r1")}
     assert states == {"a-folder": DeliveryState.DELIVERED, "b-pacs": DeliveryState.PENDING}
     # The interrupted claim holds the row for the lease, then it is due again.
@@ -287,23 +313,27 @@ def test_crash_mid_pass_resends_only_unconfirmed(tmp_path: Path, files: list[Pat
     assert [p.result_id for p in reopened.prunable()] == ["r1"]
 
 
-def test_partial_confirmation_survives_a_restart(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_partial_confirmation_survives_a_restart(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     flaky = FakeDestination("pacs", lambda p: transient(p) if p.name == "sr.dcm" else None)
     ledger.enqueue("r1", files, [flaky], now=T0)
     ledger.run_due([flaky], now=T0)
     assert ledger.summary("r1")[0].confirmed == 1
     ledger.close()
-    reopened = ledger_at(tmp_path)
+    reopened = ledger_at(state_backend, tmp_path)
     healed = FakeDestination("pacs")
     reopened.run_due([healed], now=T0 + 100)
     assert healed.calls == [(files[1],)]
     assert reopened.summary("r1")[0].state is DeliveryState.DELIVERED
 
 
-def test_crash_after_the_peer_stored_resends_once_more(tmp_path: Path, files: list[Path]) -> None:
+def test_crash_after_the_peer_stored_resends_once_more(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
     """Stored by the peer, then the node died before recording it: re-sent, still one copy."""
-    ledger = ledger_at(tmp_path)
+    ledger = ledger_at(state_backend, tmp_path)
     peer = FakeDestination("pacs")
     real = peer.deliver
 
@@ -316,24 +346,26 @@ def test_crash_after_the_peer_stored_resends_once_more(tmp_path: Path, files: li
     with pytest.raises(Crash):
         ledger.run_due([peer], now=T0)
     peer.deliver = real  # type: ignore[method-assign]
-    reopened = ledger_at(tmp_path)
+    reopened = ledger_at(state_backend, tmp_path)
     assert reopened.run_due([peer], now=T0 + 120).delivered == 1
     assert len(peer.calls) == 2
     assert peer.stored == {"sc.dcm": 1, "sr.dcm": 1}
 
 
-def test_repeated_crashes_end_in_the_dead_letter(tmp_path: Path, files: list[Path]) -> None:
+def test_repeated_crashes_end_in_the_dead_letter(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
     policy = RetryPolicy(max_attempts=2, base_delay_s=1.0, max_delay_s=1.0)
 
     def crash(path: Path) -> None:
         raise Crash
 
     killer = FakeDestination("pacs", crash)  # type: ignore[arg-type]
-    ledger_at(tmp_path, policy).enqueue("r1", files, [killer], now=T0)
+    ledger_at(state_backend, tmp_path, policy).enqueue("r1", files, [killer], now=T0)
     for k in range(2):
         with pytest.raises(Crash):
-            ledger_at(tmp_path, policy).run_due([killer], now=T0 + 100 * k)
-    last = ledger_at(tmp_path, policy)
+            ledger_at(state_backend, tmp_path, policy).run_due([killer], now=T0 + 100 * k)
+    last = ledger_at(state_backend, tmp_path, policy)
     assert last.run_due([killer], now=T0 + 500).attempted == 0
     (record,) = last.summary("r1")
     assert record.state is DeliveryState.DEAD
@@ -343,9 +375,9 @@ def test_repeated_crashes_end_in_the_dead_letter(tmp_path: Path, files: list[Pat
 
 
 def test_destination_that_raises_is_recorded_as_transient(
-    tmp_path: Path, files: list[Path]
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
 ) -> None:
-    ledger = ledger_at(tmp_path)
+    ledger = ledger_at(state_backend, tmp_path)
 
     def bug(path: Path) -> None:
         raise RuntimeError("boom")
@@ -358,8 +390,10 @@ def test_destination_that_raises_is_recorded_as_transient(
     assert "internal error: RuntimeError: boom" in record.last_error
 
 
-def test_unknown_destination_is_left_alone(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_unknown_destination_is_left_alone(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     ledger.enqueue("r1", files, ["gone"], now=T0)
     report = ledger.run_due([FakeDestination("other")], now=T0)
     assert report.attempted == 0
@@ -370,8 +404,10 @@ def test_unknown_destination_is_left_alone(tmp_path: Path, files: list[Path]) ->
 # -- outbox pruning ------------------------------------------------------------------------
 
 
-def test_prunable_only_once_every_destination_confirmed(tmp_path: Path, files: list[Path]) -> None:
-    ledger = ledger_at(tmp_path)
+def test_prunable_only_once_every_destination_confirmed(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    ledger = ledger_at(state_backend, tmp_path)
     ok, down = FakeDestination("a"), FakeDestination("b", transient)
     ledger.enqueue("r1", files, [ok, down], now=T0)
     ledger.run_due([ok, down], now=T0)
@@ -390,8 +426,11 @@ def test_prunable_only_once_every_destination_confirmed(tmp_path: Path, files: l
 # -- the loop thread -----------------------------------------------------------------------
 
 
-def test_deliverer_thread_delivers_when_notified(tmp_path: Path, files: list[Path]) -> None:
-    ledger = DeliveryLedger(tmp_path / "state.db", policy=RetryPolicy(base_delay_s=0.05))
+def test_deliverer_thread_delivers_when_notified(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    _OPENED.append(state := state_backend.open(tmp_path))
+    ledger = DeliveryLedger(state, policy=RetryPolicy(base_delay_s=0.05))
     dest = FakeDestination("folder")
     deliverer = Deliverer(ledger, [dest], interval=30.0)
     deliverer.start()
@@ -409,8 +448,11 @@ def test_deliverer_thread_delivers_when_notified(tmp_path: Path, files: list[Pat
     ledger.close()
 
 
-def test_deliverer_shares_the_ledger_between_threads(tmp_path: Path, files: list[Path]) -> None:
-    ledger = DeliveryLedger(tmp_path / "state.db")
+def test_deliverer_shares_the_ledger_between_threads(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
+    _OPENED.append(state := state_backend.open(tmp_path))
+    ledger = DeliveryLedger(state)
     dest = FakeDestination("folder")
     deliverer = Deliverer(ledger, [dest], interval=0.01)
     deliverer.start()
@@ -665,10 +707,12 @@ def test_wait_idle_returns_once_the_notified_pass_is_done() -> None:
         deliverer.stop()
 
 
-def test_a_slow_destination_holds_no_other_back(tmp_path: Path, files: list[Path]) -> None:
+def test_a_slow_destination_holds_no_other_back(
+    tmp_path: Path, files: list[Path], state_backend: StateBackend
+) -> None:
     """Each destination's rows go in their own thread: the folder is delivered while the PACS
     (due first) still takes its time."""
-    ledger = ledger_at(tmp_path)
+    ledger = ledger_at(state_backend, tmp_path)
     entered, release = threading.Event(), threading.Event()
 
     def slow(path: Path) -> None:

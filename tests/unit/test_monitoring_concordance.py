@@ -15,7 +15,7 @@ from sarclym.node.monitoring.drift import compare, profile_facts
 from sarclym.node.monitoring.review import breaches
 from sarclym.node.store import feedback as store
 from sarclym.node.store.feedback import InputFacts, LabelledResult
-from sarclym.node.store.state import StateDB
+from tests.pg import StateBackend
 
 
 def _results(n: int, *, wrong: bool = False) -> list[LabelledResult]:
@@ -101,8 +101,10 @@ def test_wrong_results_breach_the_auc_bound_once_enough_are_labelled() -> None:
     assert "acceptance.min_auc 0.80" in breach.text()
 
 
-def test_feedback_changes_are_kept_with_the_value_they_replaced(tmp_path: Path) -> None:
-    with StateDB(tmp_path / "state.db") as state:
+def test_feedback_changes_are_kept_with_the_value_they_replaced(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
+    with state_backend.open(tmp_path) as state:
         assert store.set_feedback(state, "1.2", "lymphoma", actor="cli:x", source="import")
         assert not store.set_feedback(state, "1.2", "lymphoma", actor="cli:x", source="import")
         assert store.set_feedback(state, "1.2", "other", actor="dashboard:a", source="dashboard")
@@ -118,8 +120,8 @@ def test_feedback_changes_are_kept_with_the_value_they_replaced(tmp_path: Path) 
             store.set_feedback(state, "1.2", "benign", actor="x", source="import")
 
 
-def test_reviews_are_audited_and_lifted_once(tmp_path: Path) -> None:
-    with StateDB(tmp_path / "state.db") as state:
+def test_reviews_are_audited_and_lifted_once(tmp_path: Path, state_backend: StateBackend) -> None:
+    with state_backend.open(tmp_path) as state:
         assert store.put_under_review(state, "v1", reason="r", actor="w", figures={})
         assert not store.put_under_review(state, "v1", reason="r", actor="w", figures={})
         assert store.lift_review(state, "v1", reason="ok", actor="cli:admin")
