@@ -61,6 +61,7 @@ from sarclym.node.log import configure_logging
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.state import SeriesStatus, StateDB
 from tests.conftest import free_port, require_tool
+from tests.pg import StateBackend
 from tests.phi import assert_no_phi, phi_dataset
 from tests.unit.petfactory import ENHANCED_PET_SOP, PET_SOP, compress, make_series, to_enhanced
 
@@ -96,19 +97,30 @@ class Node:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Start listeners on free loopback ports; all are stopped when the test ends."""
+def start_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Node]]:
+    """Start listeners on free loopback ports; all are stopped when the test ends.
+
+    A test that takes ``state_backend`` runs its nodes on that back-end (the
+    PostgreSQL smoke subset); the others on each node's embedded state.db.
+    """
     nodes: list[Node] = []
+    database_url = ""
+    if "state_backend" in request.fixturenames:
+        database_url = request.getfixturevalue("state_backend").database_url
 
     def start(*, min_free_mb: int = 1, **listener: Any) -> Node:
         data_dir = tmp_path / f"node{len(nodes)}"
         config = Config.model_validate(
             {
                 "listener": {"host": "127.0.0.1", "port": free_port(), **listener},
-                "storage": {"data_dir": str(data_dir), "min_free_mb": min_free_mb},
+                "storage": {
+                    "data_dir": str(data_dir),
+                    "min_free_mb": min_free_mb,
+                    "database_url": database_url,
+                },
             }
         )
-        state = StateDB.in_data_dir(data_dir)
+        state = StateDB.in_data_dir(data_dir, database_url=database_url)
         lock = threading.Lock()
 
         def on_complete(series_uid: str) -> None:
@@ -259,7 +271,9 @@ def test_echo(start_node: Callable[..., Node]) -> None:
 
 
 def test_whole_study_stored_and_ac_series_completes_at_its_last_slice(
-    start_node: Callable[..., Node], study: dict[str, list[Path]]
+    start_node: Callable[..., Node],
+    study: dict[str, list[Path]],
+    state_backend: StateBackend,  # both back-ends: start_node opens the nodes on it
 ) -> None:
     # Every series spooled and decided at completion: the path without the first-instance
     # decision (issue 16; tests/integration/test_first_instance.py covers the default).
@@ -316,7 +330,9 @@ def test_whole_study_stored_and_ac_series_completes_at_its_last_slice(
 
 
 def test_shuffled_over_two_concurrent_associations_with_duplicates(
-    start_node: Callable[..., Node], study: dict[str, list[Path]]
+    start_node: Callable[..., Node],
+    study: dict[str, list[Path]],
+    state_backend: StateBackend,  # both back-ends: start_node opens the nodes on it
 ) -> None:
     node = start_node()
     files = list(study["PT_AC"])
