@@ -325,3 +325,13 @@ def test_recent_series_and_lookups(db: StateDB) -> None:
     assert not db.has_instance("1.2.3.4.9")
     assert db.series("0.0") is None
     assert db.instance("0.0") is None
+
+
+def test_a_data_folder_with_url_characters_is_a_plain_path(tmp_path: Path) -> None:
+    """The embedded file is named by its path, never parsed as a URL (``?``, ``#``, ``%``)."""
+    folder = tmp_path / "a b?mode=ro#x%41"
+    with StateDB.in_data_dir(folder) as state:
+        state.record_instance(pet(1))
+    assert (folder / "state.db").is_file()
+    with StateDB(folder / "state.db") as again:
+        assert again.has_instance("1.2.3.4.1")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from sarclym.node.store.state import SeriesStatus, StateDB
+from tests.pg import PgServer
 from tests.unit.test_state import ct, pet
 
 N = 40
@@ -86,3 +87,16 @@ def test_two_processes_complete_a_quiet_series_once_on_postgresql(
         state.record_instance(ct(1), now=100.0)
     changed = _run(_complete_quiet, (lambda k: (pg_url, str(tmp_path))), 4)
     assert sorted(changed) == [False, False, False, True]
+
+
+def test_the_store_reconnects_after_postgresql_restarted(
+    pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    """A restart cuts the node's connection; the next call reconnects, no operator step."""
+    with StateDB.in_data_dir(tmp_path, database_url=pg_url) as state:
+        state.record_instance(pet(1, expected=2))
+        pg_server.restart()
+        assert state.series(SERIES) is not None  # a read
+        assert state.record_instance(pet(2, expected=2)).series_complete_now  # a write
+        pg_server.restart()
+        assert state.mark_series(SERIES, SeriesStatus.QUEUED, expected_status="complete")

@@ -38,8 +38,8 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NoReturn, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import create_engine, exc, text
@@ -55,6 +55,8 @@ __all__ = [
     "ddl",
     "redacted",
 ]
+
+_T = TypeVar("_T")
 
 #: What a statement may raise on either back-end (the drivers' base classes).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
@@ -270,16 +272,32 @@ class Database:
             self._texts[sql] = cached
         return cached
 
-    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Result:
-        """Run one statement with ``?`` (a sequence) or ``:name`` (a mapping) parameters."""
+    def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), *, retry: bool = False
+    ) -> Result:
+        """Run one statement with ``?`` (a sequence) or ``:name`` (a mapping) parameters.
+
+        ``retry``: outside a transaction, once more on a new connection when the server dropped
+        this one (PostgreSQL restarted); inside one the error stands, the transaction is lost.
+        """
         if self.is_sqlite:
             if self._sqlite is None:
                 raise sqlite3.ProgrammingError("the state database is closed")
             return self._sqlite.execute(sql, params)
         clause, names = self._text(sql)
         values = params if isinstance(params, Mapping) else dict(zip(names, params, strict=True))
+        return self._retrying(lambda: Cursor(self.connection.execute(clause, values)), retry)
+
+    def _retrying(self, run: Callable[[], _T], retry: bool) -> _T:
+        """``run()`` with the driver's errors; once more if ``retry`` and the connection was
+        lost (SQLAlchemy invalidated it: :attr:`connection` makes a new one)."""
         try:
-            return Cursor(self.connection.execute(clause, values))
+            return run()
+        except exc.DBAPIError as error:
+            if not (retry and error.connection_invalidated):
+                _raise_driver_error(error)
+        try:
+            return run()
         except exc.DBAPIError as error:
             _raise_driver_error(error)
 
@@ -290,8 +308,9 @@ class Database:
     # -- transactions --------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Start a write transaction (SQLite: with the database's write lock)."""
-        self._driver_sql("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
+        """Start a write transaction (SQLite: with the database's write lock); on PostgreSQL on
+        a new connection when the server dropped the last one."""
+        self._driver_sql("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN", retry=True)
 
     def commit(self) -> None:
         """Commit the transaction."""
@@ -327,14 +346,11 @@ class Database:
             "SELECT pg_advisory_xact_lock(?)", (int.from_bytes(digest[:8], "big", signed=True),)
         )
 
-    def _driver_sql(self, sql: str) -> None:
+    def _driver_sql(self, sql: str, *, retry: bool = False) -> None:
         if self.is_sqlite:
             self.execute(sql)
             return
-        try:
-            self.connection.exec_driver_sql(sql)
-        except exc.DBAPIError as error:
-            _raise_driver_error(error)
+        self._retrying(lambda: self.connection.exec_driver_sql(sql), retry)
 
     def pragma(self, statement: str) -> Any:
         """SQLite: run ``PRAGMA <statement>`` and return the first value (None elsewhere)."""

@@ -136,9 +136,12 @@ class StateDB:
         self.data_dir = self.path.parent
         self._lock = threading.RLock()
         self._depth = 0
-        url = _url(database_url or f"sqlite:///{self.path}")
-        if url.get_backend_name() == "sqlite" and url.database:
-            self.path = Path(url.database)
+        if database_url:
+            url = _url(database_url)
+            if url.get_backend_name() == "sqlite" and url.database:
+                self.path = Path(url.database)
+        else:  # the file by its path: never parsed as a URL ('?', '#', '%' in folder names)
+            url = URL.create("sqlite+pysqlite", database=str(self.path))
         #: Where the database is, for messages (a password hidden).
         self.where = str(self.path) if url.get_backend_name() == "sqlite" else redacted(url)
         try:
@@ -242,7 +245,7 @@ class StateDB:
         checks that no SQL is written elsewhere).
         """
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            return self._db.execute(sql, params, retry=not self._depth).fetchall()
 
     def ensure_schema(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
         """Bring the tables of ``component`` to ``len(migrations)``; return the old version.
