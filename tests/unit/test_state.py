@@ -335,3 +335,20 @@ def test_a_data_folder_with_url_characters_is_a_plain_path(tmp_path: Path) -> No
     assert (folder / "state.db").is_file()
     with StateDB(folder / "state.db") as again:
         assert again.has_instance("1.2.3.4.1")
+
+
+def test_opened_from_the_storage_section(tmp_path: Path, state_backend: StateBackend) -> None:
+    """``StateDB.of_storage``: ``storage.data_dir`` and ``storage.database_url`` together;
+    ``StateDB.stored_for`` tells whether there is a database to read (the file, or a server)."""
+    from sarclym.node.config import Config
+
+    config = Config.model_validate(
+        {"storage": {"data_dir": str(tmp_path), "database_url": state_backend.database_url}}
+    )
+    assert StateDB.stored_for(config.storage) is (state_backend.name == "postgresql")
+    with StateDB.of_storage(config.storage) as state:
+        state.record_instance(pet(1))
+        assert state.data_dir == tmp_path
+    assert StateDB.stored_for(config.storage)
+    with state_backend.open(tmp_path) as again:
+        assert again.has_instance("1.2.3.4.1")

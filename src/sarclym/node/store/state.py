@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
@@ -57,6 +57,9 @@ from sarclym.node.store.records import (
     series_from_row,
 )
 from sarclym.node.store.schema import COMPONENTS, SqliteOnly
+
+if TYPE_CHECKING:
+    from sarclym.node.config.sections import StorageConfig
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -166,6 +169,21 @@ class StateDB:
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         return cls(DataLayout(folder).state_db, database_url=database_url)
+
+    @classmethod
+    def of_storage(cls, storage: StorageConfig) -> StateDB:
+        """Open the database the ``storage`` section names (``data_dir``, ``database_url``)."""
+        return cls.in_data_dir(storage.data_dir, database_url=storage.database_url)
+
+    @staticmethod
+    def stored_for(storage: StorageConfig) -> bool:
+        """Whether the ``storage`` section names a database to read: a server URL, or a SQLite
+        file that exists (commands that report on a node say so instead of creating one)."""
+        url = storage.database_url
+        if url and _url(url).get_backend_name() != "sqlite":
+            return True
+        path = Path(_url(url).database or "") if url else DataLayout(storage.data_dir).state_db
+        return path.is_file()
 
     @property
     def is_sqlite(self) -> bool:
