@@ -1,10 +1,12 @@
 """The state database (``<data_dir>/state.db``): what arrived, and which series are complete.
 
-One SQLite file in WAL mode and the node's one owner of it: :class:`StateDB` holds the
-connection, the transactions and the versioned schema of every table (:mod:`.schema`, one version
-counter per component, migrated at open). Each store module owns its tables' statements: this
-one ``instances`` and ``series``; :mod:`.audit`, :mod:`.deliveries` and :mod:`.retention` theirs.
-Nothing outside ``sarclym.node.store`` writes SQL: other layers call the named methods.
+One SQLite file in WAL mode, or a PostgreSQL database that hosts share (``storage.database_url``,
+:mod:`.database`), and the node's one owner of it: :class:`StateDB` holds the connection, the
+transactions and the versioned schema of every table (:mod:`.schema`, one version counter per
+component, migrated at open). Each store module owns its tables' statements: this one the writes
+of ``instances`` and ``series`` (:mod:`.reads` their named reads); :mod:`.audit`,
+:mod:`.deliveries` and :mod:`.retention` theirs. Nothing outside ``sarclym.node.store`` writes
+SQL: other layers call the named methods.
 
 Durability: ``synchronous=FULL``, so a committed row survives a power cut; the listener answers a
 C-STORE with Success only after :meth:`StateDB.record_instance` returned. Instance rows are the
@@ -46,6 +48,7 @@ from sarclym.node.store.database import (
     redacted,
 )
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.reads import StateReads
 from sarclym.node.store.records import (
     InstanceOutcome,
     InstanceRecord,
@@ -53,8 +56,6 @@ from sarclym.node.store.records import (
     SeriesRecord,
     SeriesStatus,
     SeriesTimes,
-    instance_from_row,
-    series_from_row,
 )
 from sarclym.node.store.schema import COMPONENTS, SqliteOnly
 
@@ -100,7 +101,7 @@ def _url(text: str) -> URL:
         raise StateError(f"storage.database_url: {exc}") from exc
 
 
-class StateDB:
+class StateDB(StateReads):
     """The node's state database: the embedded SQLite file, or a PostgreSQL server.
 
     Parameters
@@ -327,36 +328,6 @@ class StateDB:
 
     # -- instances ----------------------------------------------------------------------------
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance with this (0008,0018) *SOP Instance UID* is recorded."""
-        rows = self.query(
-            "SELECT 1 FROM instances WHERE sop_instance_uid = ? LIMIT 1", (sop_instance_uid,)
-        )
-        return bool(rows)
-
-    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
-        """The recorded instance, or None."""
-        rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
-        return instance_from_row(rows[0]) if rows else None
-
-    def instance_paths(self) -> set[str]:
-        """The spool paths of every recorded instance (relative to ``storage.data_dir``)."""
-        return {row[0] for row in self.query("SELECT path FROM instances WHERE path != ''")}
-
-    def instance_totals(self) -> tuple[int, int]:
-        """Distinct instances recorded and their bytes, all series together."""
-        row = self.query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances")[0]
-        return int(row[0]), int(row[1])
-
-    def series_instances(self, series_uid: str) -> list[InstanceRecord]:
-        """Instances of a series, by Image Index (those without one last), then arrival."""
-        rows = self.query(
-            "SELECT * FROM instances WHERE series_uid = ? "
-            "ORDER BY image_index IS NULL, image_index, received_at",
-            (series_uid,),
-        )
-        return [instance_from_row(r) for r in rows]
-
     def record_instance(
         self, inst: ReceivedInstance, *, now: float | None = None
     ) -> InstanceOutcome:
@@ -502,81 +473,6 @@ class StateDB:
         )
 
     # -- series -------------------------------------------------------------------------------
-
-    def series(self, series_uid: str) -> SeriesRecord | None:
-        """The series, or None when nothing of it was received."""
-        rows = self.query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
-        return series_from_row(rows[0]) if rows else None
-
-    def series_with_status(
-        self, status: SeriesStatus | str, *, limit: int | None = None
-    ) -> list[SeriesRecord]:
-        """Series in ``status``, oldest status change first."""
-        sql = "SELECT * FROM series WHERE status = ? ORDER BY status_changed"
-        params: list[Any] = [SeriesStatus(status).value]
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = self.query(sql, params)
-        return [series_from_row(r) for r in rows]
-
-    def recent_series(
-        self, status: SeriesStatus | str | None = None, *, limit: int = 200
-    ) -> list[SeriesRecord]:
-        """The series with the latest arrivals, newest first; only those in ``status`` if given
-        (a :class:`SeriesStatus` or its value, else ValueError)."""
-        value = None if status is None else SeriesStatus(status).value
-        where = "" if value is None else " WHERE status = ?"
-        params = [] if value is None else [value]
-        rows = self.query(
-            f"SELECT * FROM series{where} ORDER BY last_received DESC LIMIT ?", [*params, limit]
-        )
-        return [series_from_row(r) for r in rows]
-
-    def status_counts(self) -> dict[SeriesStatus, int]:
-        """How many series are in each status (statuses without any series left out)."""
-        rows = self.query("SELECT status, COUNT(*) FROM series GROUP BY status")
-        return {SeriesStatus(row[0]): int(row[1]) for row in rows}
-
-    def series_times(self) -> list[SeriesTimes]:
-        """Arrival and completion times of every series (for the metrics)."""
-        rows = self.query(
-            "SELECT series_uid, first_received, last_received, completed_at FROM series"
-        )
-        return [SeriesTimes(**dict(row)) for row in rows]
-
-    def complete_series(self, *, limit: int | None = None) -> list[SeriesRecord]:
-        """Series that are COMPLETE and not yet taken further, oldest completion first."""
-        return self.series_with_status(SeriesStatus.COMPLETE, limit=limit)
-
-    def quiet_series(
-        self, older_than_s: float, *, now: float | None = None, include_expected: bool = False
-    ) -> list[SeriesRecord]:
-        """RECEIVING series with no arrival for at least ``older_than_s`` seconds.
-
-        Parameters
-        ----------
-        older_than_s
-            Quiet period (the orchestrator's fallback, 30 s by default).
-        now
-            Reference time; the current time by default.
-        include_expected
-            Also list series that have an expected count but still miss instances (stalled
-            sends); by default only series without the PET count attributes.
-
-        Returns
-        -------
-        list of SeriesRecord
-            Quietest first.
-        """
-        now = time.time() if now is None else now
-        sql = "SELECT * FROM series WHERE status = ? AND last_received <= ?"
-        if not include_expected:
-            sql += " AND expected_count IS NULL"
-        rows = self.query(
-            sql + " ORDER BY last_received", (SeriesStatus.RECEIVING.value, now - older_than_s)
-        )
-        return [series_from_row(r) for r in rows]
 
     def mark_series(
         self,
