@@ -9,9 +9,10 @@ with ``?`` or ``:name`` parameters. SQLAlchemy makes, holds and (PostgreSQL) re-
 connection; on PostgreSQL each statement runs as a cached :func:`~sqlalchemy.text` construct on
 it. On SQLite the statements run on that connection's DBAPI connection (:mod:`sqlite3`), which
 takes ``?`` and ``:name`` as written and returns :class:`sqlite3.Row`: SQLAlchemy's execution
-costs about 20 us per statement, and recording one instance (a dozen statements) took 3x as
-long (107 -> 331 us of CPU), about 9% of the listener's time per instance. The dialects differ
-only where SQLite has a database lock and PostgreSQL row locks:
+costs about 20 us per statement, and recording one instance with its contribution (a dozen
+statements) took 3x as long through it (107 -> 331 us of CPU, about 9% of the listener's time
+per instance; 122 us this way). The dialects differ only where SQLite has a database lock and
+PostgreSQL row locks:
 
 ============================== ===================================== ==========================
                                SQLite (embedded ``state.db``)        PostgreSQL
@@ -23,7 +24,7 @@ a read that decides a write    as any read (the lock is held)        ``... FOR U
 one series, result, study...   as any write (the lock is held)       a transaction-scoped
 serialised (:meth:`lock`)                                            advisory lock on its key
 column words in the schema     ``REAL``, ``BLOB``, ``INTEGER``       ``DOUBLE PRECISION``,
-(:meth:`ddl`)                  ``PRIMARY KEY AUTOINCREMENT``          ``BYTEA``, ``BIGINT``,
+(:meth:`ddl`)                  ``PRIMARY KEY AUTOINCREMENT``         ``BYTEA``, ``BIGINT``,
                                                                      identity
 ============================== ===================================== ==========================
 
