@@ -528,7 +528,7 @@ def _cmd_infer(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node.cli.model import run_retrain
+    from sarclym.node.cli.retrain import run_retrain
 
     return run_retrain(args, config)
 
