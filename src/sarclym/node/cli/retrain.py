@@ -21,7 +21,11 @@ from sarclym.node.store.layout import DataLayout
 from sarclym.node.worker.registry import open_registry
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from sarclym.model.inference.net import MipNet
     from sarclym.model.inference.registry import Registry
+    from sarclym.model.training.train import CVResult
 
 log = structlog.get_logger(__name__)
 
@@ -32,15 +36,8 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     from sarclym.model.imaging.prepare import scan_paths
     from sarclym.model.inference.net import ARCHITECTURES, build_net
     from sarclym.model.inference.predictor import resolve_device
-    from sarclym.model.inference.registry import RegistryError
     from sarclym.model.training.cache import build_training_set
     from sarclym.model.training.labels import check_labels, read_labels
-    from sarclym.model.training.train import (
-        TrainProgress,
-        TrainSettings,
-        cross_validate,
-        train_final,
-    )
 
     # Every argument is checked before any work (scanning, caching, training): a mistake
     # found after a 5-fold, 40-epoch run costs hours. Cheapest checks first.
@@ -57,6 +54,10 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise InputError(f"--notes {args.notes}: cannot read ({why})") from exc
+    if args.synthetic_cohort is not None:
+        from sarclym.node.cli.retrain_synthetic import run_retrain_synthetic
+
+        return run_retrain_synthetic(args, config, notes)
     cases = None
     if args.cases is not None:  # a case store (or any study folder), labels matched by key
         from sarclym.node.acceptance.caseset import load_case_set
@@ -147,25 +148,7 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
     except LabelsError as exc:
         raise ModelError(f"after excluding unusable studies: {exc}") from exc
 
-    settings = TrainSettings(
-        arch=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-    )
-    with progress_bar("training", args.epochs * (args.folds + 1), transient=True) as bar:
-
-        def on_epoch(p: TrainProgress) -> None:
-            if bar is not None:
-                bar.advance(bar.task_ids[0])
-            log.debug("epoch", fold=p.fold, epoch=p.epoch, loss=round(p.loss, 4))
-
-        cv = cross_validate(
-            data.x, data.y, settings, folds=args.folds, device=device, progress=on_epoch
-        )
-        net = train_final(data.x, data.y, settings, device=device, progress=on_epoch)
-    print(cv.table())
+    cv, net = train_network(args, data.x, data.y, device)
     synthetic = bool(args.synthetic) or _is_synth_labels(args.labels)  # a synth labels.csv
     n = len(data.y)
     card: dict[str, Any] = {
@@ -217,19 +200,67 @@ def run_retrain(args: argparse.Namespace, config: Config) -> int:
         card["bayes_auc"] = bayes
     if notes:
         card["notes"] = notes
+    register(registry, net, card, data.x, cv, args.version)
+    return EXIT_OK
+
+
+def train_network(
+    args: argparse.Namespace, x: np.ndarray, y: np.ndarray, device: str
+) -> tuple[CVResult, MipNet]:
+    """Cross-validate with ``args``' settings, then train the network to register on all cases.
+
+    Prints the paper-style table of the cross-validation.
+    """
+    from sarclym.model.training.train import (
+        TrainProgress,
+        TrainSettings,
+        cross_validate,
+        train_final,
+    )
+
+    settings = TrainSettings(
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    with progress_bar("training", args.epochs * (args.folds + 1), transient=True) as bar:
+
+        def on_epoch(p: TrainProgress) -> None:
+            if bar is not None:
+                bar.advance(bar.task_ids[0])
+            log.debug("epoch", fold=p.fold, epoch=p.epoch, loss=round(p.loss, 4))
+
+        cv = cross_validate(x, y, settings, folds=args.folds, device=device, progress=on_epoch)
+        net = train_final(x, y, settings, device=device, progress=on_epoch)
+    print(cv.table())
+    return cv, net
+
+
+def register(
+    registry: Registry,
+    net: MipNet,
+    card: dict[str, Any],
+    x: np.ndarray,
+    cv: CVResult,
+    version: str | None,
+) -> str:
+    """Register ``net`` (inactive) with its own OOD reference; print what to do next."""
+    from sarclym.model.inference.registry import RegistryError
     from sarclym.model.training.ood_calibrate import reference_from_cv
 
     # Its own OOD reference: fitted on its cases, the threshold from the out-of-fold scores.
-    ood = reference_from_cv(net, data.x, cv)
+    ood = reference_from_cv(net, x, cv)
     if ood is None:
         print("no OOD reference: fewer than 20 cases (predictions carry no OOD score)")
     try:
-        version = registry.register(net, card, args.version, ood=ood)
+        name = registry.register(net, card, version, ood=ood)
     except RegistryError as exc:
         raise ModelError(str(exc)) from exc
-    print(f"registered model version {version} in {registry.root} (not active)")
-    print(f"activate it with: {self_command()} model activate {version}")
-    return EXIT_OK
+    print(f"registered model version {name} in {registry.root} (not active)")
+    print(f"activate it with: {self_command()} model activate {name}")
+    return name
 
 
 def _input_profile(studies: Mapping[str, Any], trained: Iterable[str]) -> dict[str, Any]:
