@@ -16,13 +16,14 @@ from sarclym.model.synth.latent import bayes_auc, draw_cohort
 from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from sarclym.node.cli.retrain_synthetic import paper_size_indices
 
-N, SEED = 24, 5
+N, SEED, PHANTOM = 24, 5, 2
 
 
 def _retrain(base: Path, version: str, *extra: str) -> int:
     return main(
         [
             "retrain", "--synthetic-cohort", str(N), "--cohort-seed", str(SEED),
+            "--phantom", str(PHANTOM),
             "--folds", "2", "--epochs", "1", "--input-size", "32", "--jobs", "2",
             "--registry", str(base / "models"), "--inputs-cache", str(base / "inputs.npz"),
             "--version", version, *extra,
@@ -40,14 +41,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_version_registered_with_the_cohorts_labels_ceiling_and_recipe(trained: Path) -> None:
     folder = trained / "models" / "0.2.0"
     card = json.loads((folder / CARD_FILE).read_text())
-    cases = draw_cohort(N, SEED)
+    cases = draw_cohort(N, SEED, phantom=PHANTOM)
     assert card["synthetic_data"] is True
     assert card["training_data"]["n"] == N
     assert card["training_data"]["n_lymphoma"] == sum(c.label == "lymphoma" for c in cases)
     assert card["bayes_auc"] == pytest.approx(bayes_auc(cases))
     assert card["reproduce"].startswith(
-        f"sarclym-node retrain --synthetic-cohort {N} --cohort-seed {SEED} "
+        f"sarclym-node retrain --synthetic-cohort {N} --cohort-seed {SEED} --phantom 2 "
     )
+    assert card["training_data"]["phantom"] == PHANTOM
     assert "--input-size 32x32" in card["reproduce"]
     assert card["ood_reference"]["n_fit"] == N  # its own reference, from its own cases
     assert (
@@ -67,7 +69,9 @@ def test_inputs_are_the_nodes_own_and_the_cache_gives_the_same_model(
         x = data["x"]
     assert x.shape == (N, 2, 32, 32)
     # Case 3 made again, alone, through the same path: the same input.
-    again = synthetic_inputs([3], n=N, seed=SEED, size=(32, 32), window=(0.0, 10.0))
+    again = synthetic_inputs(
+        [3], n=N, seed=SEED, size=(32, 32), window=(0.0, 10.0), phantom=PHANTOM
+    )
     np.testing.assert_array_equal(x[3], again[0])
     stamp = cache.stat().st_mtime_ns
     capsys.readouterr()

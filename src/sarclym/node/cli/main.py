@@ -481,6 +481,14 @@ def _add_model_commands(sub: Any) -> None:
         "--cohort-seed", type=int, default=2026, help="the cohort's seed, as synth --seed (2026)"
     )
     synthetic.add_argument(
+        "--phantom",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        metavar="V",
+        help="phantom (cohort) version, as synth --phantom (default 1)",
+    )
+    synthetic.add_argument(
         "--inputs-cache",
         type=Path,
         metavar="FILE",

@@ -46,8 +46,8 @@ def run_retrain_synthetic(args: argparse.Namespace, config: Config, notes: str |
         if getattr(args, flag, None) is not None:
             name = "--" + flag.replace("_", "-")
             raise InputError(f"{name} does not go with --synthetic-cohort (it draws its labels)")
-    n, seed = int(args.synthetic_cohort), int(args.cohort_seed)
-    cases = draw_cohort(n, seed)
+    n, seed, phantom = int(args.synthetic_cohort), int(args.cohort_seed), int(args.phantom)
+    cases = draw_cohort(n, seed, phantom=phantom)
     y = np.array([case.label == "lymphoma" for case in cases], dtype=np.int64)
     fewest = min(int(y.sum()), int(n - y.sum()))
     if fewest < args.folds:
@@ -72,7 +72,7 @@ def run_retrain_synthetic(args: argparse.Namespace, config: Config, notes: str |
         torch.set_num_threads(args.threads)
     size: tuple[int, int] = args.input_size
     window = (0.0, float(args.suv_max))
-    x = _inputs(args, n, seed, size, window)
+    x = _inputs(args, n, seed, phantom, size, window)
 
     t0 = time.perf_counter()
     cv, net = train_network(args, x, y, device)
@@ -81,13 +81,15 @@ def run_retrain_synthetic(args: argparse.Namespace, config: Config, notes: str |
         "training_data": {
             "description": args.data_description
             or (
-                f"{n} synthetic studies of `sarclym-node synth --cases {n} --seed {seed}`, "
-                "each prepared through the node's own path (not kept on disk)"
+                f"{n} synthetic studies of `sarclym-node synth --cases {n} --seed {seed} "
+                f"--phantom {phantom}`, each prepared through the node's own path (not kept "
+                "on disk)"
             ),
             "n": n,
             "n_lymphoma": int(y.sum()),
             "n_sarcoidosis": int(n - y.sum()),
             "excluded": 0,
+            "phantom": phantom,
         },
         "synthetic_data": True,
         "positive_class": "lymphoma",
@@ -131,13 +133,16 @@ def _inputs(
     args: argparse.Namespace,
     n: int,
     seed: int,
+    phantom: int,
     size: tuple[int, int],
     window: tuple[float, float],
 ) -> np.ndarray:
     """The cohort's network inputs: from ``--inputs-cache`` when it holds them, else made."""
     from sarclym.model.synth.inputs import synthetic_inputs
 
-    key = json.dumps({"cases": n, "seed": seed, "size": list(size), "window": list(window)})
+    key = json.dumps(
+        {"cases": n, "seed": seed, "phantom": phantom, "size": list(size), "window": list(window)}
+    )
     cache: Path | None = args.inputs_cache
     if cache is not None and cache.exists():
         try:
@@ -158,7 +163,14 @@ def _inputs(
                 bar.update(bar.task_ids[0], completed=done)
 
         x = synthetic_inputs(
-            range(n), n=n, seed=seed, size=size, window=window, jobs=jobs, progress=on_study
+            range(n),
+            n=n,
+            seed=seed,
+            size=size,
+            window=window,
+            jobs=jobs,
+            progress=on_study,
+            phantom=phantom,
         )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +191,8 @@ def command_line(args: argparse.Namespace) -> str:
         str(args.synthetic_cohort),
         "--cohort-seed",
         str(args.cohort_seed),
+        "--phantom",
+        str(args.phantom),
     ]
     for flag in ("folds", "epochs", "batch_size", "lr", "seed", "arch", "suv_max"):
         parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
