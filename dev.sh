@@ -10,6 +10,8 @@
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
 #   ./dev.sh mypy     type-check only
 #   ./dev.sh gpu      the one-shot GPU check for a lent CUDA machine (tests/gpu/README.md)
+#   ./dev.sh train-default   train the default model's next version on the synthetic cohort
+#                     (phantom 2), on a lent CUDA machine (tests/gpu/README.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -89,5 +91,6 @@ case "$cmd" in
   mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
   gpu)   exec bash tests/gpu/run_on_device.sh "$@" ;;  # no setup: the GPU machine installs nothing
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  train-default) exec bash tests/gpu/run_on_device.sh train-default "$@" ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac
