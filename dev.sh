@@ -16,10 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server)
+APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server iproute2)
 # What each package gives us, to tell whether apt-get is needed at all.
 APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /usr/sbin/Orthanc
-            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server)
+            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server /bin/ip)
 TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
