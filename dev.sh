@@ -11,14 +11,17 @@
 #   ./dev.sh bench    set up, then run only the benchmarks under tests/bench
 #   ./dev.sh mypy     type-check only
 #   ./dev.sh gpu      the one-shot GPU check for a lent CUDA machine (tests/gpu/README.md)
+#   ./dev.sh train-default   train the default model's next version on the synthetic cohort
+#                     (phantom 2), on a lent CUDA machine (tests/gpu/README.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server postgresql)
+APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb redis-server iproute2
+              postgresql)
 # What each package gives us, to tell whether apt-get is needed at all.
 APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /usr/sbin/Orthanc
-            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server
+            /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server /bin/ip
             /usr/lib/postgresql/15/bin/postgres)
 TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
 
@@ -91,5 +94,6 @@ case "$cmd" in
   mypy)  run_mypy ;;
   bench) setup; "$VENV/bin/python" -m pytest tests/bench -m bench "$@" ;;
   gpu)   exec bash tests/gpu/run_on_device.sh "$@" ;;  # no setup: the GPU machine installs nothing
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  train-default) exec bash tests/gpu/run_on_device.sh train-default "$@" ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

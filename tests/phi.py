@@ -17,16 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
+from tests.realpet import WHOLEBODY_IMAGES
+
 #: The real whole-body FDG series (tests/data/realpet/README.md).
-REAL_SERIES = (
-    Path(__file__).resolve().parent
-    / "data"
-    / "realpet"
-    / "tcia-sts-001-wholebody-fdg"
-    / "STS_001"
-    / "FDG_PET"
-    / "image"
-)
+REAL_SERIES = WHOLEBODY_IMAGES
 #: What identifies the patient in a real file: name, ID, birth date (and the rest, when given).
 PATIENT_KEYWORDS = (
     "PatientName",

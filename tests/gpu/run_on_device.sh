@@ -166,4 +166,23 @@ else
 fi
 
 export PYTHONUNBUFFERED=1
+if [ "${1:-}" = "train-default" ]; then
+  # The default model's next version: 2400 studies of phantom 2, the 1.0.0 recipe otherwise,
+  # the paper-size cross-validation too. Later arguments override these (argparse: the last
+  # value wins). The version lands in $OUT/registry/<version>/ (4 files, under 1 MB).
+  shift
+  OUTDIR=${OUT:-$ROOT/build/gpu}
+  mkdir -p "$OUTDIR"
+  DEVICE=cpu
+  if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    DEVICE=cuda
+  fi
+  JOBS=$(nproc)
+  log "training the default on $DEVICE, $JOBS processes making the studies"
+  exec "$PY" -m sarclym.node.cli retrain --synthetic-cohort 2400 --cohort-seed 2026 \
+    --phantom 2 --folds 5 --epochs 40 --batch-size 16 --lr 0.003 --seed 0 \
+    --arch two_branch_grid --suv-max 10 --input-size 256x128 --paper-size \
+    --device "$DEVICE" --jobs "$JOBS" --version 2.0.0 --registry "$OUTDIR/registry" \
+    --inputs-cache "${SARCLYM_GPU_TMP:-/tmp}/sarclym-train-inputs.npz" "$@"
+fi
 exec "$PY" -m tests.gpu.gpu_check "$@"

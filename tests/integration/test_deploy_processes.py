@@ -6,7 +6,12 @@ DICOM modality the compose file gives it; ``sarclym-node serve`` (the ``node`` s
 and as many ``sarclym-node worker`` processes as the ``worker`` service has replicas, each with
 its command from the compose file. The node and the workers read ``deploy/compose/sarclym.yaml``
 itself (the file the compose services mount at ``$SARCLYM_CONFIG``); only hosts, ports and the
-data folder are overridden from the environment, as a container's environment would.
+data folder are overridden from the environment, as a container's environment would (each
+worker its own health port: containers have a network each, processes here share one). The
+workers' compose healthcheck URL answers 200 on each.
+
+The state is state.db (SQLite): ``compose.postgres.yaml`` needs the node's store layer for
+PostgreSQL (``storage.database_url``, issue 18) before these processes can run on it.
 
 A synthetic PET/CT study is stored into Orthanc by DCMTK ``storescu``; Orthanc forwards the AC
 PET series to the node, one worker runs the model, the node delivers: the Secondary Capture and
@@ -219,10 +224,24 @@ def test_compose_processes_study_into_orthanc_results_back(tmp_path: Path) -> No
         assert httpx.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
 
         worker_logs = [tmp_path / f"worker{k}.log" for k in range(replicas)]
-        for log in worker_logs:
-            stack.enter_context(_process([*cli, *worker_service["command"]], log, env))
-        for log in worker_logs:
+        check = " ".join(worker_service["healthcheck"]["test"])
+        shipped_port = effective.worker.health_port
+        assert f"http://127.0.0.1:{shipped_port}/readyz" in check
+        health = [free_port() for _ in worker_logs]
+        for log, port in zip(worker_logs, health, strict=True):
+            own = {**env, "SARCLYM__WORKER__HEALTH_PORT": str(port)}
+            stack.enter_context(_process([*cli, *worker_service["command"]], log, own))
+        for log, port in zip(worker_logs, health, strict=True):
             _wait(lambda log=log: '"worker started"' in log.read_text(), 60, "no worker", log)
+
+            def worker_ready(port: int = port) -> bool:
+                try:
+                    url = f"http://127.0.0.1:{port}/readyz"
+                    return httpx.get(url, timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait(worker_ready, 60, "worker not ready (its compose healthcheck)", log)
 
         files = sorted(str(p) for p in study.rglob("*.dcm"))
         scanner = [require_tool("storescu"), "-aet", "SCANNER", "-aec", "ORTHANC", "127.0.0.1"]

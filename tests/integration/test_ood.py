@@ -22,17 +22,10 @@ from sarclym.model.inference.predictor import DEFAULT_REGISTRY, Predictor
 from sarclym.model.inference.registry import CARD_FILE, CARD_MD_FILE, Registry
 from sarclym.model.synth.inputs import synthetic_inputs
 from sarclym.node.cli import main
+from tests.realpet import WHOLEBODY
 
 pytestmark = pytest.mark.integration
 
-WHOLEBODY = (
-    Path(__file__).resolve().parents[1]
-    / "data"
-    / "realpet"
-    / "tcia-sts-001-wholebody-fdg"
-    / "STS_001"
-    / "FDG_PET"
-)
 #: Held-out synthetic cohort of this test: not the training seed (2026) nor the calibration's.
 HELD_OUT_SEED = 4242
 HELD_OUT_CASES = 20

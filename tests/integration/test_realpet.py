@@ -40,12 +40,12 @@ from sarclym.node.store.state import ReceivedInstance, StateDB
 from tests.conftest import OrthancServer, require_tool
 from tests.integration.test_results_validators import assert_pixelmed_sr_clean
 from tests.integration.test_serve import NodeProcess, _audit, _orthanc_results, _send
+from tests.realpet import REALPET, WHOLEBODY
 from tests.unit import suv_reference as ref
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "realpet"
-WHOLEBODY = DATA / "tcia-sts-001-wholebody-fdg" / "STS_001" / "FDG_PET"
+DATA = REALPET
 CROPPED = DATA / "tcia-sts-001-cropped-suv" / "STS_001"
 SHARED = Path(
     os.environ.get(

@@ -39,17 +39,10 @@ from sarclym.model.imaging.mip import Mips
 from sarclym.model.imaging.prepare import prepare_study
 from sarclym.model.imaging.selection import SelectionRules, check_instances, check_series
 from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR, suv_factor, suv_factor_of, suv_inputs
+from tests.realpet import WHOLEBODY_IMAGES as WHOLEBODY
+from tests.realpet import WHOLEBODY_STUDY
 from tests.unit.petfactory import make_series, to_enhanced
 
-WHOLEBODY = (
-    Path(__file__).resolve().parents[1]
-    / "data"
-    / "realpet"
-    / "tcia-sts-001-wholebody-fdg"
-    / "STS_001"
-    / "FDG_PET"
-    / "image"
-)
 RULES = SelectionRules(min_axial_extent_mm=0.0)
 
 
@@ -264,7 +257,7 @@ def test_a_malformed_slice_is_not_accumulated_and_never_raises() -> None:
 
     from sarclym.model.imaging.contribution_walk import accumulated_blobs
 
-    real = Path(__file__).resolve().parents[1] / "data" / "realpet" / "tcia-sts-001-wholebody-fdg"
+    real = WHOLEBODY_STUDY
     ds = dcmread(sorted((real / "STS_001" / "FDG_PET" / "image").glob("*.dcm"))[0])
     ds.SamplesPerPixel = 3  # and no (0028,0006) Planar Configuration
     fp = DicomBytesIO()

@@ -15,7 +15,6 @@ import copy
 import io
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,17 +30,9 @@ from sarclym.model.imaging.contribution_walk import (
 )
 from sarclym.model.imaging.suv import PHILIPS_PET_CREATOR
 from sarclym.node.dicom.part10 import DatasetLimits, read_header, read_part10_meta
+from tests.realpet import WHOLEBODY_IMAGES as WHOLEBODY
 from tests.unit.petfactory import make_series
 
-WHOLEBODY = (
-    Path(__file__).resolve().parents[1]
-    / "data"
-    / "realpet"
-    / "tcia-sts-001-wholebody-fdg"
-    / "STS_001"
-    / "FDG_PET"
-    / "image"
-)
 LIMITS = DatasetLimits(max_bytes=2**30, max_inflation_ratio=100.0)
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 AXIAL_FLIPPED = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0))

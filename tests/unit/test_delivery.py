@@ -739,3 +739,14 @@ def test_a_slow_destination_holds_no_other_back(
         runner.join(30)
     assert reports[0].delivered == 2
     assert folder.calls == [tuple(files)]
+
+
+def test_pass_report_adds_a_destinations_part() -> None:
+    """run_due's parallel pass counts each destination's part into one report."""
+    from sarclym.node.delivery.records import PassReport
+
+    report = PassReport(attempted=1, delivered=1, unknown_destinations={"gone"})
+    report.add(PassReport(attempted=3, delivered=1, retrying=1, dead=1))
+    report.add(PassReport(attempted=2, retrying=2, unknown_destinations={"old"}))
+    assert (report.attempted, report.delivered, report.retrying, report.dead) == (6, 2, 3, 1)
+    assert report.unknown_destinations == {"gone", "old"}

@@ -11,9 +11,7 @@ the compose processes for real). What each check rests on:
   the ports and the volume; ``hadolint`` when it is on PATH.
 - systemd: ``systemd-analyze verify`` and ``systemd-analyze security --offline`` when systemd is
   installed, and the hardening keys read from the files in any case.
-- Helm: the chart rendered by the ``helm`` binary, else by the ``helm-python-sdk`` package
-  (Helm's Go SDK through ctypes), else those checks skip (see deploy/README.md); the rendered
-  manifests against the Kubernetes schemas when ``kubernetes-validate`` is installed.
+- Helm: ``test_deploy_helm.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 COMPOSE_GPU = DEPLOY / "compose.gpu.yaml"
+COMPOSE_POSTGRES = DEPLOY / "compose.postgres.yaml"
 COMPOSE_CONFIG = DEPLOY / "compose" / "sarclym.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SYSTEMD = DEPLOY / "systemd"
@@ -68,6 +67,7 @@ def test_the_deploy_folder_has_every_artefact() -> None:
     expected = [
         COMPOSE,
         COMPOSE_CONFIG,
+        COMPOSE_POSTGRES,
         DOCKERFILE,
         SYSTEMD / "sarclym-node.service",
         SYSTEMD / "sarclym-worker@.service",
@@ -158,7 +158,7 @@ def compose_validator() -> jsonschema.protocols.Validator:
     return validator
 
 
-@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU, COMPOSE_POSTGRES], ids=lambda p: p.name)
 def test_compose_file_matches_the_compose_specification(
     path: Path, compose_validator: jsonschema.protocols.Validator
 ) -> None:
@@ -230,8 +230,10 @@ def test_compose_healthchecks_use_the_nodes_http_endpoints(compose: dict[str, An
     assert f"http://127.0.0.1:{config.service.http_port}/readyz" in test
     assert config.service.http_host == "0.0.0.0"
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    # The worker serves no HTTP: the image's /healthz check is off for it.
-    assert services["worker"]["healthcheck"] == {"disable": True}
+    # The worker's own endpoint (worker.health_port), in its container's network.
+    worker_test = " ".join(services["worker"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{config.worker.health_port}/readyz" in worker_test
+    assert config.worker.health_port not in (0, config.service.http_port)
     # Whatever waits for a healthy service waits for one that has a check.
     for service in services.values():
         for dependency, how in service.get("depends_on", {}).items():
@@ -278,6 +280,34 @@ def test_no_literal_secret_in_compose_environments(compose: dict[str, Any]) -> N
     for name, service in compose["services"].items():
         for key, value in service.get("environment", {}).items():
             if re.search("PASSWORD|TOKEN|SECRET", key) or "USERS" in key:
+                assert "${" in str(value), f"{name}.{key} holds a literal secret"
+
+
+def test_postgres_override_puts_the_state_on_postgresql(compose: dict[str, Any]) -> None:
+    override = _yaml(COMPOSE_POSTGRES)
+    services = override["services"]
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15"
+    # Its own named volume at the image's data folder, declared and used by it alone.
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert set(override["volumes"]) == {"postgres-data"}
+    assert not set(override["volumes"]) & set(compose["volumes"])
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert set(postgres["networks"]) <= set(compose["networks"])
+    # It only adds to services compose.yaml has, and to no other than node and worker.
+    assert set(services) - {"postgres"} == {"node", "worker"}
+    env = postgres["environment"]
+    url = f"postgresql://{env['POSTGRES_USER']}@postgres:5432/{env['POSTGRES_DB']}"
+    for name in ("node", "worker"):
+        assert name in compose["services"]
+        client = services[name]["environment"]
+        assert client["SARCLYM__STORAGE__DATABASE_URL"] == url  # no password in the URL
+        assert client["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+        assert services[name]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    for name, service in services.items():
+        for key, value in service.get("environment", {}).items():
+            if re.search("PASSWORD|TOKEN|SECRET", key):
                 assert "${" in str(value), f"{name}.{key} holds a literal secret"
 
 
@@ -497,204 +527,3 @@ def test_systemd_exposure_level_is_low(systemd_root: Path, unit: str) -> None:
     # --threshold=20: exposure 2.0 of 10 at most ("OK"); the command fails above it.
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Overall exposure level" in result.stdout
-
-
-# -- Helm -----------------------------------------------------------------------------------
-
-
-def test_chart_metadata_and_values() -> None:
-    chart = _yaml(CHART / "Chart.yaml")
-    assert chart["apiVersion"] == "v2"
-    assert chart["name"] == CHART.name
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert f'version = "{chart["appVersion"]}"' in pyproject
-    values = _yaml(CHART / "values.yaml")
-    assert values["persistence"]["accessModes"] == ["ReadWriteMany"]
-    assert values["worker"]["replicas"] >= 1
-    assert values["worker"]["gpu"] >= 1
-    templates = {p.name for p in (CHART / "templates").iterdir()}
-    assert {"NOTES.txt", "configmap.yaml", "pvc.yaml", "worker-deployment.yaml"} <= templates
-
-
-class Renderer:
-    """``helm template`` through the helm binary or the helm-python-sdk package."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.helm = shutil.which("helm")
-        self.sdk: Any = None
-        if self.helm is None:
-            try:
-                import helm_python
-            except ImportError:
-                pytest.skip(
-                    "neither the helm binary nor the helm-python-sdk package is installed "
-                    "(deploy/README.md: how the chart was rendered here)"
-                )
-            self.sdk = helm_python
-
-    def lint(self) -> list[str]:
-        """Errors and warnings of ``helm lint`` (info messages are not returned)."""
-        if self.helm is not None:
-            result = subprocess.run(
-                [self.helm, "lint", "--strict", str(CHART)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return [] if result.returncode == 0 else [result.stdout + result.stderr]
-        report = self.sdk.lint(str(CHART))
-        # Severities as in Helm's support package: 1 info, 2 warning, 3 error.
-        messages = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] > 1]
-        return messages + [str(e) for e in report["errors"]]
-
-    def render(self, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """The manifests of release ``demo`` in namespace ``pacs``; raises on a render error."""
-        if self.helm is not None:
-            file = self.tmp / "values.json"
-            file.write_text(json.dumps(values or {}))
-            result = subprocess.run(
-                [self.helm, "template", "demo", str(CHART), "--namespace", "pacs", "-f", str(file)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(result.stderr)
-            texts = [result.stdout]
-        else:
-            with self.sdk.Chart.load(str(CHART)) as chart:
-                rendered = chart.render(values or {}, name="demo", namespace="pacs")
-            texts = [text for name, text in sorted(rendered.items()) if name.endswith(".yaml")]
-        return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Renderer:
-    return Renderer(tmp_path_factory.mktemp("helm"))
-
-
-def _by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
-
-
-def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container  # type: ignore[no-any-return]
-
-
-def test_helm_lint_is_clean(helm: Renderer) -> None:
-    assert helm.lint() == []
-
-
-def test_helm_renders_listener_workers_redis_pvc_and_config(helm: Renderer) -> None:
-    docs = _by_kind(helm.render())
-    assert set(docs) == {
-        ("ConfigMap", "demo-sarclym-node-config"),
-        ("Deployment", "demo-sarclym-node-listener"),
-        ("Deployment", "demo-sarclym-node-worker"),
-        ("Deployment", "demo-sarclym-node-redis"),
-        ("Service", "demo-sarclym-node"),
-        ("Service", "demo-sarclym-node-redis"),
-        ("PersistentVolumeClaim", "demo-sarclym-node-data"),
-    }
-    listener = docs["Deployment", "demo-sarclym-node-listener"]
-    worker = docs["Deployment", "demo-sarclym-node-worker"]
-    pvc = docs["PersistentVolumeClaim", "demo-sarclym-node-data"]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-
-    # Listener: one replica, never two at once, the DICOM and HTTP ports, both probes.
-    assert listener["spec"]["replicas"] == 1
-    assert listener["spec"]["strategy"]["type"] == "Recreate"
-    main = _container(listener)
-    assert main["args"] == ["serve"]
-    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
-        "dicom": 11112,
-        "http": 11180,
-    }
-    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    service = docs["Service", "demo-sarclym-node"]
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "dicom": 11112,
-        "http": 11180,
-    }
-    assert service["spec"]["selector"] == listener["spec"]["selector"]["matchLabels"]
-
-    # Workers: replicas from values, a GPU each, the CUDA image, on the listener's node.
-    assert worker["spec"]["replicas"] == 2
-    work = _container(worker)
-    assert work["args"] == ["worker", "--workers", "1"]
-    assert work["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert work["image"] == "sarclym-node:0.1.0-cuda"
-    affinity = worker["spec"]["template"]["spec"]["affinity"]["podAffinity"]
-    (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"] == listener["spec"]["selector"]["matchLabels"]
-
-    # Both mount the PVC at /data and the configuration read-only; non-root, read-only root.
-    for deployment in (listener, worker):
-        pod = deployment["spec"]["template"]["spec"]
-        claims = {
-            v["name"]: v["persistentVolumeClaim"]["claimName"]
-            for v in pod["volumes"]
-            if "persistentVolumeClaim" in v
-        }
-        assert claims == {"data": pvc["metadata"]["name"]}
-        mounts = {m["mountPath"]: m for m in _container(deployment)["volumeMounts"]}
-        assert mounts["/data"]["name"] == "data"
-        assert mounts["/etc/sarclym"]["readOnly"] is True
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert _container(deployment)["securityContext"]["readOnlyRootFilesystem"] is True
-
-
-def test_helm_config_map_is_a_valid_node_configuration(helm: Renderer, tmp_path: Path) -> None:
-    docs = _by_kind(helm.render())
-    config_map = docs["ConfigMap", "demo-sarclym-node-config"]
-    file = tmp_path / "sarclym.yaml"
-    file.write_text(config_map["data"]["sarclym.yaml"])
-    for name in ("listener", "worker"):
-        container = _container(docs["Deployment", f"demo-sarclym-node-{name}"])
-        env = {e["name"]: e["value"] for e in container["env"]}
-        assert env["SARCLYM_CONFIG"] == "/etc/sarclym/sarclym.yaml"
-        config = load_config(file, environ={k: v for k, v in env.items() if k != "SARCLYM_CONFIG"})
-        assert config.service.workers == 0
-        assert config.service.queue_url == "redis://demo-sarclym-node-redis:6379/0"
-        assert str(config.storage.data_dir) == "/data"
-        assert (config.service.http_host, config.service.http_port) == ("0.0.0.0", 11180)
-        assert [t.kind for t in config.destinations.targets] == ["cstore"]
-    redis = docs["Service", "demo-sarclym-node-redis"]
-    assert redis["spec"]["ports"][0]["port"] == 6379
-
-
-def test_helm_values_change_what_they_say(helm: Renderer) -> None:
-    cpu = _by_kind(helm.render({"worker": {"replicas": 3, "gpu": 0}}))
-    worker = cpu["Deployment", "demo-sarclym-node-worker"]
-    assert worker["spec"]["replicas"] == 3
-    assert "nvidia.com/gpu" not in json.dumps(_container(worker)["resources"])
-    assert _container(worker)["image"] == "sarclym-node:0.1.0"
-    external = {"redis": {"enabled": False, "externalUrl": "redis://queue.example.org:6379/2"}}
-    docs = _by_kind(helm.render(external))
-    assert not [key for key in docs if "redis" in key[1]]
-    text = docs["ConfigMap", "demo-sarclym-node-config"]["data"]["sarclym.yaml"]
-    assert yaml.safe_load(text)["service"]["queue_url"] == "redis://queue.example.org:6379/2"
-    secret = _by_kind(helm.render({"secretEnvFrom": "sarclym-secrets"}))
-    for name in ("listener", "worker"):
-        container = _container(secret["Deployment", f"demo-sarclym-node-{name}"])
-        assert container["envFrom"] == [{"secretRef": {"name": "sarclym-secrets"}}]
-    with pytest.raises(Exception, match="externalUrl"):
-        helm.render({"redis": {"enabled": False}})
-
-
-def test_helm_manifests_match_the_kubernetes_schemas(helm: Renderer) -> None:
-    try:
-        import kubernetes_validate
-    except ImportError:
-        pytest.skip("kubernetes-validate is not installed (Kubernetes JSON schemas, 72 MB)")
-    docs = helm.render()
-    for doc in docs:
-        kubernetes_validate.validate(doc, "1.30.0", strict=True)
-    broken = json.loads(json.dumps(docs[0]))
-    broken["metadata"]["nmae"] = "typo"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, "1.30.0", strict=True)

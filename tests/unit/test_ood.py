@@ -221,9 +221,9 @@ def test_the_calibration_command_adds_a_reference_from_synthetic_inputs(tmp_path
     Registry(tmp_path / "models").register(net, card, "1.0.0")
     rng = np.random.default_rng(0)
 
-    def inputs(name: str, n: int, seed: int) -> Path:
+    def inputs(name: str, n: int, seed: int, **extra: int) -> Path:
         path = tmp_path / name
-        cohort = json.dumps({"cases": 50 if seed == 7 else n, "seed": seed, "take": n})
+        cohort = json.dumps({"cases": 50 if seed == 7 else n, "seed": seed, "take": n, **extra})
         np.savez(path, x=rng.random((n, 2, *SIZE), np.float32), cohort=np.asarray(cohort))
         return path
 
@@ -232,6 +232,9 @@ def test_the_calibration_command_adds_a_reference_from_synthetic_inputs(tmp_path
     wrong = inputs("wrong.npz", 30, 9)
     with pytest.raises(SystemExit, match="not the version's training cohort"):
         calibrate_main([*args, "--fit-inputs", str(wrong), "--held-out-inputs", str(held)])
+    other_phantom = inputs("v2.npz", 25, 8, phantom=2)  # the model was trained on version 1
+    with pytest.raises(SystemExit, match="inputs of phantom version 2, the version was trained"):
+        calibrate_main([*args, "--fit-inputs", str(fit), "--held-out-inputs", str(other_phantom)])
     assert calibrate_main([*args, "--fit-inputs", str(fit), "--held-out-inputs", str(held)]) == 0
     loaded = Registry(tmp_path / "models").load("1.0.0")
     assert loaded.ood is not None

@@ -190,3 +190,88 @@ def test_processes_starting_together_seed_the_node_registry_once(tmp_path: Path)
     assert versions == ["1.0.0"] * 8
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
     assert (tmp_path / "models").stat().st_mode & 0o777 == 0o755
+
+
+def _earlier_release(root: Path, *, weights_sha: str | None = None) -> None:
+    """A node registry as an earlier release seeded it: 1.0.0 without its OOD reference."""
+    import shutil
+
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+
+    shutil.copytree(DEFAULT_REGISTRY, root)
+    (root / "1.0.0" / "ood_reference.safetensors").unlink()
+    card_path = root / "1.0.0" / "model_card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    del card["ood_reference"]
+    if weights_sha is not None:
+        card["weights_sha256"] = weights_sha
+    card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
+
+
+def test_registry_seeded_earlier_gets_the_shipped_ood_reference(tmp_path: Path) -> None:
+    """A site upgraded from a release without OOD scores: its registry's 1.0.0 (same weights)
+    gets the shipped reference at the next start, by several processes at once, and the
+    active version stays as it was."""
+    import threading
+
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.node.config import Config
+    from sarclym.node.worker.registry import open_registry
+
+    _earlier_release(tmp_path / "models")
+    assert Registry(tmp_path / "models").ood_reference("1.0.0") is None
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_registry(config)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    node = Registry(tmp_path / "models")
+    shipped = Registry(DEFAULT_REGISTRY)
+    assert node.active() == "1.0.0"
+    assert node.card("1.0.0")["ood_reference"] == shipped.card("1.0.0")["ood_reference"]
+    assert node.load().ood is not None
+    assert sorted(p.name for p in (tmp_path / "models" / "1.0.0").iterdir()) == sorted(
+        p.name for p in (DEFAULT_REGISTRY / "1.0.0").iterdir()
+    )
+
+
+def test_registry_with_other_weights_keeps_no_reference(tmp_path: Path) -> None:
+    """The shipped reference was calibrated on the shipped weights: a registry whose 1.0.0
+    names other weights does not get it (and the node still starts)."""
+    from sarclym.node.config import Config
+    from sarclym.node.worker.registry import open_registry
+
+    _earlier_release(tmp_path / "models", weights_sha="0" * 64)
+    open_registry(Config.model_validate({"storage": {"data_dir": str(tmp_path)}}))
+    assert "ood_reference" not in Registry(tmp_path / "models").card("1.0.0")
+
+
+def test_shipped_version_missing_from_the_registry_is_added_not_activated(
+    tmp_path: Path,
+) -> None:
+    """A registry that holds only a site's own version gets the shipped default beside it,
+    registered but not active: the site decides what runs."""
+    import shutil
+
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.node.config import Config
+    from sarclym.node.worker.registry import open_registry
+
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copytree(DEFAULT_REGISTRY / "1.0.0", root / "site-1")
+    (root / "ACTIVE").write_text("site-1\n", encoding="utf-8")
+    registry = open_registry(Config.model_validate({"storage": {"data_dir": str(tmp_path)}}))
+    assert sorted(info.version for info in registry.versions()) == ["1.0.0", "site-1"]
+    assert registry.active() == "site-1"
+    assert registry.ood_reference("1.0.0") is not None

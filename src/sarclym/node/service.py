@@ -56,6 +56,7 @@ from sarclym.node.store.records import SeriesStatus
 from sarclym.node.store.retention import prune_spool
 from sarclym.node.store.serve_lock import ServeLock
 from sarclym.node.store.state import StateDB
+from sarclym.node.worker.health import Heartbeat, WorkerProbes
 from sarclym.node.worker.processor import Processor
 
 if TYPE_CHECKING:
@@ -100,9 +101,17 @@ class _WakeableWorker(Worker):
     max_delay: float
     backoff: float
 
-    def __init__(self, *args: Any, wake: threading.Event, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, wake: threading.Event, heartbeat: Heartbeat | None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self.heartbeat = heartbeat
+
+    def loop(self, now: Any = None) -> None:
+        if self.heartbeat is not None:  # a worker process's /healthz (worker.health_port)
+            self.heartbeat.beat()
+        super().loop(now)
 
     def sleep(self) -> None:
         if self.delay > self.max_delay:
@@ -117,8 +126,11 @@ class _WakeableWorker(Worker):
 class _WakeableConsumer(Consumer):
     """huey's consumer with :class:`_WakeableWorker` workers sharing one ``wake`` event."""
 
-    def __init__(self, huey: Huey, wake: threading.Event, **options: Any) -> None:
+    def __init__(
+        self, huey: Huey, wake: threading.Event, heartbeat: Heartbeat | None, **options: Any
+    ) -> None:
         self.wake = wake
+        self.heartbeat = heartbeat
         super().__init__(huey, **options)
 
     def _create_worker(self) -> _WakeableWorker:
@@ -130,6 +142,7 @@ class _WakeableConsumer(Consumer):
             backoff=self.backoff,
             max_tasks=self.max_tasks,
             wake=self.wake,
+            heartbeat=self.heartbeat,
         )
 
 
@@ -445,6 +458,7 @@ class Node:
             if recovered:
                 log.info("recovered series from the previous run", count=recovered)
         workers = self.config.service.workers if worker_threads is None else worker_threads
+        heartbeat = self._start_worker_health() if self.worker_only else None
         if workers:
             # Load the model before taking jobs (torch import and hash check, about a second),
             # so that the first series is not the slow one. A model that cannot load fails
@@ -460,6 +474,7 @@ class Node:
             self._consumer = _WakeableConsumer(
                 self.huey,
                 self._wake,
+                heartbeat,
                 workers=workers,
                 worker_type="thread",
                 periodic=False,
@@ -501,6 +516,27 @@ class Node:
             workers=workers,
         )
 
+    def _start_worker_health(self) -> Heartbeat | None:
+        """A worker process's /healthz and /readyz on ``worker.health_port`` (0: none)."""
+        if not self.config.worker.health_port:
+            return None
+        probes = WorkerProbes.of_process(
+            self.config,
+            loaded_model=self.processor.loaded_version,
+            queue=self.huey,
+            state=self.state,
+        )
+        self._http = HttpServer(
+            self.config.service.http_host,
+            self.config.worker.health_port,
+            probes=probes,
+            limits=HttpLimits.from_config(self.config.service),
+            stow=StowReceiver(None, self.listener.ingest_part10),  # None: STOW-RS off (403)
+            dashboard=None,
+        )
+        self._http.start()  # before the model loads: the probes answer while it does
+        return probes.heartbeat
+
     def stop(self) -> None:
         """Stop accepting, let running jobs finish, stop delivery; close the databases."""
         self._stop.set()
@@ -536,6 +572,8 @@ class Node:
     def status(self) -> dict[str, Any]:
         """Recent series and their deliveries, for GET /status."""
         return {"series": series_status(self.state, self.ledger)}
+
+    liveness_failure = "listener down"
 
     def listener_running(self) -> bool:
         """Liveness (``/healthz``): the DICOM listener runs."""

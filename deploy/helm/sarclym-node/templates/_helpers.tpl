@@ -54,6 +54,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "sarclym-node.env" -}}
 - name: SARCLYM_CONFIG
   value: /etc/sarclym/sarclym.yaml
+{{- include "sarclym-node.postgresqlEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -521,6 +521,16 @@ class Registry:
         ood = self._load_ood(version, card)
         return LoadedModel(net=net, card=card, sha256=digest, version=version, ood=ood)
 
+    def ood_reference(self, version: str) -> OodReference | None:
+        """The version's out-of-distribution reference, ``None`` when it was registered without.
+
+        Raises
+        ------
+        RegistryError
+            Unknown version, or the reference named in the card is missing or modified.
+        """
+        return self._load_ood(version, self._read_card(version))
+
     def _load_ood(self, version: str, card: Mapping[str, Any]) -> OodReference | None:
         named = card.get("ood_reference")
         if named is None:

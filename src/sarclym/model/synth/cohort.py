@@ -116,14 +116,21 @@ def _study_meta(
     else:
         injection_clock = dt.time(int(rng.integers(7, 16)), int(rng.integers(0, 60)))
     weight = float(case.body.weight_kg)
+    name = f"{_FAMILY[rng.integers(len(_FAMILY))]}^{_GIVEN[rng.integers(len(_GIVEN))]}"
+    patient_id = f"SYN{int(rng.integers(10**6, 10**7))}"
+    sex = str(rng.choice(["F", "M"]))
+    height = round(float(rng.normal(1.70, 0.09)), 2)
+    if case.physiology is not None:
+        # Version 2 draws sex and height with the body (same stream use as version 1 here).
+        sex, height = case.physiology.sex, case.physiology.height_m
     return StudyMeta(
-        patient_name=f"{_FAMILY[rng.integers(len(_FAMILY))]}^{_GIVEN[rng.integers(len(_GIVEN))]}",
-        patient_id=f"SYN{int(rng.integers(10**6, 10**7))}",
+        patient_name=name,
+        patient_id=patient_id,
         birth_date=birth,
-        sex=str(rng.choice(["F", "M"])),
+        sex=sex,
         age=age,
         weight_kg=weight,
-        height_m=round(float(rng.normal(1.70, 0.09)), 2),
+        height_m=height,
         study_date=study_date,
         injection_time=dt.datetime.combine(study_date, injection_clock),
         dose_bq=round(weight * _FDG_DOSE_BQ_PER_KG * float(rng.uniform(0.85, 1.15)), -5),
@@ -299,6 +306,7 @@ def generate_cohort(
     mip_series: bool | None = None,
     jobs: int = 1,
     on_study: Callable[[GeneratedStudy], None] | None = None,
+    phantom: int = 1,
 ) -> CohortResult:
     """Draw ``n`` cases, write them under ``out`` and write ``out/labels.csv``.
 
@@ -321,6 +329,8 @@ def generate_cohort(
         Worker processes (see :func:`iter_cohort`).
     on_study
         Called with each study once it is on disk (progress, sending).
+    phantom
+        Phantom (cohort) version, 1 or 2 (:func:`~sarclym.model.synth.latent.draw_case`).
 
     Returns
     -------
@@ -332,7 +342,7 @@ def generate_cohort(
         Ctrl-C; ``labels.csv`` lists the studies finished until then.
     """
     out.mkdir(parents=True, exist_ok=True)
-    cases = draw_cohort(n, seed)
+    cases = draw_cohort(n, seed, phantom=phantom)
     labels = out / "labels.csv"
     studies: list[GeneratedStudy] = []
     try:

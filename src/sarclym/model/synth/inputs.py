@@ -11,7 +11,7 @@ Used to calibrate the out-of-distribution reference of a model trained on the sy
 the same ``(seed, index)`` gives the same input::
 
     python -m sarclym.model.synth.inputs --cases 500 --seed 2026 --take 240 \\
-        --size 256x128 --suv-window 0 10 --out fit.npz --jobs 2
+        --size 256x128 --suv-window 0 10 --out fit.npz --jobs 2 [--phantom 2]
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def _one_input(
     size: tuple[int, int],
     window: tuple[float, float],
     work: Path,
+    phantom: int = 1,
 ) -> np.ndarray:
-    case = _case(n, seed, index)
+    case = _case(n, seed, index, phantom)
     folder = Path(tempfile.mkdtemp(dir=work, prefix=f"{case.case_id}."))
     try:
         generate_study(case, folder / case.case_id, seed=seed, index=index, mip_series=False)
@@ -57,15 +58,15 @@ def _one_input(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_CASES: dict[tuple[int, int], list[Case]] = {}
+_CASES: dict[tuple[int, int, int], list[Case]] = {}
 
 
-def _case(n: int, seed: int, index: int) -> Case:
+def _case(n: int, seed: int, index: int, phantom: int) -> Case:
     # Drawing a cohort of hundreds costs milliseconds per case; each worker draws it once.
-    key = (n, seed)
+    key = (n, seed, phantom)
     if key not in _CASES:
         _CASES.clear()
-        _CASES[key] = draw_cohort(n, seed)
+        _CASES[key] = draw_cohort(n, seed, phantom=phantom)
     return _CASES[key][index]
 
 
@@ -79,6 +80,7 @@ def synthetic_inputs(
     jobs: int = 1,
     work_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    phantom: int = 1,
 ) -> np.ndarray:
     """Network inputs of cases ``indices`` of the synthetic cohort ``(n, seed)``.
 
@@ -97,6 +99,8 @@ def synthetic_inputs(
         Where each study is written while its input is taken (a temporary folder when None).
     progress : callable or None, optional
         Called with (done, total) after each case.
+    phantom : {1, 2}, optional
+        Phantom (cohort) version, as ``sarclym-node synth --phantom``.
 
     Returns
     -------
@@ -110,7 +114,9 @@ def synthetic_inputs(
     if not indices:
         return np.zeros((0, 2, h, w), np.float32)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="sarclym-ood-") as tmp:
-        work = partial(_one_input, n=n, seed=seed, size=size, window=window, work=Path(tmp))
+        work = partial(
+            _one_input, n=n, seed=seed, size=size, window=window, work=Path(tmp), phantom=phantom
+        )
         out: list[np.ndarray] = []
         for x in _map(work, list(indices), jobs):
             out.append(x)
@@ -137,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--phantom", type=int, choices=[1, 2], default=1, help="cohort version")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     take = args.cases if args.take is None else min(args.take, args.cases)
@@ -153,8 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=(float(args.suv_window[0]), float(args.suv_window[1])),
         jobs=args.jobs,
         progress=progress,
+        phantom=args.phantom,
     )
-    cohort = json.dumps({"cases": args.cases, "seed": args.seed, "take": take})
+    meta = {"cases": args.cases, "seed": args.seed, "take": take}
+    if args.phantom != 1:
+        meta["phantom"] = args.phantom  # version 1 files stay as they were
+    cohort = json.dumps(meta)
     with args.out.open("wb") as fh:
         np.savez(fh, x=x, cohort=np.asarray(cohort))
     print(f"wrote {args.out}: {take} inputs of cohort (cases {args.cases}, seed {args.seed})")

@@ -23,6 +23,21 @@ The generative model is an explicit product of factors. Each case draws, in this
 5. **Placement details** (node counts, exact positions, mass sizes, cluster seeds): the same
    distribution for both classes, so they cancel.
 
+**Phantom (cohort) version 2** (``phantom=2``) changes two things, and nothing for version 1
+(the same seed gives the same case as before):
+
+* step 1 draws the body and its physiological uptake with :func:`._physiology.draw_body_v2`
+  (brain grey/white matter, Waldeyer's ring, vocal cords, bowel, ureters, bladder filling,
+  marrow, brown fat, exercised muscles, injection site, arms up or down, sex, height, BMI), still
+  before any class-dependent draw and never through ``_Draws``: the nuisance is class-independent
+  and leaves the LLR unchanged;
+* step 2 is conditioned on at least one site present (Table 1 counts patients with findings: a
+  diseased case shows disease). All presences are redrawn until one is present, so the
+  presence likelihood of class ``c`` is ``prod_s p_c(s)^x_s (1 - p_c(s))^(1 - x_s) / (1 - p0_c)``
+  with ``p0_c = prod_s (1 - p_c(s))``, and the LLR gains
+  ``log(1 - p0_sarcoidosis) - log(1 - p0_lymphoma)`` (:func:`presence_llr` with
+  ``at_least_one=True``).
+
 ``bayes_llr`` is the sum over factors of ``log p_lymphoma(x) - log p_sarcoidosis(x)`` for every
 class-dependent draw: the log-likelihood ratio of the latent case, lymphoma over sarcoidosis. All
 class-dependent draws go through :class:`_Draws`, which draws from the case's class and adds the
@@ -48,14 +63,17 @@ from scipy.stats import rankdata
 from sarclym.model.classes import CLASSES, Label
 from sarclym.model.synth import _anatomy as anat
 from sarclym.model.synth._anatomy import Body, draw_body
+from sarclym.model.synth._physiology import Physiology, draw_body_v2
 
 __all__ = [
     "LABELS",
+    "PHANTOM_VERSIONS",
     "Body",
     "Case",
     "Label",
     "Lesion",
     "LesionShape",
+    "Physiology",
     "bayes_auc",
     "draw_body",
     "draw_case",
@@ -66,6 +84,8 @@ __all__ = [
 
 LesionShape = Literal["node", "mass", "diffuse", "micronodular"]
 LABELS: tuple[Label, Label] = CLASSES
+#: Phantom (cohort) versions: 1 (the default model 1.0.0 was trained on it), 2 (physiology).
+PHANTOM_VERSIONS = (1, 2)
 
 #: The paper's cohort: 62 lymphoma, 56 sarcoidosis.
 _RATIO_LYMPHOMA = 62 / 118
@@ -169,7 +189,10 @@ class Case:
         ``log p(case | lymphoma) - log p(case | sarcoidosis)`` over all class-dependent draws
         (may be ``+inf``).
     presence_llr : float
-        The site-presence part of ``bayes_llr`` (:func:`presence_llr` of ``sites``).
+        The site-presence part of ``bayes_llr`` (:func:`presence_llr` of ``sites``, with
+        ``at_least_one`` for version 2).
+    physiology : Physiology or None
+        Version 2's physiological nuisance; None for a version-1 case.
     """
 
     case_id: str
@@ -179,6 +202,12 @@ class Case:
     body: Body
     bayes_llr: float
     presence_llr: float
+    physiology: Physiology | None = None
+
+    @property
+    def phantom(self) -> int:
+        """Phantom version of the case (1 or 2)."""
+        return 1 if self.physiology is None else 2
 
 
 def _log_ratio(p_lymphoma: float, p_sarcoidosis: float) -> float:
@@ -248,6 +277,8 @@ def _load_table() -> dict[str, dict[str, float]]:
 
 
 _TABLE = _load_table()
+#: ``p0_c``: probability of no site at all under independent presences (sarcoidosis, lymphoma).
+_P0 = tuple(math.prod(1.0 - row[label] for row in _TABLE.values()) for label in LABELS)
 
 
 def site_table() -> dict[str, dict[str, float]]:
@@ -261,27 +292,40 @@ def site_table() -> dict[str, dict[str, float]]:
     return {site: dict(row) for site, row in _TABLE.items()}
 
 
-def presence_llr(sites: Sequence[str]) -> float:
+def presence_llr(sites: Sequence[str], *, at_least_one: bool = False) -> float:
     """The site-presence part of the LLR for a case whose present sites are ``sites``.
 
     Parameters
     ----------
     sites : sequence of str
         Site-table keys present (the others are absent).
+    at_least_one : bool
+        The presences were drawn conditioned on at least one site (phantom version 2).
 
     Returns
     -------
     float
-        ``sum_s log p_L(s) / p_S(s)`` over present and ``log (1-p_L) / (1-p_S)`` over absent sites.
+        ``sum_s log p_L(s) / p_S(s)`` over present and ``log (1-p_L) / (1-p_S)`` over absent
+        sites; with ``at_least_one``, plus ``log(1 - p0_S) - log(1 - p0_L)`` where
+        ``p0_c = prod_s (1 - p_c(s))``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown site, or no site with ``at_least_one``.
     """
     present = set(sites)
     unknown = present - set(_TABLE)
     if unknown:
         raise ValueError(f"unknown sites: {sorted(unknown)}")
+    if at_least_one and not present:
+        raise ValueError("at_least_one: sites must name at least one site")
     total = 0.0
     for site, row in _TABLE.items():
         ps, pl = row["sarcoidosis"], row["lymphoma"]
         total += _log_ratio(pl, ps) if site in present else _log_ratio(1.0 - pl, 1.0 - ps)
+    if at_least_one:
+        total -= _log_ratio(1.0 - _P0[1], 1.0 - _P0[0])
     return total
 
 
@@ -485,7 +529,12 @@ _PATTERNS = {
 }
 
 
-def draw_case(rng: np.random.Generator, label: Label, case_id: str) -> Case:
+def _check_phantom(phantom: int) -> None:
+    if phantom not in PHANTOM_VERSIONS:
+        raise ValueError(f"phantom must be one of {PHANTOM_VERSIONS}, got {phantom!r}")
+
+
+def draw_case(rng: np.random.Generator, label: Label, case_id: str, *, phantom: int = 1) -> Case:
     """Draw one case of class ``label`` (module docstring: the factors and the LLR).
 
     Parameters
@@ -496,6 +545,8 @@ def draw_case(rng: np.random.Generator, label: Label, case_id: str) -> Case:
         The class.
     case_id : str
         Identifier stored in the case.
+    phantom : {1, 2}
+        Phantom (cohort) version; 1 is bit-identical to the cohorts before version 2 existed.
 
     Returns
     -------
@@ -504,15 +555,24 @@ def draw_case(rng: np.random.Generator, label: Label, case_id: str) -> Case:
     Raises
     ------
     ValueError
-        On an unknown label.
+        On an unknown label or phantom version.
     """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-    body = draw_body(rng)
+    _check_phantom(phantom)
+    physiology = None
+    if phantom == 1:
+        body = draw_body(rng)
+    else:
+        body, physiology = draw_body_v2(rng)
     draws = _Draws(rng, label)
-    sites = tuple(
-        s for s, row in _TABLE.items() if draws.bernoulli((row[LABELS[0]], row[LABELS[1]]))
-    )
+    pairs = [(row[LABELS[0]], row[LABELS[1]]) for row in _TABLE.values()]
+    if phantom == 1:
+        hits: Sequence[bool] = [draws.bernoulli(pair) for pair in pairs]
+    else:
+        # Rejection: redraw all presences until one is present (the LLR term is exact).
+        hits = draws.nonempty_subset(pairs)
+    sites = tuple(s for s, hit in zip(_TABLE, hits, strict=True) if hit)
     presence = draws.llr
     builder = _Builder(draws, body)
     if sites:
@@ -528,16 +588,19 @@ def draw_case(rng: np.random.Generator, label: Label, case_id: str) -> Case:
         body=body,
         bayes_llr=draws.llr,
         presence_llr=presence,
+        physiology=physiology,
     )
 
 
-def draw_cohort(n: int, seed: int) -> list[Case]:
+def draw_cohort(n: int, seed: int, *, phantom: int = 1) -> list[Case]:
     """Draw ``n`` cases in the paper's ratio (62 lymphoma : 56 sarcoidosis).
 
     Parameters
     ----------
     n : int
         Number of cases; ``round(n * 62 / 118)`` are lymphoma.
+    phantom : {1, 2}
+        Phantom (cohort) version (:func:`draw_case`).
     seed : int
         Cohort seed. Case ``k`` (``case_id`` ``f"case{k + 1:04d}"``) draws from
         ``SeedSequence(seed).spawn``'s ``k``-th child, whatever ``n`` is; the label order is a
@@ -550,12 +613,18 @@ def draw_cohort(n: int, seed: int) -> list[Case]:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    _check_phantom(phantom)
     n_lymphoma = round(n * _RATIO_LYMPHOMA)
     labels: list[Label] = [LABELS[1]] * n_lymphoma + [LABELS[0]] * (n - n_lymphoma)
     order = np.random.default_rng(np.random.SeedSequence([seed, n])).permutation(n)
     children = np.random.SeedSequence(seed).spawn(n)
     return [
-        draw_case(np.random.default_rng(children[k]), labels[int(order[k])], f"case{k + 1:04d}")
+        draw_case(
+            np.random.default_rng(children[k]),
+            labels[int(order[k])],
+            f"case{k + 1:04d}",
+            phantom=phantom,
+        )
         for k in range(n)
     ]
 

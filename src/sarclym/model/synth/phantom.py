@@ -27,6 +27,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from sarclym.model.synth import _anatomy as anat
+from sarclym.model.synth._paint import Axes, Box, Labels, paint, paint_v2
+from sarclym.model.synth._physiology import ARM_UP_W_MAX, arm_up_center
 from sarclym.model.synth.latent import Body, Case, Lesion
 
 __all__ = ["PetGrid", "PetVolumes", "render_ct", "render_pet"]
@@ -36,8 +38,6 @@ _TRUNCATE = 3.0
 _COV_AT_REF = 0.10  # post-blur coefficient of variation at SUV 2.5 for noise_level 1
 _MU_PER_MM = 0.012
 _FAT_R2 = 0.83  # r^2 beyond which the body section is subcutaneous fat
-
-Box = tuple[tuple[slice, slice, slice], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,12 @@ class PetVolumes:
         Patient LPS ``(x, y, z)`` of the centre of voxel ``[0, 0, 0]``.
     spacing_mm : tuple of float
         ``(dz, dy, dx)``.
+    labels : numpy.ndarray or None
+        uint8, same grid: which tissue each voxel's truth SUV comes from (``keep_labels``,
+        phantom version 2 only); 0 is air, ``label_names[k]`` names label ``k``. Lesions are
+        not labelled.
+    label_names : tuple of str
+        Names of the labels (``("air", "fat", "muscle", ...)``).
     """
 
     suv: np.ndarray
@@ -96,40 +102,21 @@ class PetVolumes:
     truth_suv: np.ndarray | None
     origin_lps_mm: tuple[float, float, float]
     spacing_mm: tuple[float, float, float]
-
-
-class _Axes:
-    """Voxel-centre coordinates of a (cropped) grid: ``x``, ``y`` and depth below the vertex."""
-
-    def __init__(self, depth: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
-        self.depth, self.y, self.x = depth, y, x
-        self.shape = (depth.size, y.size, x.size)
-
-    def box(
-        self, center: tuple[float, float, float], radii: tuple[float, float, float]
-    ) -> Box | None:
-        """Index box of an ellipsoid ``(x, y, depth)`` and its ``r^2`` there, or None if empty."""
-        cx, cy, cd = center
-        rx, ry, rd = radii
-        sl = []
-        parts = []
-        for axis, c, r in ((self.depth, cd, rd), (self.y, cy, ry), (self.x, cx, rx)):
-            i0 = int(np.searchsorted(axis, c - r, "left"))
-            i1 = int(np.searchsorted(axis, c + r, "right"))
-            if i1 <= i0:
-                return None
-            sl.append(slice(i0, i1))
-            parts.append((((axis[i0:i1] - c) / r) ** 2).astype(np.float32))
-        r2 = parts[0][:, None, None] + parts[1][None, :, None] + parts[2][None, None, :]
-        return (sl[0], sl[1], sl[2]), r2
+    labels: np.ndarray | None = None
+    label_names: tuple[str, ...] = ()
 
 
 def _blob_mm(body: Body, blob: anat.Blob) -> tuple[tuple[float, float, float], ...]:
     return body.to_mm(blob.center), body.to_mm(blob.radii)
 
 
-def _body_outline(body: Body, axes: _Axes) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised elliptical radius^2 of the body (min over parts) and half-thickness per slice."""
+def _body_outline(
+    body: Body, axes: Axes, *, arms_up: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised elliptical radius^2 of the body (min over parts) and half-thickness per slice.
+
+    ``arms_up`` (version 2) draws raised arms beside the head; version 1 leaves them out.
+    """
     hx, hy, length = body.width_mm / 2.0, body.depth_mm / 2.0, body.length_mm
     w = axes.depth / length
     ax = np.abs(axes.x).astype(np.float32)
@@ -167,6 +154,14 @@ def _body_outline(body: Body, axes: _Axes) -> tuple[np.ndarray, np.ndarray]:
             np.full(ks.size, anat.ARM_HW),
             np.full(ks.size, anat.ARM_HD),
         )
+    elif arms_up:
+        ks = np.flatnonzero(w <= ARM_UP_W_MAX)
+        section(
+            ks,
+            arm_up_center(w[ks]),
+            np.full(ks.size, anat.ARM_HW),
+            np.full(ks.size, anat.ARM_HD),
+        )
     center, radii = _blob_mm(body, anat.HEAD)
     found = axes.box(center, radii)
     if found is not None:
@@ -174,32 +169,6 @@ def _body_outline(body: Body, axes: _Axes) -> tuple[np.ndarray, np.ndarray]:
         np.minimum(r2[sl], hr2, out=r2[sl])
         thick[sl[0]] = np.maximum(thick[sl[0]], math.sqrt(radii[0] * radii[1]))
     return r2, thick
-
-
-def _paint(
-    vol: np.ndarray,
-    found: Box | None,
-    value: float | Callable[[np.ndarray], np.ndarray],
-    *,
-    shell: float = 0.0,
-    inner: float | None = None,
-    use_max: bool = False,
-) -> None:
-    if found is None:
-        return
-    sl, r2 = found
-    view = vol[sl]
-    inside = r2 < 1.0
-    if shell > 0.0:
-        core = r2 < (1.0 - shell) ** 2
-        if inner is not None:
-            view[core] = inner
-        inside &= ~core
-    vals = value(r2[inside]) if callable(value) else value
-    if use_max:
-        view[inside] = np.maximum(view[inside], vals)
-    else:
-        view[inside] = vals
 
 
 def _pet_tissues(
@@ -257,7 +226,7 @@ _CT_TISSUES: dict[str, tuple[float | Callable[[np.ndarray], np.ndarray], float |
 
 def _paint_organs(
     vol: np.ndarray,
-    axes: _Axes,
+    axes: Axes,
     body: Body,
     tissues: dict[str, tuple[float | Callable[[np.ndarray], np.ndarray], float | None]],
 ) -> list[Box]:
@@ -267,7 +236,7 @@ def _paint_organs(
         center, radii = _blob_mm(body, blob)
         found = axes.box(center, radii)
         value, inner = tissues[blob.name]
-        _paint(vol, found, value, shell=blob.shell, inner=inner)
+        paint(vol, found, value, shell=blob.shell, inner=inner)
         if blob.name == "lung" and found is not None:
             lungs.append(found)
     return lungs
@@ -333,30 +302,35 @@ def _diffuse(peak: float) -> Callable[[np.ndarray], np.ndarray]:
     return f
 
 
-def _paint_lesions(vol: np.ndarray, axes: _Axes, case: Case, *, ct: bool) -> None:
+def _paint_lesions(vol: np.ndarray, axes: Axes, case: Case, *, ct: bool) -> None:
     for lesion in case.lesions:
         if lesion.shape == "diffuse":
             if ct:
                 continue
             found = axes.box(case.body.to_mm(lesion.center), lesion.radii_mm)
-            _paint(vol, found, _diffuse(lesion.suv_max), use_max=True)
+            paint(vol, found, _diffuse(lesion.suv_max), use_max=True)
             continue
         for center, radii, peak in _lesion_parts(lesion, case.body):
             found = axes.box(center, radii)
             if ct:
-                _paint(vol, found, 40.0)
+                paint(vol, found, 40.0)
             else:
-                _paint(vol, found, _plateau(peak), use_max=True)
+                paint(vol, found, _plateau(peak), use_max=True)
 
 
 def _crop_axes(
-    body: Body, x_full: np.ndarray, y_full: np.ndarray, depth: np.ndarray, margin_mm: float
-) -> tuple[_Axes, slice, slice]:
-    half_x = (
-        body.width_mm
-        / 2.0
-        * (anat.TRUNK_HW.max() + (2 * (anat.ARM_GAP + anat.ARM_HW) if body.arms_down else 0.0))
-    )
+    body: Body,
+    x_full: np.ndarray,
+    y_full: np.ndarray,
+    depth: np.ndarray,
+    margin_mm: float,
+    *,
+    arms_up: bool = False,
+) -> tuple[Axes, slice, slice]:
+    half_u = anat.TRUNK_HW.max() + (2 * (anat.ARM_GAP + anat.ARM_HW) if body.arms_down else 0.0)
+    if arms_up:
+        half_u = max(half_u, float(arm_up_center(np.array([ARM_UP_W_MAX]))[0]) + anat.ARM_HW)
+    half_x = body.width_mm / 2.0 * half_u
     half_y = (
         body.depth_mm / 2.0 * max(anat.TRUNK_HD.max(), anat.HEAD.radii[1] + anat.HEAD.center[1])
     )
@@ -364,7 +338,7 @@ def _crop_axes(
     iy = np.flatnonzero(np.abs(y_full) <= half_y + margin_mm)
     sx = slice(int(jx[0]), int(jx[-1]) + 1) if jx.size else slice(0, 0)
     sy = slice(int(iy[0]), int(iy[-1]) + 1) if iy.size else slice(0, 0)
-    return _Axes(depth, y_full[sy], x_full[sx]), sy, sx
+    return Axes(depth, y_full[sy], x_full[sx]), sy, sx
 
 
 def _noise_gain(sigmas: tuple[float, float, float]) -> float:
@@ -386,7 +360,12 @@ def _grid_axes(spacing: float, matrix: int) -> np.ndarray:
 
 
 def render_pet(
-    case: Case, grid: PetGrid, rng: np.random.Generator, *, keep_truth: bool = False
+    case: Case,
+    grid: PetGrid,
+    rng: np.random.Generator,
+    *,
+    keep_truth: bool = False,
+    keep_labels: bool = False,
 ) -> PetVolumes:
     """Render the case's attenuation-corrected SUV and NAC PET volumes.
 
@@ -400,6 +379,8 @@ def render_pet(
         Noise source (the phantom itself is a deterministic function of ``case``).
     keep_truth : bool
         Also return the noise-free, unblurred SUV (costs a copy).
+    keep_labels : bool
+        Also return the tissue label of each voxel (phantom version 2; ignored for version 1).
 
     Returns
     -------
@@ -414,12 +395,23 @@ def render_pet(
     full = _grid_axes(px, m)
     sig_mm = grid.fwhm_mm * _FWHM_TO_SIGMA
     sigmas = (sig_mm / dz, sig_mm / px, sig_mm / px)
-    axes, sy, sx = _crop_axes(body, full, full, depth, _TRUNCATE * sig_mm + 2 * px)
+    physio = case.physiology
+    arms_up = physio is not None and not body.arms_down
+    margin = _TRUNCATE * sig_mm + 2 * px
+    axes, sy, sx = _crop_axes(body, full, full, depth, margin, arms_up=arms_up)
 
-    r2, thick = _body_outline(body, axes)
+    r2, thick = _body_outline(body, axes, arms_up=arms_up)
     truth = np.where(r2 < _FAT_R2, np.float32(body.muscle_suv), np.float32(body.fat_suv))
     truth[r2 >= 1.0] = 0.0
-    lungs = _paint_organs(truth, axes, body, _pet_tissues(body))
+    labels = None
+    if physio is None:
+        lungs = _paint_organs(truth, axes, body, _pet_tissues(body))
+    else:
+        if keep_labels:
+            labels = Labels(truth.shape)
+            labels.map[r2 < 1.0] = 1
+            labels.map[r2 < _FAT_R2] = 2
+        lungs = paint_v2(truth, axes, body, physio, ct=False, labels=labels)
     _paint_lesions(truth, axes, case, ct=False)
     kept = truth.copy() if keep_truth else None
 
@@ -454,8 +446,20 @@ def render_pet(
     if kept is not None:
         truth_full = np.zeros(shape, dtype=np.float32)
         truth_full[:, sy, sx] = kept
+    label_full = None
+    if labels is not None:
+        label_full = np.zeros(shape, dtype=np.uint8)
+        label_full[:, sy, sx] = labels.map
     origin = (float(full[0]), float(full[0]), float(-depth[0]))
-    return PetVolumes(suv, nac, truth_full, origin, (float(dz), float(px), float(px)))
+    return PetVolumes(
+        suv,
+        nac,
+        truth_full,
+        origin,
+        (float(dz), float(px), float(px)),
+        label_full,
+        tuple(labels.names) if labels is not None else (),
+    )
 
 
 def render_ct(
@@ -493,12 +497,17 @@ def render_ct(
     nz = round((z_top - z_bottom) / slice_spacing_mm) + 1
     depth = -z_top + slice_spacing_mm * np.arange(nz)
     full = _grid_axes(pixel_spacing_mm, matrix)
-    axes, sy, sx = _crop_axes(body, full, full, depth, 2 * pixel_spacing_mm)
-    r2, _ = _body_outline(body, axes)
+    physio = case.physiology
+    arms_up = physio is not None and not body.arms_down
+    axes, sy, sx = _crop_axes(body, full, full, depth, 2 * pixel_spacing_mm, arms_up=arms_up)
+    r2, _ = _body_outline(body, axes, arms_up=arms_up)
     crop = np.full(axes.shape, -1000, dtype=np.int16)
     crop[r2 < 1.0] = -100
     crop[r2 < _FAT_R2] = 40
-    _paint_organs(crop, axes, body, _CT_TISSUES)
+    if physio is None:
+        _paint_organs(crop, axes, body, _CT_TISSUES)
+    else:
+        paint_v2(crop, axes, body, physio, ct=True)
     _paint_lesions(crop, axes, case, ct=True)
     hu = np.full((nz, matrix, matrix), -1000, dtype=np.int16)
     hu[:, sy, sx] = crop

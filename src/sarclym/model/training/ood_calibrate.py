@@ -109,13 +109,18 @@ def calibrate_synthetic(
     return set_threshold(fitted, scores, percentile=percentile, meta=meta), scores
 
 
-def _synth_cohort(card: Mapping[str, Any]) -> tuple[int, int]:
-    """(cases, seed) of the card's ``sarclym-node synth`` step."""
+def _synth_cohort(card: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(cases, seed, phantom version) of the card's ``sarclym-node synth`` step."""
     raw = card.get("reproduce")
     for command in raw if isinstance(raw, list) else [raw]:
         words = shlex.split(str(command))
         if words[:2] == ["sarclym-node", "synth"] and "--seed" in words and "--cases" in words:
-            return int(words[words.index("--cases") + 1]), int(words[words.index("--seed") + 1])
+            phantom = int(words[words.index("--phantom") + 1]) if "--phantom" in words else 1
+            return (
+                int(words[words.index("--cases") + 1]),
+                int(words[words.index("--seed") + 1]),
+                phantom,
+            )
     raise SystemExit("the model card records no 'sarclym-node synth --cases N --seed S' step")
 
 
@@ -148,9 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     registry = Registry(args.registry)
     loaded = registry.load(args.version)
-    n_train, train_seed = _synth_cohort(loaded.card)
+    n_train, train_seed, phantom = _synth_cohort(loaded.card)
     fit_x, fit_cohort = _read(args.fit_inputs)
     held_x, held_cohort = _read(args.held_out_inputs)
+    for path, cohort in ((args.fit_inputs, fit_cohort), (args.held_out_inputs, held_cohort)):
+        if cohort.get("phantom", 1) != phantom:  # inputs of version 1 name no phantom
+            raise SystemExit(
+                f"{path}: inputs of phantom version {cohort.get('phantom', 1)}, the version was "
+                f"trained on phantom version {phantom}"
+            )
     if (fit_cohort["cases"], fit_cohort["seed"]) != (n_train, train_seed):
         raise SystemExit(
             f"{args.fit_inputs}: cohort {fit_cohort} is not the version's training cohort "

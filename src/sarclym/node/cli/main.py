@@ -201,6 +201,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="worker processes rendering studies (default 1; output is the same for any N)",
     )
     synth.add_argument(
+        "--phantom",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        metavar="V",
+        help="phantom (cohort) version: 1 (default; the shipped model was trained on it) or 2 "
+        "(physiological uptake: bowel, ureters, marrow, brown fat, arms up... and a site in "
+        "every diseased case)",
+    )
+    synth.add_argument(
         "--contact-sheet",
         type=Path,
         metavar="PNG",
@@ -409,6 +419,14 @@ def _add_model_commands(sub: Any) -> None:
         "DIR/labels.csv; --labels keyed by study_instance_uid, accession_number or patient_id + "
         "study_date); the card gets a change record",
     )
+    source.add_argument(
+        "--synthetic-cohort",
+        type=positive_int,
+        metavar="N",
+        help="N studies of the synthetic cohort, drawn and prepared through the node's path one "
+        "at a time, never kept on disk; labels and Bayes ceiling from the generator (the "
+        "default model's recipe)",
+    )
     retrain.add_argument("--labels", type=Path, metavar="CSV", help="labels file")
     retrain.add_argument(
         "--key-file",
@@ -457,6 +475,32 @@ def _add_model_commands(sub: Any) -> None:
     )
     retrain.add_argument(
         "--notes", type=Path, metavar="MD", help="Markdown file added to the model card"
+    )
+    synthetic = retrain.add_argument_group("with --synthetic-cohort")
+    synthetic.add_argument(
+        "--cohort-seed", type=int, default=2026, help="the cohort's seed, as synth --seed (2026)"
+    )
+    synthetic.add_argument(
+        "--phantom",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        metavar="V",
+        help="phantom (cohort) version, as synth --phantom (default 1)",
+    )
+    synthetic.add_argument(
+        "--inputs-cache",
+        type=Path,
+        metavar="FILE",
+        help="keep the cohort's inputs in FILE (.npz), read them on the next run",
+    )
+    synthetic.add_argument(
+        "--paper-size",
+        action="store_true",
+        help="also cross-validate on 62 lymphoma + 56 sarcoidosis cases (Aoki et al.'s size)",
+    )
+    synthetic.add_argument(
+        "--jobs", type=positive_int, help="processes making the studies (default: all CPUs)"
     )
     retrain.set_defaults(func=_cmd_retrain)
 
@@ -528,7 +572,7 @@ def _cmd_infer(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace, config: Config) -> int:
-    from sarclym.node.cli.model import run_retrain
+    from sarclym.node.cli.retrain import run_retrain
 
     return run_retrain(args, config)
 

@@ -95,6 +95,7 @@ def run_synth(args: argparse.Namespace) -> int:
                 mip_series=mip,
                 jobs=args.jobs,
                 on_study=on_study,
+                phantom=args.phantom,
             )
         except KeyboardInterrupt:
             # generate_cohort wrote the labels of the finished studies before giving up.
@@ -109,7 +110,8 @@ def run_synth(args: argparse.Namespace) -> int:
     n_lym = sum(s.case.label == "lymphoma" for s in result.studies)
     print(
         f"wrote {len(result.studies)} synthetic studies "
-        f"({len(result.studies) - n_lym} sarcoidosis, {n_lym} lymphoma) to {out}"
+        f"({len(result.studies) - n_lym} sarcoidosis, {n_lym} lymphoma, phantom version "
+        f"{args.phantom}) to {out}"
     )
     print(f"labels: {result.labels_csv}")
     if np.isnan(result.bayes_auc):

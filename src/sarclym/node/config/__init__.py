@@ -41,6 +41,7 @@ from sarclym.node.config.sections import (
     ServiceConfig,
     StorageConfig,
     TlsConfig,
+    WorkerConfig,
 )
 from sarclym.node.config.sources import SourcesConfig
 from sarclym.node.config.targets import (
@@ -82,6 +83,7 @@ __all__ = [
     "StowRsTarget",
     "TargetConfig",
     "TlsConfig",
+    "WorkerConfig",
     "find_config",
     "load_config",
     "search_order",

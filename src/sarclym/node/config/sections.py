@@ -1,9 +1,9 @@
 """The configuration's sections and :class:`Config`, the whole file.
 
-Listener, storage, logging, model, selection, service and dashboard are here; ``destinations``
-is in :mod:`sarclym.node.config.targets`. Every key has its default in one of these two modules
-and nowhere else; ``deploy/sarclym.example.yaml`` documents each key (a test checks that it names
-every one).
+Listener, storage, logging, model, selection, service, worker and dashboard are here;
+``destinations`` is in :mod:`sarclym.node.config.targets`. Every key has its default in one of
+these two modules and nowhere else; ``deploy/sarclym.example.yaml`` documents each key (a test
+checks that it names every one).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "ServiceConfig",
     "StorageConfig",
     "TlsConfig",
+    "WorkerConfig",
 ]
 
 
@@ -381,6 +382,23 @@ class ServiceConfig(Frozen):
     )
 
 
+class WorkerConfig(Frozen):
+    """How a separate ``sarclym-node worker`` process is probed (``serve`` ignores it)."""
+
+    health_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=0,
+        description="Port of the worker process's GET /healthz (its queue loop is alive) and "
+        "GET /readyz (model loaded, queue and state database reachable), on service.http_host "
+        "(0: none). For Kubernetes' and Compose's probes; every worker on one host needs its own.",
+    )
+    liveness_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        description="GET /healthz fails when a queue thread's loop has not come round for this "
+        "long (an idle loop comes round every second or so), or has run one job for longer "
+        "than service.lease_seconds.",
+    )
+
+
 class DashboardUser(Frozen):
     """A person or script allowed into the dashboard; only the SHA-256 of its token is stored."""
 
@@ -452,6 +470,7 @@ class Config(Frozen):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     destinations: DestinationsConfig = Field(default_factory=DestinationsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)

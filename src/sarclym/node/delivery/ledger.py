@@ -234,10 +234,7 @@ class DeliveryLedger:
             for future in futures:
                 future.result()  # an exception of a group's thread, here
             for part in parts.values():
-                report.attempted += part.attempted
-                report.delivered += part.delivered
-                report.retrying += part.retrying
-                report.dead += part.dead
+                report.add(part)
         if report.unknown_destinations:
             log.warning(
                 "deliveries for destinations not configured",

@@ -25,6 +25,14 @@ class PassReport:
     #: Destinations named in due rows but not passed to ``run_due`` (no longer configured).
     unknown_destinations: set[str] = field(default_factory=set)
 
+    def add(self, other: PassReport) -> None:
+        """Count ``other`` (one destination's part of a pass) into this report."""
+        self.attempted += other.attempted
+        self.delivered += other.delivered
+        self.retrying += other.retrying
+        self.dead += other.dead
+        self.unknown_destinations |= other.unknown_destinations
+
 
 def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based).

@@ -87,6 +87,9 @@ _HEADER_GRACE_S = 1.0
 class Probes(Protocol):
     """What the HTTP server asks of the running node."""
 
+    #: What ``/healthz`` answers when :meth:`listener_running` is false.
+    liveness_failure: str
+
     def listener_running(self) -> bool:
         """Whether the DICOM listener runs (liveness)."""
         ...
@@ -362,7 +365,7 @@ def _handler(
             if path in ("/health", "/healthz"):
                 ok = probes.listener_running()
                 body: dict[str, Any] = {
-                    "status": "ok" if ok else "listener down",
+                    "status": "ok" if ok else probes.liveness_failure,
                     "research_use_only": True,
                 }
             elif path == "/readyz":
