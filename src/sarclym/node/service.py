@@ -223,7 +223,7 @@ class Node:
         data_dir.mkdir(parents=True, exist_ok=True)
         locked = not worker_only and not config.storage.shared_by_serves
         self._serve_lock = ServeLock(DataLayout(data_dir).serve_lock) if locked else None
-        self.state = StateDB.in_data_dir(data_dir)
+        self.state = StateDB.of_storage(config.storage)  # storage.database_url, or state.db
         # One connection to state.db for the whole process: the ledger shares it.
         self.ledger = DeliveryLedger(self.state, policy=config.destinations.retry)
         self.deliverer = Deliverer(self.ledger, _default_destinations(config))

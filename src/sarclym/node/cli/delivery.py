@@ -14,6 +14,7 @@ from sarclym.node.delivery.destinations import build_destinations, close_destina
 from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import DeliveryState
+from sarclym.node.store.state import StateDB
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +39,13 @@ def run_retry(args: argparse.Namespace, config: Config) -> int:
         still has not confirmed a result.
     """
     db_path = DataLayout(config.storage.data_dir).state_db
-    if not db_path.exists():
+    if not StateDB.stored_for(config.storage):
         sys.stdout.write(f"nothing to retry: no state database at {db_path}\n")
         return EXIT_OK
-    with DeliveryLedger(db_path, policy=config.destinations.retry) as ledger:
+    with (
+        StateDB.of_storage(config.storage) as state,
+        DeliveryLedger(state, policy=config.destinations.retry) as ledger,
+    ):
         count = ledger.retry(dead_only=args.dead)
         what = "dead-letter deliveries" if args.dead else "undelivered deliveries"
         sys.stdout.write(f"re-armed {count} {what}\n")

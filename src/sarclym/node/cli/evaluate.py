@@ -119,7 +119,7 @@ def run_evaluate(args: argparse.Namespace, config: Config) -> int:
     total = len(cases.labels) * len(models)
     with (
         progress_bar("MIPs", total, transient=True) as bar,
-        StateDB.in_data_dir(config.storage.data_dir) as state,
+        StateDB.of_storage(config.storage) as state,
     ):
         offset = {m.version: i * len(cases.labels) for i, m in enumerate(models)}
 

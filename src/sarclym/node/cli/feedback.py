@@ -86,7 +86,7 @@ def run_import(args: argparse.Namespace, config: Config) -> int:
             "not patient_id + study_date"
         )
     actor = _actor()
-    with StateDB.in_data_dir(config.storage.data_dir) as state:
+    with StateDB.of_storage(config.storage) as state:
         accessions = store.analysed_accessions(state)
         hasher = None
         if labels.kind is KeyKind.ACCESSION:
@@ -143,7 +143,7 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node.store import feedback as store
     from sarclym.node.store.state import StateDB
 
-    with StateDB.in_data_dir(config.storage.data_dir) as state:
+    with StateDB.of_storage(config.storage) as state:
         stored = store.figures(state, CONCORDANCE)
         figures = {v: Concordance.from_dict(d) for v, d in stored.items()}
         counts = store.feedback_counts(state)
@@ -161,7 +161,7 @@ def run_lift_review(args: argparse.Namespace, config: Config) -> int:
     from sarclym.node.store import feedback as store
     from sarclym.node.store.state import StateDB
 
-    with StateDB.in_data_dir(config.storage.data_dir) as state:
+    with StateDB.of_storage(config.storage) as state:
         if not store.lift_review(state, args.version, reason=args.reason, actor=_actor()):
             raise InputError(f"model version {args.version} is not under review")
     sys.stdout.write(f"review of {args.version} lifted: it scores again\n")

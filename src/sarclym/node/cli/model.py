@@ -17,7 +17,6 @@ from sarclym.node.cli.exitcodes import EXIT_NO_SERIES, EXIT_OK
 from sarclym.node.cli.invocation import self_command
 from sarclym.node.config import Config
 from sarclym.node.errors import InputError, ModelError
-from sarclym.node.store.layout import DataLayout
 from sarclym.node.worker.registry import activation_notice, open_registry
 
 if TYPE_CHECKING:
@@ -218,7 +217,7 @@ def _activate(registry: Registry, args: argparse.Namespace, config: Config) -> N
         raise ModelError(f"no model version {version!r} in {registry.root}")
     sha = str(registry.card(version).get("weights_sha256", ""))
     user = os_user()
-    with StateDB.in_data_dir(config.storage.data_dir) as state:
+    with StateDB.of_storage(config.storage) as state:
         refusal = activation_refusal(state, config.acceptance, version, sha, self_command())
         if refusal is not None and not args.force:
             from sarclym.model.inference.registry import auc_mean
@@ -271,9 +270,8 @@ def _shown_card(registry: Registry, version: str, config: Config) -> str:
 
     card = registry.card(version)
     record = card.get("change_record")
-    state_db = DataLayout(config.storage.data_dir).state_db
-    if isinstance(record, dict) and state_db.exists():
-        with StateDB(state_db) as state:
+    if isinstance(record, dict) and StateDB.stored_for(config.storage):
+        with StateDB.of_storage(config.storage) as state:
             newest = newest_evaluation(state, version, str(card.get("weights_sha256", "")))
         if newest is not None:
             record.setdefault("evaluation", {})["local"] = newest.change_record_entry()

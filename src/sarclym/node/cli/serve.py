@@ -85,10 +85,11 @@ def _state_db(args: argparse.Namespace, config: Config) -> Path | None:
         The configuration read from it.
     """
     from sarclym.node.store.layout import DataLayout
+    from sarclym.node.store.state import StateDB
 
     _print_source(args.config, config, sys.stderr)
     db = DataLayout(config.storage.data_dir).state_db
-    if not db.exists():
+    if not StateDB.stored_for(config.storage):
         installed = " or ".join(str(p) for p in SEARCH_PATH if p.is_absolute())
         print(
             f"sarclym-node {args.command}: no state database at {db}: nothing has been "
@@ -120,7 +121,7 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     db = _state_db(args, config)
     if db is None:
         return EXIT_BAD_INPUT
-    with StateDB(db) as state, DeliveryLedger(db) as ledger:
+    with StateDB.of_storage(config.storage) as state, DeliveryLedger(state) as ledger:
         rows = series_status(state, ledger, limit=50)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -150,7 +151,7 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
     db = _state_db(args, config)
     if db is None:
         return EXIT_BAD_INPUT
-    with StateDB(db) as state:
+    with StateDB.of_storage(config.storage) as state:
         events = audit_events(state, study_uid=args.study, series_uid=args.series, limit=args.limit)
     for event in events:
         if args.json:

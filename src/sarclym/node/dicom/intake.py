@@ -20,7 +20,6 @@ cut after the response, with instance rows committed without waiting for the dis
 from __future__ import annotations
 
 import functools
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,11 +48,14 @@ from sarclym.node.store.decisions import (
 from sarclym.node.store.partials import record_instance_with_partial
 from sarclym.node.store.records import Unanalysable
 from sarclym.node.store.spool import Spool, SpoolError, SpoolFull
-from sarclym.node.store.state import ReceivedInstance, StateDB, StateError
+from sarclym.node.store.state import DATABASE_ERRORS, ReceivedInstance, StateDB, StateError
 
 __all__ = ["AssocStats", "Ingested", "Intake"]
 
 log = structlog.get_logger(__name__)
+
+#: What recording into state.db (SQLite) or the state's PostgreSQL may raise: refused 0xA700.
+_STATE_ERRORS: tuple[type[Exception], ...] = (*DATABASE_ERRORS, StateError)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,11 @@ class Intake:
         dataset: bytes | None = None,
     ) -> StoreStatus:
         size = sum(len(chunk) for chunk in chunks)
-        if self.state.has_instance(header.sop_instance_uid):
+        try:
+            known = self.state.has_instance(header.sop_instance_uid)
+        except _STATE_ERRORS as exc:  # PostgreSQL restarting: 0xA700, which senders retry
+            raise Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not readable") from exc
+        if known:
             # A resend: stored once already; only its arrival time is recorded.
             self._record(header, syntax, calling, stats, path="", size=size)
             stats.duplicates += 1
@@ -311,7 +317,7 @@ class Intake:
                 outcome = record_instance_with_partial(
                     self.state, instance, contribution=contribution, header=series_header
                 )
-        except (sqlite3.Error, StateError) as exc:
+        except _STATE_ERRORS as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not writable") from exc
         if unanalysed is not None and unanalysed.refusal is not None and outcome.received == 1:
             stats.log.info(
@@ -351,7 +357,7 @@ class Intake:
             return None
         try:
             decision = series_decision(self.state, header.series_uid)
-        except (sqlite3.Error, StateError) as exc:
+        except _STATE_ERRORS as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, "state.db not readable") from exc
         if decision is SeriesDecision.REFUSED:
             return Unanalysed(None)

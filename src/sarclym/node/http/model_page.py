@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from sarclym.node.http.views import esc, markdown_to_html, stamp, table
 from sarclym.node.store.audit import AuditEvent, process_actor
 from sarclym.node.store.evaluations import EvaluationRecord, newest_evaluation
-from sarclym.node.store.layout import DataLayout
 from sarclym.node.store.records import SeriesResult, SeriesStatus
 from sarclym.node.store.state import StateDB
 
@@ -164,10 +163,9 @@ def _read_evaluations(
     try:
         if state is not None:
             return newest_evaluations(state, weights)
-        path = DataLayout(config.storage.data_dir).state_db
-        if not path.is_file():
+        if not StateDB.stored_for(config.storage):
             return dict.fromkeys(weights)
-        with StateDB(path) as opened:
+        with StateDB.of_storage(config.storage) as opened:
             return newest_evaluations(opened, weights)
     except (StateError, OSError, ValueError) as exc:
         return f"the state database cannot be read: {exc}"
