@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -45,6 +46,26 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (./dev.sh setup installs it)")
     return path
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, no persistence (as the benches run it);
+    its URL (database 0). Stopped on exit."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [require_tool("redis-server"), *args, "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from sarclym.node.http.server import HttpLimits, HttpServer
 from sarclym.node.http.stow import StowReceiver
 from sarclym.node.store.durable import remove_orphaned_temp
 from sarclym.node.store.layout import DataLayout
+from sarclym.node.store.queue_pg import postgres_queue
 from sarclym.node.store.records import SeriesStatus
 from sarclym.node.store.retention import prune_spool
 from sarclym.node.store.serve_lock import ServeLock
@@ -146,15 +147,24 @@ class _WakeableConsumer(Consumer):
         )
 
 
-def make_queue(config: Config) -> Huey:
-    """The job queue: SqliteHuey in ``<data_dir>/queue.db``, or RedisHuey at ``queue_url``."""
+def make_queue(config: Config, state: StateDB) -> Huey:
+    """The job queue: RedisHuey at ``service.queue_url``; without one, where ``state`` is:
+    huey's tables in its PostgreSQL database (:mod:`~sarclym.node.store.queue_pg`), or
+    SqliteHuey in ``<data_dir>/queue.db`` beside the embedded state.db.
+
+    ``results=False``: the node never reads a job's return value, which huey would otherwise
+    keep in its result store for good.
+    """
     from huey import RedisHuey, SqliteHuey
 
     url = config.service.queue_url
     if url:
-        return RedisHuey("sarclym", url=url)
+        return RedisHuey("sarclym", url=url, results=False)
+    if not state.is_sqlite:
+        return postgres_queue(state, config.storage.database_url, "sarclym", results=False)
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("sarclym", filename=str(DataLayout(config.storage.data_dir).queue_db))
+    queue_db = DataLayout(config.storage.data_dir).queue_db
+    return SqliteHuey("sarclym", filename=str(queue_db), results=False)
 
 
 def series_status(state: StateDB, ledger: DeliveryLedger, limit: int = 200) -> list[dict[str, Any]]:
@@ -235,7 +245,7 @@ class Node:
             notify=self.deliverer.notify,
             settle=lambda timeout: self.deliverer.wait_idle(timeout),
         )
-        self.huey = make_queue(config)
+        self.huey = make_queue(config, self.state)
         self._task = self.huey.task(name=TASK_NAME)(self.processor.process)
         #: Refused instances, for ``sarclym_refused_instances_total``; the listener counts
         #: into it (``Listener(..., on_refused=self.refusals.count)``).
@@ -368,9 +378,14 @@ class Node:
         At start-up no job of this node is running, so a PROCESSING series lost its worker and
         a QUEUED one may have lost its queue entry (Redis restarted, queue file removed). A job
         queued twice is harmless: the second finds the series no longer QUEUED and returns.
+        Listener replicas (``storage.shared_by_serves``) leave PROCESSING series to the lease:
+        a worker of another host may be running them (tests/integration/test_multihost.py).
         """
+        statuses = [SeriesStatus.COMPLETE, SeriesStatus.QUEUED]
+        if not self.config.storage.shared_by_serves:
+            statuses.append(SeriesStatus.PROCESSING)
         count = 0
-        for status in (SeriesStatus.COMPLETE, SeriesStatus.QUEUED, SeriesStatus.PROCESSING):
+        for status in statuses:
             for record in self.state.series_with_status(status):
                 count += self.enqueue(record.series_uid, from_status=status)
         return count
@@ -552,6 +567,7 @@ class Node:
             thread.join(timeout=5)
         if not self.worker_only:
             self.deliverer.stop()
+        self.huey.storage.close()  # PostgreSQL: every worker thread's LISTEN connection too
         self.ledger.close()
         self.state.close()
         if self._serve_lock is not None:

@@ -242,9 +242,11 @@ def _build_parser() -> argparse.ArgumentParser:
     worker = _command(
         sub,
         "worker",
-        help="run queue workers only (scale-out beside `serve`, with service.queue_url on Redis)",
+        help="run queue workers only (scale-out beside `serve`, with a shared queue: the state on "
+        "PostgreSQL, or service.queue_url on Redis)",
         description="Process queued series without a listener: for several processes or hosts "
-        "sharing the work of one `serve` (Redis queue, spool on shared storage).",
+        "sharing the work of one `serve` (a shared queue: PostgreSQL or Redis; the spool on "
+        "shared storage).",
     )
     worker.add_argument(
         "--workers",

@@ -319,13 +319,28 @@ class ServiceConfig(Frozen):
     workers: Annotated[int, Field(ge=0, le=64)] = Field(
         default=1,
         description="Worker threads running the model in the serve process (0: none; separate "
-        "`worker` processes on a Redis queue do the work).",
+        "`worker` processes on a shared queue do the work: queue_url).",
     )
     queue_url: str | None = Field(
         default=None,
-        description="None: the queue is a SQLite file in data_dir; redis://host:port/db: Redis, "
-        "shared by `serve` and separate `worker` processes.",
+        description="None: the queue is where the state is: with storage.database_url on "
+        "PostgreSQL, tables of that database (no Redis needed, issue 18), else a SQLite file in "
+        "data_dir; redis://host:port/db (rediss://, unix://): Redis. `serve` and `worker` "
+        "processes share a PostgreSQL or Redis queue from any host, the SQLite file on one.",
     )
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str | None) -> str | None:
+        """None or a Redis URL; never echoes it (a URL may carry a password)."""
+        if value is None or value.partition("://")[0] in ("redis", "rediss", "unix"):
+            return value
+        raise ValueError(
+            "expected null (the queue where the state is: PostgreSQL tables with "
+            "storage.database_url on PostgreSQL, else <data_dir>/queue.db) or a Redis URL "
+            "(redis://<host>:<port>/<db>, rediss://, unix://)"
+        )
+
     quiet_seconds: Annotated[float, Field(gt=0)] = Field(
         default=30.0,
         description="A series without NumberOfSlices/ImageIndex is complete after this long "

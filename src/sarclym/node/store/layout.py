@@ -51,7 +51,8 @@ class DataLayout:
 
     @property
     def queue_db(self) -> Path:
-        """huey's SQLite queue (when no ``queue_url`` names a Redis)."""
+        """huey's SQLite queue (when the state is the embedded state.db and no ``queue_url``
+        names a Redis)."""
         return self.root / "queue.db"
 
     @property
