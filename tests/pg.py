@@ -15,6 +15,7 @@ not power cuts.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -34,7 +35,15 @@ import pytest
 if TYPE_CHECKING:
     from sarclym.node.store.state import StateDB
 
-__all__ = ["PG_BIN", "PgServer", "StateBackend", "pg_server", "pg_url", "state_backend"]
+__all__ = [
+    "PG_BIN",
+    "PgServer",
+    "StateBackend",
+    "durable_pg",
+    "pg_server",
+    "pg_url",
+    "state_backend",
+]
 
 #: Where the Debian package ``postgresql`` (15) puts the server programs.
 PG_BIN = Path(os.environ.get("SARCLYM_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -220,3 +229,52 @@ def state_backend(request: pytest.FixtureRequest) -> StateBackend:
     if request.param == "sqlite":
         return StateBackend("sqlite", "")
     return StateBackend("postgresql", request.getfixturevalue("pg_url"))
+
+
+@contextlib.contextmanager
+def durable_pg() -> Iterator[tuple[str, str, str]]:
+    """A PostgreSQL server with a site's durability (fsync, synchronous commit, full page writes:
+    the defaults; :func:`pg_server` runs without fsync) on a free loopback port, for the
+    benchmarks that compare it with SQLite's ``synchronous=FULL``; yields the ``postgres``
+    database's URL, the server version and the file system type of its folder."""
+    import psycopg
+
+    folder = Path(tempfile.mkdtemp(prefix="sarclym-pg-durable-"))  # the server user must reach it
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(_OWNER)
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    data = folder / "data"
+    init = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run(
+        _as_owner([*init, "-E", "UTF8", "--locale=C", "--no-instructions"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    port = _free_port()
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} "
+        "-c max_connections=200"
+    )
+    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-s", "-w"]
+    subprocess.run(
+        _as_owner([*ctl, "-l", str(folder / "server.log"), "-o", options, "start"]),
+        check=True,
+        timeout=120,
+    )
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            assert row is not None
+            version = str(row[0]).split()[0]
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                got = conn.execute(f"SHOW {setting}").fetchone()
+                assert got is not None
+                assert got[0] == "on", (setting, got)
+        fs = subprocess.run(
+            ["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        yield url, version, fs
+    finally:
+        subprocess.run(_as_owner([*ctl, "-m", "fast", "stop"]), check=False, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

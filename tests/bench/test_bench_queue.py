@@ -25,17 +25,12 @@ Printed: the figures, the ratios PostgreSQL / Redis, the cores. Asserted: correc
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import pwd
-import shutil
 import statistics
 import struct
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -46,8 +41,8 @@ from huey.storage import RedisStorage
 
 from sarclym.node.store.queue_pg import PostgresQueueStorage, postgres_queue
 from sarclym.node.store.state import StateDB
-from tests.conftest import free_port, redis_server
-from tests.pg import PG_BIN, PgServer
+from tests.conftest import redis_server
+from tests.pg import PgServer, durable_pg
 
 pytestmark = [pytest.mark.bench, pytest.mark.integration]
 
@@ -61,45 +56,6 @@ Storage = Any  # RedisStorage | PostgresQueueStorage (huey is untyped)
 
 
 # -- servers ------------------------------------------------------------------------------------
-
-
-def _as_owner(argv: list[str]) -> list[str]:
-    """As ``tests/pg.py``: the server refuses root, so under root it runs as ``postgres``."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-@contextlib.contextmanager
-def _durable_pg() -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server with the durability a site has (fsync, synchronous commit): yields
-    the URL of a database and the file system type of its folder."""
-    folder = Path(tempfile.mkdtemp(prefix="sarclym-pg-durable-"))
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data = folder / "data"
-    init = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-    subprocess.run(
-        _as_owner([*init, "-E", "UTF8", "--locale=C", "--no-instructions"]),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    port = free_port()
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
-    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-s", "-w"]
-    subprocess.run(
-        _as_owner([*ctl, "-l", str(folder / "server.log"), "-o", options, "start"]),
-        check=True,
-        timeout=120,
-    )
-    try:
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        fs = subprocess.run(
-            ["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        yield url, fs
-    finally:
-        subprocess.run(_as_owner([*ctl, "-m", "fast", "stop"]), check=False, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- consumers (each a process) -----------------------------------------------------------------
@@ -233,7 +189,7 @@ def test_queue_redis_vs_postgresql(pg_server: PgServer, tmp_path: Path) -> None:
     with StateDB.in_data_dir(tmp_path / "fast", database_url=fast_url) as state:
         postgres_queue(state, fast_url, NAME).storage.close()  # the store's migration
     rounds.append(_measure("PostgreSQL 15 (fsync=off, tests)", "postgresql", fast_url))
-    with _durable_pg() as (durable_url, fs):
+    with durable_pg() as (durable_url, _, fs):
         with StateDB.in_data_dir(tmp_path / "durable", database_url=durable_url) as state:
             postgres_queue(state, durable_url, NAME).storage.close()
         rounds.append(_measure(f"PostgreSQL 15 (fsync=on, {fs})", "postgresql", durable_url))

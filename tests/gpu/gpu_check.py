@@ -29,6 +29,10 @@ runs over; the next part still runs) and all under one budget:
 ``throughput`` (d)
     The worker throughput bench (``test_bench_throughput``) with 1, 2, 4 and 8 ``worker``
     processes on CPU (no more than there are cores), then the most of them on CUDA.
+``scale`` (d)
+    The scaling bench of issue 18 (``test_bench_scale``): studies/h with 1, 2, 4 and 8 ``worker``
+    processes and ingest of 2 listener replicas against 1, the state on PostgreSQL and on
+    SQLite; the PostgreSQL half is skipped, with the reason, where its server cannot run.
 
 Results: ``$OUT/gpu_check.txt`` (what was printed) and ``$OUT/gpu_check.json`` (figures and
 checks), rewritten after every part; without ``OUT`` in ``build/gpu/``.
@@ -811,6 +815,57 @@ def part_throughput(ctx: Ctx) -> None:
         raise RuntimeError(f"{len(failed)} of {len(plan)} rounds failed: {'; '.join(failed)}")
 
 
+def _postgres_missing() -> str | None:
+    """Why the scale bench's PostgreSQL half cannot run here (None: it can)."""
+    import importlib.util
+
+    from tests.pg import PG_BIN
+
+    ok, why = _runs(str(PG_BIN / "postgres"), "--version")
+    if not ok:
+        return f"{PG_BIN / 'postgres'} does not run ({why}): the Debian package is not carried"
+    if importlib.util.find_spec("psycopg") is None:
+        return "no psycopg (the node's PostgreSQL driver) in this Python"
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a 'postgres' user to run the server as"
+    return None
+
+
+def part_scale(ctx: Ctx) -> None:
+    import tests.bench.test_bench_scale as bench
+    import tests.bench.test_bench_throughput as tp
+
+    sender = _storescu(ctx)
+    backends = list(bench.BACKENDS)
+    missing = _postgres_missing()
+    if missing is not None:
+        backends.remove("postgresql")
+        ctx.say(f"  the PostgreSQL half skipped: {missing}")
+    tp.CASES = bench.cases_for([w for w in WORKERS if w <= ctx.cpus])  # tp._check_once's count
+    ctx.say(f"  senders {sender}; `worker --workers 1` processes on CPU; {PROBE_NOTE}")
+    with _dicom_probe(bench):
+        s = bench.measure(
+            ctx.work / "scale",
+            workers=WORKERS,
+            backends=backends,
+            ingest_rounds=1,
+            say=lambda line: ctx.say(f"  {line}"),
+        )
+    bench.report(s, say=lambda line: ctx.say(f"  {line}"))
+    ctx.put(**s.figures(), postgresql_skipped=missing)
+    top = max(s.workers)
+    ctx.summary = "; ".join(
+        f"{name} x1 {b.rounds[1].steady_h:.0f}/h, x{top} {b.rounds[top].steady_h:.0f}/h steady "
+        f"({b.rounds[top].steady_h / b.rounds[1].steady_h:.1f}x)"
+        for name, b in s.backends.items()
+    ) + ("" if missing is None else "; PostgreSQL skipped")
+
+
 def _round_row(r: Any, device: str) -> dict[str, Any]:
     """The figures of one throughput round (:class:`tests.bench.test_bench_throughput.Round`)."""
     warm = r.warm_series_s
@@ -953,7 +1008,10 @@ PARTS = (
     Part("training", "c. one training epoch, CUDA vs CPU", 60, part_training),
     Part("ingest", "d. two-listener ingest bench", 60, part_ingest),
     Part("throughput", "d. worker throughput bench, 1-8 workers", 150, part_throughput),
+    Part("scale", "d. scaling bench, PostgreSQL and SQLite, 1-8 workers", 300, part_scale),
 )
+#: Parts run only when named (``--parts``): longer than the default budget leaves them.
+OPT_IN = ("scale",)
 
 
 def _log_tails(ctx: Ctx, folder: Path, count: int = 4) -> None:
@@ -1090,7 +1148,11 @@ def _run_part(part: Part, work: Path, timeout: float, report: Report) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default=",".join(p.name for p in PARTS))
+    parser.add_argument(
+        "--parts",
+        default=",".join(p.name for p in PARTS if p.name not in OPT_IN),
+        help=f"comma-separated; default all but {', '.join(OPT_IN)}",
+    )
     parser.add_argument(
         "--budget-s", type=float, default=270.0, help="for all parts together (default 270)"
     )

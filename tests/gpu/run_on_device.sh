@@ -29,8 +29,9 @@ DEVICE_PY=/opt/torch/.venv/bin/python3
 # Runtime dependencies missing from the device image (pyproject.toml's against the device
 # notes' package list), and typing-extensions, which pydantic needs newer than an image may
 # have. The codecs (pylibjpeg*, pyjpegls) stay behind: synthetic studies are uncompressed.
-WHEELS=(annotated-types captum dicomweb-client highdicom huey pydantic pydantic-core pydicom
-        pynetdicom pyorthanc redis retrying structlog typing-extensions typing-inspection)
+WHEELS=(annotated-types captum dicomweb-client highdicom huey psycopg psycopg-binary pydantic
+        pydantic-core pydicom pynetdicom pyorthanc redis retrying sqlalchemy structlog
+        typing-extensions typing-inspection)
 # What the throughput and ingest benchmarks run besides Python.
 TOOLS=(/usr/bin/redis-server /usr/bin/storescu)
 
