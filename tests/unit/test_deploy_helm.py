@@ -272,6 +272,15 @@ def test_helm_postgresql_layout_has_no_affinity_and_two_listeners(
     storage = yaml.safe_load(text)["storage"]
     assert storage["database_url"] == "postgresql://sarclym@db.example.org:5432/sarclym"
     assert storage["shared_by_serves"] is True  # listener replicas share the data folder
+    # The queue in the state's database: no Redis pod, no queue_url (one service fewer).
+    assert not [key for key in docs if "redis" in key[1]]
+    assert yaml.safe_load(text)["service"]["queue_url"] is None
+    asked = _by_kind(helm.render({**POSTGRESQL, "redis": {"enabled": True}}))
+    assert ("Deployment", "demo-sarclym-node-redis") in asked
+    asked_text = asked["ConfigMap", "demo-sarclym-node-config"]["data"]["sarclym.yaml"]
+    assert yaml.safe_load(asked_text)["service"]["queue_url"] == (
+        "redis://demo-sarclym-node-redis:6379/0"
+    )
     file = tmp_path / "sarclym.yaml"
     file.write_text(_without_database_url(text))
     for deployment in (listener, worker):
@@ -283,6 +292,7 @@ def test_helm_postgresql_layout_has_no_affinity_and_two_listeners(
         plain = {k: e["value"] for k, e in env.items() if "value" in e and k != "SARCLYM_CONFIG"}
         config = load_config(file, environ=plain)
         assert config.storage.shared_by_serves
+        assert config.service.queue_url is None
         assert str(config.storage.data_dir) == "/data"
     # The data volume mounted by pods on several nodes: ReadWriteMany, class from values.
     rwx = {**POSTGRESQL, "persistence": {"storageClassName": "cephfs"}}

@@ -38,11 +38,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" $repository (default $tag .Values.worker.image.tag) -}}
 {{- end -}}
 
-{{- define "sarclym-node.redisUrl" -}}
-{{- if .Values.redis.enabled -}}
-{{- printf "redis://%s-redis:6379/0" (include "sarclym-node.fullname" .) -}}
+{{/* "true" when the chart runs a Redis pod; redis.enabled null: only without PostgreSQL. */}}
+{{- define "sarclym-node.redisEnabled" -}}
+{{- $value := .Values.redis.enabled -}}
+{{- if kindIs "invalid" $value -}}
+{{- ternary "false" "true" (.Values.postgresql.enabled | default false) -}}
 {{- else -}}
-{{- required "redis.externalUrl is required when redis.enabled is false" .Values.redis.externalUrl -}}
+{{- ternary "true" "false" $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/* service.queue_url: the chart's Redis, else redis.externalUrl, else (PostgreSQL) empty: the
+queue in the state's database. */}}
+{{- define "sarclym-node.redisUrl" -}}
+{{- if eq (include "sarclym-node.redisEnabled" .) "true" -}}
+{{- printf "redis://%s-redis:6379/0" (include "sarclym-node.fullname" .) -}}
+{{- else if .Values.redis.externalUrl -}}
+{{- .Values.redis.externalUrl -}}
+{{- else if not .Values.postgresql.enabled -}}
+{{- fail "redis.externalUrl is required when redis.enabled is false without PostgreSQL (the queue needs Redis, or the state and queue on PostgreSQL: postgresql.enabled)" -}}
 {{- end -}}
 {{- end -}}
 
