@@ -31,7 +31,7 @@ from sarclym.node.cli.exitcodes import EXIT_IN_USE
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import HOLD_ENV
-from tests.conftest import free_port, require_tool, wait_for_port
+from tests.conftest import free_port, redis_server, require_tool, wait_for_port
 from tests.unit.test_running_model import NEW, registry_with_two_versions
 
 pytestmark = pytest.mark.integration
@@ -42,19 +42,8 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server on a free loopback port, no persistence."""
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [require_tool("redis-server"), *args, "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 class Cluster:

@@ -25,7 +25,14 @@ import yaml
 from pydicom import dcmread
 
 from sarclym.node.cli import main
-from tests.conftest import OrthancServer, free_port, require_tool, stop_orthanc, wait_for_port
+from tests.conftest import (
+    OrthancServer,
+    free_port,
+    redis_server,
+    require_tool,
+    stop_orthanc,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -315,19 +322,8 @@ def test_kill_9_after_the_study_arrived(
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server on a free loopback port, no persistence."""
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [require_tool("redis-server"), *args, "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 def test_scale_out_two_workers_on_redis(
