@@ -27,7 +27,11 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    ThreadedAssociationServer,
+)
 
 from sarclym.node.dicom.compat import (
     PYDICOM_CHECKED,
@@ -303,6 +307,10 @@ def connected() -> Iterator[tuple[Association, socket.socket]]:
     ours, peer = socket.socketpair()
     assoc = Association(AE(ae_title="COMPAT"), "acceptor")
     assoc.set_socket(AssociationSocket(assoc, client_socket=ours))
+    # As pynetdicom's server sets them (RequestHandler.handle): without them its actions on a
+    # closed connection (AA-4, AA-5) raise in the DUL thread when they fire before the end.
+    assoc.acceptor.address_info = AddressInformation("127.0.0.1", 11112)
+    assoc.requestor.address_info = AddressInformation("127.0.0.1", 50000)
     try:
         yield assoc, peer
     finally:
