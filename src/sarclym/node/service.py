@@ -372,23 +372,32 @@ class Node:
         # Runs in the association's thread before the C-STORE response of the last slice.
         self.enqueue(series_uid)
 
+    @property
+    def runs_every_worker(self) -> bool:
+        """Whether every job of this data folder runs in this process: ``service.workers`` above
+        0 and no other ``serve`` (``storage.shared_by_serves`` false)."""
+        return self.config.service.workers > 0 and not self.config.storage.shared_by_serves
+
     def recover(self) -> int:
         """Queue again what the previous run left: COMPLETE, QUEUED and PROCESSING series.
 
-        At start-up no job of this node is running, so a PROCESSING series lost its worker and
-        a QUEUED one may have lost its queue entry (Redis restarted, queue file removed). A job
-        queued twice is harmless: the second finds the series no longer QUEUED and returns.
-        Listener replicas (``storage.shared_by_serves``) leave PROCESSING series to the lease:
-        a worker of another host may be running them (tests/integration/test_multihost.py).
+        A QUEUED series may have lost its queue entry (Redis restarted, queue file removed). A
+        job queued twice is harmless: the second finds the series no longer QUEUED and returns.
+        A PROCESSING series is queued again only where this ``serve`` runs every worker
+        (``service.workers`` above 0, the only ``serve`` of its data folder): then none of its
+        jobs runs at start-up, and such a series lost its worker. A ``serve`` without workers
+        (``service.workers: 0``, the workers are ``sarclym-node worker`` processes: Compose,
+        Helm) and listener replicas (``storage.shared_by_serves``) leave PROCESSING series to
+        the lease (``service.lease_seconds``): a worker that outlived this ``serve``, or one of
+        another host, may be running them, and queuing them again would run them twice
+        (tests/integration/test_multihost.py, tests/unit/test_recover.py).
         """
         statuses = [SeriesStatus.COMPLETE, SeriesStatus.QUEUED]
-        if not self.config.storage.shared_by_serves:
+        if self.runs_every_worker:
             statuses.append(SeriesStatus.PROCESSING)
-        count = 0
-        for status in statuses:
-            for record in self.state.series_with_status(status):
-                count += self.enqueue(record.series_uid, from_status=status)
-        return count
+        # Read first: a COMPLETE series queued here is QUEUED when the next status is read.
+        left = [(r.series_uid, s) for s in statuses for r in self.state.series_with_status(s)]
+        return sum(self.enqueue(series_uid, from_status=status) for series_uid, status in left)
 
     def sweep(self) -> None:
         """Quiet-time completion fallback, and leases of jobs whose worker died."""
