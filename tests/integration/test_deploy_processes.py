@@ -10,8 +10,10 @@ data folder are overridden from the environment, as a container's environment wo
 worker its own health port: containers have a network each, processes here share one). The
 workers' compose healthcheck URL answers 200 on each.
 
-The state is state.db (SQLite): ``compose.postgres.yaml`` needs the node's store layer for
-PostgreSQL (``storage.database_url``, issue 18) before these processes can run on it.
+Two layouts: ``compose.yaml`` alone (state.db, the queue on Redis) and ``compose.yaml`` with
+``compose.postgres.yaml`` merged as Compose merges it (``tests/compose.py``): the state and the
+queue on a real PostgreSQL server (the tests' own, ``tests/pg.py``, a fresh database standing in
+for the ``postgres`` service), and no redis-server started, because that layout starts none.
 
 A synthetic PET/CT study is stored into Orthanc by DCMTK ``storescu``; Orthanc forwards the AC
 PET series to the node, one worker runs the model, the node delivers: the Secondary Capture and
@@ -39,6 +41,7 @@ from pydicom import dcmread
 
 from sarclym.node.cli import main
 from sarclym.node.config import load_config
+from tests import compose as compose_files
 from tests.conftest import (
     OrthancServer,
     free_port,
@@ -52,11 +55,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
+COMPOSE_POSTGRES = ROOT / "deploy" / "compose.postgres.yaml"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+def _compose(layout: str = "redis") -> dict[str, Any]:
+    """The Compose model of a layout: ``redis`` (compose.yaml) or ``postgresql`` (merged)."""
+    data: dict[str, Any] = compose_files.load(COMPOSE)
+    if layout == "postgresql":
+        data = compose_files.merge(data, compose_files.load(COMPOSE_POSTGRES))
     return data
 
 
@@ -133,15 +140,34 @@ def _orthanc(tmp: Path, compose: dict[str, Any], node_port: int) -> OrthancServe
 
 
 def _node_env(
-    config: Path, tmp: Path, *, port: int, http_port: int, redis_url: str, orthanc: OrthancServer
+    config: Path,
+    tmp: Path,
+    *,
+    port: int,
+    http_port: int,
+    orthanc: OrthancServer,
+    service: dict[str, Any],
+    servers: dict[str, str],
 ) -> dict[str, str]:
-    """The environment of the `node` and `worker` services, hosts and ports moved to loopback."""
+    """The environment of the `node` and `worker` services, hosts and ports moved to loopback.
+
+    ``servers`` maps the URLs of the Compose services ``redis`` and ``postgres`` (as the
+    compose files write them) to the ones started here; the service's own environment
+    (``compose.postgres.yaml``'s database URL and queue) comes first, with them replaced."""
     shipped = yaml.safe_load(config.read_text())
     peers = [{**p, "host": "127.0.0.1"} for p in shipped["listener"]["allowed_peers"]]
     targets = shipped["destinations"]["targets"]
     assert [t["url"] for t in targets] == ["http://orthanc:8042"]
     targets = [{**t, "url": orthanc.url} for t in targets]
+    own = {
+        key: servers.get(str(value), str(value))
+        for key, value in service.get("environment", {}).items()
+        if key.startswith("SARCLYM__")
+    }
+    queue = servers.get(shipped["service"]["queue_url"], shipped["service"]["queue_url"])
     return {
+        "SARCLYM__SERVICE__QUEUE_URL": queue,
+        **own,
         "SARCLYM_CONFIG": str(config),
         # The compose services set it from ORTHANC_PASSWORD; this Orthanc ignores it.
         "SARCLYM_ORTHANC_PASSWORD": "only-for-this-test",
@@ -150,7 +176,6 @@ def _node_env(
         "SARCLYM__LISTENER__ALLOWED_PEERS": json.dumps(peers),
         "SARCLYM__STORAGE__DATA_DIR": str(tmp / "data"),
         "SARCLYM__STORAGE__MIN_FREE_MB": "1",
-        "SARCLYM__SERVICE__QUEUE_URL": redis_url,
         "SARCLYM__SERVICE__HTTP_HOST": "127.0.0.1",
         "SARCLYM__SERVICE__HTTP_PORT": str(http_port),
         "SARCLYM__DESTINATIONS__TARGETS": json.dumps(targets),
@@ -175,12 +200,17 @@ def _results(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
     return tags
 
 
-def test_compose_processes_study_into_orthanc_results_back(tmp_path: Path) -> None:
-    compose = _compose()
+@pytest.mark.parametrize("layout", ["redis", "postgresql"])
+def test_compose_processes_study_into_orthanc_results_back(
+    tmp_path: Path, layout: str, request: pytest.FixtureRequest
+) -> None:
+    compose = _compose(layout)
+    started = compose_files.started_services(compose)
     node_service = compose["services"]["node"]
     worker_service = compose["services"]["worker"]
     config = _host_path(node_service, node_service["environment"]["SARCLYM_CONFIG"])
     assert config == _host_path(worker_service, worker_service["environment"]["SARCLYM_CONFIG"])
+    assert node_service["environment"] == worker_service["environment"]
     replicas = worker_service["deploy"]["replicas"]
     assert replicas == 2
 
@@ -193,16 +223,32 @@ def test_compose_processes_study_into_orthanc_results_back(tmp_path: Path) -> No
     node_port, http_port = free_port(), free_port()
     cli = [sys.executable, "-m", "sarclym.node.cli"]
     with ExitStack() as stack:
-        redis_url = _redis(tmp_path, stack)
+        servers: dict[str, str] = {}
+        if "redis" in started:
+            servers["redis://redis:6379/0"] = _redis(tmp_path, stack)
+        if "postgres" in started:
+            compose_url = node_service["environment"]["SARCLYM__STORAGE__DATABASE_URL"]
+            servers[compose_url] = request.getfixturevalue("pg_url")
+        assert set(started) - {"orthanc", "node", "worker"} == {
+            "postgres" if layout == "postgresql" else "redis"
+        }
         orthanc = _orthanc(tmp_path, compose, node_port)
         stack.callback(stop_orthanc, orthanc)
         ports = {"port": node_port, "http_port": http_port}
-        env = _node_env(config, tmp_path, **ports, redis_url=redis_url, orthanc=orthanc)
+        env = _node_env(
+            config, tmp_path, **ports, orthanc=orthanc, service=node_service, servers=servers
+        )
 
-        # The shipped file with these overrides: the listener runs no model, the queue is Redis.
+        # The shipped file with these overrides: the listener runs no model; the queue is Redis,
+        # or PostgreSQL tables in the state's database.
         effective = load_config(config, environ=env)
         assert effective.service.workers == 0
-        assert effective.service.queue_url == redis_url
+        if layout == "redis":
+            assert effective.service.queue_url == servers["redis://redis:6379/0"]
+            assert effective.storage.database_url == ""
+        else:
+            assert effective.service.queue_url is None
+            assert effective.storage.database_url == request.getfixturevalue("pg_url")
         assert effective.listener.ae_title == "SARCLYM"
 
         node_log = tmp_path / "node.log"
@@ -275,6 +321,8 @@ def test_compose_processes_study_into_orthanc_results_back(tmp_path: Path) -> No
         orthanc_log = (tmp_path / "orthanc" / "orthanc.log").read_text()
         assert "sarclym: forwarding series" in orthanc_log
         assert "sarclym: not forwarding" in orthanc_log  # CT and NAC PET stay in Orthanc
+        on_files = {p.name for p in (tmp_path / "data").iterdir()} & {"state.db", "queue.db"}
+        assert on_files == (set() if layout == "postgresql" else {"state.db"})
 
 
 def orthanc_stable_age(compose: dict[str, Any]) -> float:

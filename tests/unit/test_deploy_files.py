@@ -33,6 +33,7 @@ import yaml
 
 from sarclym.node.config import Config, load_config
 from sarclym.node.errors import ConfigError
+from tests import compose as compose_files
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -51,7 +52,8 @@ SECRET_ENV = {"SARCLYM_ORTHANC_PASSWORD": "x", "SARCLYM_PACS_TOKEN": "x"}
 
 
 def _yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
+    """The file's YAML; Compose's merge tags (``!override``, ``!reset``) dropped."""
+    return compose_files.plain(compose_files.load(path))
 
 
 def _yaml_files() -> list[Path]:
@@ -294,8 +296,8 @@ def test_postgres_override_puts_the_state_on_postgresql(compose: dict[str, Any])
     assert not set(override["volumes"]) & set(compose["volumes"])
     assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
     assert set(postgres["networks"]) <= set(compose["networks"])
-    # It only adds to services compose.yaml has, and to no other than node and worker.
-    assert set(services) - {"postgres"} == {"node", "worker"}
+    # It only changes services compose.yaml has: node, worker and (out of the way) redis.
+    assert set(services) - {"postgres"} == {"node", "worker", "redis"}
     env = postgres["environment"]
     url = f"postgresql://{env['POSTGRES_USER']}@postgres:5432/{env['POSTGRES_DB']}"
     for name in ("node", "worker"):
@@ -303,12 +305,39 @@ def test_postgres_override_puts_the_state_on_postgresql(compose: dict[str, Any])
         client = services[name]["environment"]
         assert client["SARCLYM__STORAGE__DATABASE_URL"] == url  # no password in the URL
         assert client["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
-        assert services[name]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert yaml.safe_load(client["SARCLYM__SERVICE__QUEUE_URL"]) is None  # where the state is
     assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     for name, service in services.items():
         for key, value in service.get("environment", {}).items():
             if re.search("PASSWORD|TOKEN|SECRET", key):
                 assert "${" in str(value), f"{name}.{key} holds a literal secret"
+
+
+def test_postgres_layout_runs_no_redis_and_waits_for_postgresql_only() -> None:
+    """compose.yaml + compose.postgres.yaml as Compose merges them (tests/compose.py)."""
+    merged = compose_files.merge(compose_files.load(COMPOSE), compose_files.load(COMPOSE_POSTGRES))
+    started = compose_files.started_services(merged)
+    assert started == {"orthanc", "node", "worker", "postgres"}
+    services = merged["services"]
+    healthy = {"condition": "service_healthy"}
+    assert services["node"]["depends_on"] == {"postgres": healthy}
+    assert services["worker"]["depends_on"] == {"postgres": healthy, "node": healthy}
+    for name in started:
+        assert set(services[name].get("depends_on", {})) <= started, name
+    # Nothing configures Redis in the merged layout: the shipped config's queue_url is replaced.
+    shipped = yaml.safe_load(COMPOSE_CONFIG.read_text())
+    assert shipped["service"]["queue_url"].startswith("redis://")
+    for name in ("node", "worker"):
+        env = services[name]["environment"]
+        config = load_config(COMPOSE_CONFIG, environ={**env, "SARCLYM_ORTHANC_PASSWORD": "x"})
+        assert config.service.queue_url is None
+        assert config.storage.database_url.startswith("postgresql://")
+    # With the profile, Redis is back for a site that wants it.
+    assert "redis" in compose_files.started_services(merged, ("redis",))
+    # The base layout alone is unchanged: Redis, and the node waits for it.
+    base = compose_files.load(COMPOSE)
+    assert "redis" in compose_files.started_services(base)
+    assert "redis" in base["services"]["node"]["depends_on"]
 
 
 def test_gpu_override_switches_the_workers_to_the_cuda_build() -> None:
