@@ -40,6 +40,22 @@ def _card(auc: float | None = 0.95) -> dict[str, Any]:
     return card
 
 
+def test_the_written_markdown_is_the_written_json_rendered(tmp_path: Path) -> None:
+    """``model_card.md`` is what ``model show`` and the dashboard render from
+    ``model_card.json``: a card given with tuples (``retrain``'s augmentation ranges) is stored
+    as JSON lists, and the Markdown says what the JSON says."""
+    from sarclym.model.inference.registry import CARD_MD_FILE, render_card
+
+    card = _card()
+    card["hyperparameters"] = {"augmentation": {"scale_range": (0.9, 1.1)}, "epochs": 3}
+    reg = Registry(tmp_path / "models")
+    reg.register(_net(), card, version="1.2.3")
+    folder = tmp_path / "models" / "1.2.3"
+    stored = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    assert stored["hyperparameters"]["augmentation"]["scale_range"] == [0.9, 1.1]
+    assert (folder / CARD_MD_FILE).read_text(encoding="utf-8") == render_card(stored)
+
+
 def test_register_list_load_roundtrip(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "models")
     assert reg.versions() == []

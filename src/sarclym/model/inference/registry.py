@@ -308,7 +308,8 @@ class Registry:
             for fname, data in (
                 *files,
                 (CARD_FILE, card_json.encode("utf-8")),
-                (CARD_MD_FILE, render_card(full).encode("utf-8")),
+                # What `model show` renders: the stored JSON (tuples read back as lists).
+                (CARD_MD_FILE, render_card(json.loads(card_json)).encode("utf-8")),
             ):
                 with open(tmp / fname, "wb") as fh:
                     fh.write(data)
