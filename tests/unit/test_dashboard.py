@@ -46,6 +46,7 @@ from sarclym.node.worker.thumbnail import THUMBNAIL_SIZE, write_thumbnail
 from tests.conftest import free_port
 from tests.phi import assert_no_phi
 from tests.results_fixtures import PHI, SERIES_UID, STUDY_UID, make_prediction
+from tests.shipped import SHIPPED
 from tests.unit.test_delivery import FakeDestination, permanent
 
 ADMIN_TOKEN = "admin-token-for-the-tests-0123456789abcdef"
@@ -383,9 +384,9 @@ def test_pages_show_stages_results_deliveries_model_and_audit(served: Served) ->
     assert "b-dead" in deliveries
     model = pages["/dashboard/model"].text
     card = json.loads(
-        (served.node.config.storage.data_dir / "models" / "1.0.0" / "model_card.json").read_text()
+        (served.node.config.storage.data_dir / "models" / SHIPPED / "model_card.json").read_text()
     )
-    assert '<b class="model-version">1.0.0</b>' in model
+    assert f'<b class="model-version">{SHIPPED}</b>' in model
     assert card["weights_sha256"] in model
     assert "<h2>Model card</h2>" in model
     assert "Cross-validated metrics" in model

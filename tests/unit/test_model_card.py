@@ -13,6 +13,8 @@ import re
 import shlex
 from typing import Any
 
+import pytest
+
 from sarclym.model.inference.predictor import DEFAULT_REGISTRY
 from sarclym.model.inference.registry import (
     CARD_FILE,
@@ -21,7 +23,10 @@ from sarclym.model.inference.registry import (
     Registry,
     render_card,
 )
+from tests.shipped import SHIPPED as DEFAULT_VERSION
+from tests.shipped import SHIPPED_VERSIONS
 
+#: The first shipped default, trained on phantom version 1 from a written-out cohort.
 SHIPPED = DEFAULT_REGISTRY / "1.0.0"
 #: The weights the card describes: never changed by a card edit.
 WEIGHTS_SHA256 = "454b215ee426f4904b1dcfb9a8fb9ff90005f80f16bbaf6bcac72ca293ef272f"
@@ -76,6 +81,44 @@ def test_shipped_card_speaks_to_users() -> None:
     assert card["weights_sha256"] == WEIGHTS_SHA256
     assert hashlib.sha256((SHIPPED / WEIGHTS_FILE).read_bytes()).hexdigest() == WEIGHTS_SHA256
     assert Registry(DEFAULT_REGISTRY).load("1.0.0").sha256 == WEIGHTS_SHA256
+
+
+@pytest.mark.parametrize("version", SHIPPED_VERSIONS)
+def test_every_shipped_card_is_its_rendering_names_its_weights_and_speaks_to_users(
+    version: str,
+) -> None:
+    folder = DEFAULT_REGISTRY / version
+    markdown = (folder / CARD_MD_FILE).read_text(encoding="utf-8")
+    card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    assert markdown == render_card(card)
+    assert card["version"] == version
+    digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert card["weights_sha256"] == digest
+    loaded = Registry(DEFAULT_REGISTRY).load(version)
+    assert loaded.sha256 == digest
+    assert loaded.ood is not None  # every shipped version says when a scan is unlike its data
+    assert card["synthetic_data"] is True
+    assert "Research use only" in markdown
+    _no_machine_paths(_reproduce(markdown))
+    assert "/work/" not in markdown
+    assert "/tmp/" not in markdown
+    for text in (markdown, str(card.get("notes", ""))):
+        assert "issue" not in text.lower()
+        assert "is not met" not in text
+
+
+def test_the_default_card_reproduces_in_one_command_on_its_phantom() -> None:
+    """The shipped default is ``retrain --synthetic-cohort``'s: one command, no folder, the
+    cohort's phantom version named (synth's default may change; the card must not)."""
+    card = Registry(DEFAULT_REGISTRY).card(DEFAULT_VERSION)
+    steps = _reproduce(render_card(card))
+    (command,) = steps
+    words = shlex.split(command)
+    assert words[:3] == ["sarclym-node", "retrain", "--synthetic-cohort"]
+    assert int(words[3]) == card["training_data"]["n"] == card["cv_metrics"]["n"]
+    assert words[words.index("--phantom") + 1] == str(card["training_data"]["phantom"])
+    assert "--registry" not in words
+    assert "--inputs-cache" not in words
 
 
 def test_generator_hides_the_training_machine_folders_and_adds_synth() -> None:

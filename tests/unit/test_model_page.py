@@ -1,7 +1,7 @@
 """The Model page shows who activated each version when, and this site's newest local evaluation
 of each version with its pass or fail (issue 15).
 
-A real registry (the shipped 1.0.0 plus a cheap 1.0.1: :mod:`tests.unit.test_running_model`),
+A real registry (the shipped default plus a cheap 1.0.1: :mod:`tests.unit.test_running_model`),
 activations through :meth:`Registry.activate` / :meth:`Registry.rollback`, evaluations through
 :func:`~sarclym.node.store.evaluations.record_evaluation`; the page from plain data, then through
 a served dashboard after logging in.
@@ -23,6 +23,7 @@ from sarclym.node.http.model_page import model_page
 from sarclym.node.service import Node
 from sarclym.node.store.evaluations import EvaluationRecord, record_evaluation
 from sarclym.node.store.state import StateDB
+from tests.shipped import SHIPPED
 from tests.unit.test_dashboard import ADMIN_TOKEN, _config, _serve
 from tests.unit.test_running_model import NEW, register_version, registry_with_two_versions
 from tests.unit.test_running_model import _config as _plain_config
@@ -62,15 +63,16 @@ def _text(page: str) -> str:
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A data folder with the two-version registry: 1.0.1 activated by alice, then rolled back
-    by bob; 1.0.0 evaluated twice (an old failing run, a newer passing one), 1.0.1 never."""
+    by bob; the shipped default evaluated twice (an old failing run, a newer passing one), 1.0.1
+    never."""
     data_dir = tmp_path / "var"
     registry = Registry(registry_with_two_versions(data_dir))
     registry.activate(NEW, min_auc=0.85, by="alice")
     registry.rollback(by="bob")
-    sha = str(registry.card("1.0.0")["weights_sha256"])
+    sha = str(registry.card(SHIPPED)["weights_sha256"])
     with StateDB.in_data_dir(data_dir) as state:
-        record_evaluation(state, _evaluation("1.0.0", sha, passed=False, auc=0.61, at=T0 - 86400))
-        record_evaluation(state, _evaluation("1.0.0", sha, passed=True, auc=0.93, at=T0))
+        record_evaluation(state, _evaluation(SHIPPED, sha, passed=False, auc=0.61, at=T0 - 86400))
+        record_evaluation(state, _evaluation(SHIPPED, sha, passed=True, auc=0.93, at=T0))
     return data_dir
 
 
@@ -86,12 +88,12 @@ def test_the_model_page_shows_activations_and_local_evaluations(site: Path) -> N
     # The newest local evaluation of each version, with pass or fail.
     evaluations = page.split("<h2>Local evaluations</h2>")[1].split("<h2>")[0]
     shown = _text(evaluations)
-    assert "1.0.0 passed" in shown
+    assert f"{SHIPPED} passed" in shown
     assert "AUC 0.930 (95% CI 0.830-0.980)" in shown
     assert "0.61" not in shown  # the older, failing run is not the newest
     assert "38 cases, 2 refused" in shown
     assert "carol" in shown
-    assert "/srv/reports/evaluation-1.0.0-" in shown
+    assert f"/srv/reports/evaluation-{SHIPPED}-" in shown
     assert f"{NEW} not evaluated on this site's cases" in shown
     assert "Research use only" in shown
     # The running version's facts say it too.
@@ -135,7 +137,7 @@ def test_the_served_model_page_after_login(tmp_path: Path, json_log: io.StringIO
     shown = _text(reply.text)
     assert f"{NEW} passed" in shown
     assert "AUC 0.910" in shown
-    assert "1.0.0 not evaluated on this site's cases" in shown
+    assert f"{SHIPPED} not evaluated on this site's cases" in shown
     assert "alice" in shown
 
 
@@ -161,8 +163,8 @@ def test_model_show_and_the_page_read_the_same_newest_evaluation(site: Path) -> 
         newest = newest_evaluation(state, NEW, sha)
         assert newest is not None
         assert newest.run_at == T0 + 60
-        assert newest_evaluation(state, "1.0.0", "00" * 32) is None
-        old = newest_evaluation(state, "1.0.0", str(registry.card("1.0.0")["weights_sha256"]))
+        assert newest_evaluation(state, SHIPPED, "00" * 32) is None
+        old = newest_evaluation(state, SHIPPED, str(registry.card(SHIPPED)["weights_sha256"]))
         assert old is not None
         assert (old.passed, old.run_at) == (True, T0)  # not the older failing one
     shown = _shown_card(registry, NEW, _plain_config(site))

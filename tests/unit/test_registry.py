@@ -13,6 +13,7 @@ import torch
 from sarclym.model.errors import RegistryError, SarclymModelError
 from sarclym.model.inference.net import MipNet, build_net
 from sarclym.model.inference.registry import CARD_FILE, DISCLAIMER, WEIGHTS_FILE, Registry
+from tests.shipped import SHIPPED, SHIPPED_HISTORY, SHIPPED_VERSIONS
 
 
 def _net(seed: int = 0, arch: str = "two_branch") -> MipNet:
@@ -203,18 +204,45 @@ def test_processes_starting_together_seed_the_node_registry_once(tmp_path: Path)
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    assert versions == ["1.0.0"] * 8
+    assert versions == [SHIPPED] * 8
     assert [p.name for p in tmp_path.iterdir()] == ["models"]
     assert (tmp_path / "models").stat().st_mode & 0o777 == 0o755
 
 
-def _earlier_release(root: Path, *, weights_sha: str | None = None) -> None:
-    """A node registry as an earlier release seeded it: 1.0.0 without its OOD reference."""
+def test_a_new_node_runs_the_shipped_default_and_can_roll_back_to_the_one_before(
+    tmp_path: Path,
+) -> None:
+    """A registry seeded now has every shipped version, the shipped default active, and the
+    shipped history: ``model rollback`` returns to the default before it."""
+    from sarclym.node.config import Config
+    from sarclym.node.worker.registry import open_registry
+
+    registry = open_registry(Config.model_validate({"storage": {"data_dir": str(tmp_path)}}))
+    assert sorted(info.version for info in registry.versions()) == SHIPPED_VERSIONS
+    assert registry.active() == SHIPPED == SHIPPED_HISTORY[-1]
+    assert registry.load().version == SHIPPED
+    for earlier in reversed(SHIPPED_HISTORY[:-1]):
+        assert registry.rollback(by="admin") == earlier
+        assert registry.load().version == earlier
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+
+
+def _seeded_by(root: Path, version: str) -> None:
+    """A node registry as the release whose only shipped version was ``version`` seeded it."""
     import shutil
 
     from sarclym.model.inference.predictor import DEFAULT_REGISTRY
 
-    shutil.copytree(DEFAULT_REGISTRY, root)
+    root.mkdir()
+    shutil.copytree(DEFAULT_REGISTRY / version, root / version)
+    (root / "ACTIVE").write_text(f"{version}\n", encoding="utf-8")
+    (root / "ACTIVE_HISTORY").write_text(json.dumps([version]) + "\n", encoding="utf-8")
+
+
+def _earlier_release(root: Path, *, weights_sha: str | None = None) -> None:
+    """A node registry as an earlier release seeded it: 1.0.0 without its OOD reference."""
+    _seeded_by(root, "1.0.0")
     (root / "1.0.0" / "ood_reference.safetensors").unlink()
     card_path = root / "1.0.0" / "model_card.json"
     card = json.loads(card_path.read_text(encoding="utf-8"))
@@ -259,6 +287,58 @@ def test_registry_seeded_earlier_gets_the_shipped_ood_reference(tmp_path: Path) 
     assert sorted(p.name for p in (tmp_path / "models" / "1.0.0").iterdir()) == sorted(
         p.name for p in (DEFAULT_REGISTRY / "1.0.0").iterdir()
     )
+    assert sorted(info.version for info in node.versions()) == SHIPPED_VERSIONS
+
+
+def test_registry_seeded_by_the_release_before_gets_the_new_default_not_activated(
+    tmp_path: Path,
+) -> None:
+    """A site upgraded from the release that shipped the default before this one: the new
+    default is added beside it, whole and loadable, not activated (the site decides: ``model
+    activate``); what ran before runs on, and its files are untouched."""
+    import hashlib
+    import threading
+
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.node.config import Config
+    from sarclym.node.worker.registry import open_registry
+
+    assert len(SHIPPED_HISTORY) >= 2, "no earlier default shipped"
+    before = SHIPPED_HISTORY[-2]
+    root = tmp_path / "models"
+    _seeded_by(root, before)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / before).iterdir()}
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_registry(config)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    node = Registry(root)
+    assert sorted(info.version for info in node.versions()) == SHIPPED_VERSIONS
+    assert node.active() == before
+    assert node.load().version == before
+    assert json.loads((root / "ACTIVE_HISTORY").read_text(encoding="utf-8")) == [before]
+    assert {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / before).iterdir()
+    } == files
+    shipped = Registry(DEFAULT_REGISTRY)
+    added = node.load(SHIPPED)
+    assert added.sha256 == shipped.card(SHIPPED)["weights_sha256"]
+    assert added.ood is not None
+    assert sorted(p.name for p in (root / SHIPPED).iterdir()) == sorted(
+        p.name for p in (DEFAULT_REGISTRY / SHIPPED).iterdir()
+    )
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
 
 def test_registry_with_other_weights_keeps_no_reference(tmp_path: Path) -> None:
@@ -288,6 +368,6 @@ def test_shipped_version_missing_from_the_registry_is_added_not_activated(
     shutil.copytree(DEFAULT_REGISTRY / "1.0.0", root / "site-1")
     (root / "ACTIVE").write_text("site-1\n", encoding="utf-8")
     registry = open_registry(Config.model_validate({"storage": {"data_dir": str(tmp_path)}}))
-    assert sorted(info.version for info in registry.versions()) == ["1.0.0", "site-1"]
+    assert sorted(info.version for info in registry.versions()) == [*SHIPPED_VERSIONS, "site-1"]
     assert registry.active() == "site-1"
     assert registry.ood_reference("1.0.0") is not None

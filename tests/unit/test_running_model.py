@@ -1,8 +1,8 @@
 """The model a process runs follows ``model activate`` between jobs (issue 14).
 
-:class:`~sarclym.node.worker.running_model.RunningModel` on a real registry (the shipped 1.0.0
-plus a cheap 1.0.1 of the same architecture); the Model page from plain data; what ``model
-activate`` prints (through ``main()``).
+:class:`~sarclym.node.worker.running_model.RunningModel` on a real registry (the shipped
+default, :data:`tests.shipped.SHIPPED`, plus a cheap 1.0.1 of the same architecture); the Model
+page from plain data; what ``model activate`` prints (through ``main()``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sarclym.node.http.model_page import model_page, reported_versions
 from sarclym.node.store.audit import AuditEvent, process_actor
 from sarclym.node.worker.registry import activation_notice
 from sarclym.node.worker.running_model import LoadedVersion, RunningModel
+from tests.shipped import SHIPPED
 
 NEW = "1.0.1"
 
@@ -44,7 +45,7 @@ def register_version(registry: Path, version: str) -> str:
 
 
 def registry_with_two_versions(data_dir: Path) -> Path:
-    """The node's registry as it is seeded (the shipped 1.0.0, active) plus 1.0.1, inactive."""
+    """The node's registry as it is seeded (the shipped default, active) plus 1.0.1, inactive."""
     registry = data_dir / "models"
     shutil.copytree(DEFAULT_REGISTRY, registry)
     register_version(registry, NEW)
@@ -72,17 +73,17 @@ def test_the_next_job_runs_the_activated_version_and_a_job_in_flight_keeps_its_o
 ) -> None:
     running = RunningModel(_config(tmp_path / "var"))
     in_flight = running.for_next_job()
-    assert in_flight.identity.version == "1.0.0"
+    assert in_flight.identity.version == SHIPPED
     assert running.for_next_job() is in_flight  # nothing changed: nothing loaded again
     Registry(registry).activate(NEW, min_auc=0.85)
     following = running.for_next_job()
     assert following.identity.version == NEW
-    assert in_flight.identity.version == "1.0.0"  # the job that took it still has it
+    assert in_flight.identity.version == SHIPPED  # the job that took it still has it
     loaded = running.loaded()
     assert loaded is not None
     assert (loaded.version, loaded.pinned, loaded.error) == (NEW, False, None)
-    assert Registry(registry).rollback() == "1.0.0"
-    assert running.for_next_job().identity.version == "1.0.0"
+    assert Registry(registry).rollback() == SHIPPED
+    assert running.for_next_job().identity.version == SHIPPED
 
 
 def test_a_pinned_version_is_never_overridden(registry: Path, tmp_path: Path) -> None:
@@ -99,15 +100,15 @@ def test_an_activated_version_that_does_not_load_keeps_the_loaded_one_and_says_w
     registry: Path, tmp_path: Path, json_log: io.StringIO
 ) -> None:
     running = RunningModel(_config(tmp_path / "var"))
-    assert running.for_next_job().identity.version == "1.0.0"
+    assert running.for_next_job().identity.version == SHIPPED
     weights = registry / NEW / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes() + b"\0")  # modified after registration
     Registry(registry).activate(NEW, min_auc=0.85)
     for _ in range(3):  # tried again before each job, said once
-        assert running.for_next_job().identity.version == "1.0.0"
+        assert running.for_next_job().identity.version == SHIPPED
     loaded = running.loaded()
     assert loaded is not None
-    assert loaded.version == "1.0.0"
+    assert loaded.version == SHIPPED
     assert loaded.error is not None
     assert f"SHA-256 of {weights}" in loaded.error
     assert json_log.getvalue().count("cannot be loaded: still running the loaded one") == 1
@@ -116,7 +117,7 @@ def test_an_activated_version_that_does_not_load_keeps_the_loaded_one_and_says_w
 def test_without_a_loaded_model_a_version_that_does_not_load_fails_the_job(
     registry: Path, tmp_path: Path
 ) -> None:
-    (registry / "1.0.0" / WEIGHTS_FILE).write_bytes(b"not the weights")
+    (registry / SHIPPED / WEIGHTS_FILE).write_bytes(b"not the weights")
     running = RunningModel(_config(tmp_path / "var"))
     with pytest.raises(RegistryError, match="SHA-256 of"):
         running.for_next_job()
@@ -207,5 +208,5 @@ def test_model_activate_and_rollback_say_what_they_take(
     assert "running nodes load it before their next series" in out
     assert main(["model", "rollback"]) == 0
     out = capsys.readouterr().out
-    assert "active model version: 1.0.0" in out
+    assert f"active model version: {SHIPPED}" in out
     assert "running nodes load it before their next series" in out
