@@ -135,7 +135,8 @@ def write_small_study(
     depends on ``index`` alone. Returns the study folder, ``out_dir/case<NNNN>``.
     """
     rng = np.random.default_rng([2026, index])
-    case = draw_case(rng, ("lymphoma", "sarcoidosis")[index % 2], f"small{index:04d}")
+    # Phantom version 1, as when the README's figures were measured (version 2 is the default).
+    case = draw_case(rng, ("lymphoma", "sarcoidosis")[index % 2], f"small{index:04d}", phantom=1)
     vendor = (Vendor.GE, Vendor.SIEMENS, Vendor.PHILIPS)[index % 3]
     spacing = 700.0 / matrix
     profile = replace(draw_profile(vendor, rng), matrix=matrix, pixel_spacing_mm=spacing)

@@ -63,6 +63,8 @@ def test_shipped_card_reproduces_from_synth_on_any_machine() -> None:
     markdown = (SHIPPED / CARD_MD_FILE).read_text(encoding="utf-8")
     steps = _reproduce(markdown)
     assert steps[0].startswith("sarclym-node synth --out cohort --cases 500 --seed 2026")
+    # synth draws phantom version 2 unless told: 1.0.0's cohort names its version.
+    assert shlex.split(steps[0])[shlex.split(steps[0]).index("--phantom") + 1] == "1"
     assert steps[1].startswith("sarclym-node retrain --data cohort --labels cohort/labels.csv")
     assert steps[-1].startswith("sarclym-node model activate")
     _no_machine_paths(steps)

@@ -55,7 +55,7 @@ _V1_BODY_FIELDS = (
 
 def _v1_latent_hash() -> str:
     h = hashlib.sha256()
-    for c in draw_cohort(8, seed=17):
+    for c in draw_cohort(8, seed=17, phantom=1):
         h.update(repr((c.case_id, c.label, c.sites, c.bayes_llr, c.presence_llr)).encode())
         lesions = [
             (x.site, x.name, x.center, x.radii_mm, x.suv_max, x.shape, x.count, x.seed)
@@ -69,7 +69,7 @@ def _v1_latent_hash() -> str:
 def _v1_pixel_hash() -> str:
     h = hashlib.sha256()
     grid = PetGrid(pixel_spacing_mm=12.0, matrix=48, slice_spacing_mm=9.0, fwhm_mm=24.0)
-    for k, c in enumerate(draw_cohort(8, seed=17)[:3]):
+    for k, c in enumerate(draw_cohort(8, seed=17, phantom=1)[:3]):
         pet = render_pet(c, grid, np.random.default_rng(k))
         top = pet.origin_lps_mm[2]
         bottom = top - (pet.suv.shape[0] - 1) * 9.0
@@ -83,11 +83,37 @@ def _v1_pixel_hash() -> str:
 
 def test_version_1_latent_cases_unchanged() -> None:
     assert _v1_latent_hash() == V1_LATENT_SHA256
-    assert all(c.physiology is None and c.phantom == 1 for c in draw_cohort(8, seed=17))
+    assert all(c.physiology is None and c.phantom == 1 for c in draw_cohort(8, seed=17, phantom=1))
 
 
 def test_version_1_pixels_unchanged() -> None:
     assert _v1_pixel_hash() == V1_PIXELS_SHA256
+
+
+def test_version_2_is_the_default_everywhere_as_for_the_shipped_model() -> None:
+    """The shipped default model is trained on version 2: ``synth``, ``retrain
+    --synthetic-cohort``, ``python -m sarclym.model.synth.inputs`` and the library draw it
+    unless told ``phantom=1``."""
+    import inspect
+
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.model.inference.registry import Registry
+    from sarclym.model.synth import inputs
+    from sarclym.model.synth.latent import DEFAULT_PHANTOM
+    from sarclym.node.cli.main import _build_parser
+
+    shipped = Registry(DEFAULT_REGISTRY)
+    active = shipped.active()
+    assert active is not None
+    assert shipped.card(active)["training_data"]["phantom"] == DEFAULT_PHANTOM == 2
+    assert all(c.phantom == 2 and c.physiology is not None for c in draw_cohort(4, seed=17))
+    for function in (draw_case, draw_cohort, generate_cohort, inputs.synthetic_inputs):
+        assert inspect.signature(function).parameters["phantom"].default == 2, function
+    parser = _build_parser()
+    assert parser.parse_args(["synth", "--out", "o", "--cases", "1"]).phantom == 2
+    assert parser.parse_args(["retrain", "--synthetic-cohort", "9"]).phantom == 2
+    made = inputs.build_parser().parse_args(["--cases", "1", "--seed", "1", "--out", "o"])
+    assert made.phantom == 2
 
 
 def test_unknown_phantom_version_is_refused() -> None:

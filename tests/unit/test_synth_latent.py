@@ -1,4 +1,8 @@
-"""Latent case draw: site prevalences, exact LLR, cohort ratio, determinism, Bayes AUC."""
+"""Latent case draw: site prevalences, exact LLR, cohort ratio, determinism, Bayes AUC.
+
+Of phantom version 1 (Table 1 drawn as is, sites independent: some cases have none); version 2,
+the default, has its own tests (:mod:`tests.unit.test_phantom_physiology`).
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ from sarclym.model.synth.latent import (
     site_table,
 )
 
+V1 = 1  # the phantom version these tests are about
+
 
 def _draws(label: Label, n: int, seed: int) -> list[Case]:
     rng = np.random.default_rng(seed)
-    return [draw_case(rng, label, f"c{i}") for i in range(n)]
+    return [draw_case(rng, label, f"c{i}", phantom=V1) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +111,13 @@ def test_llr_is_calibrated(by_class: dict[str, list[Case]]) -> None:
 
 
 def test_class_independent_body() -> None:
-    a = draw_case(np.random.default_rng(5), "lymphoma", "a")
-    b = draw_case(np.random.default_rng(5), "sarcoidosis", "b")
+    a = draw_case(np.random.default_rng(5), "lymphoma", "a", phantom=V1)
+    b = draw_case(np.random.default_rng(5), "sarcoidosis", "b", phantom=V1)
     assert a.body == b.body == draw_body(np.random.default_rng(5))
     assert 45.0 <= a.body.weight_kg <= 110.0
     assert 900.0 <= a.body.coverage_mm <= 1100.0
     with pytest.raises(ValueError, match="label"):
-        draw_case(np.random.default_rng(0), cast(Label, "sarcoma"), "x")
+        draw_case(np.random.default_rng(0), cast(Label, "sarcoma"), "x", phantom=V1)
 
 
 def test_bayes_auc_known_values() -> None:
@@ -130,29 +136,31 @@ def test_bayes_auc_known_values() -> None:
 
 
 def test_cohort_ratio_ids_and_determinism() -> None:
-    cohort = draw_cohort(118, seed=3)
+    cohort = draw_cohort(118, seed=3, phantom=V1)
     assert sum(c.label == "lymphoma" for c in cohort) == 62
     assert [c.case_id for c in cohort[:2]] == ["case0001", "case0002"]
-    assert cohort == draw_cohort(118, seed=3)
-    other = draw_cohort(118, seed=4)
+    assert cohort == draw_cohort(118, seed=3, phantom=V1)
+    other = draw_cohort(118, seed=4, phantom=V1)
     assert [c.bayes_llr for c in cohort] != [c.bayes_llr for c in other]
-    assert sum(c.label == "lymphoma" for c in draw_cohort(10, seed=3)) == 5
+    assert sum(c.label == "lymphoma" for c in draw_cohort(10, seed=3, phantom=V1)) == 5
 
 
 def test_case_k_same_whatever_n() -> None:
-    small, large = draw_cohort(12, seed=9), draw_cohort(40, seed=9)
+    small, large = draw_cohort(12, seed=9, phantom=V1), draw_cohort(40, seed=9, phantom=V1)
     for k in range(12):
         if small[k].label == large[k].label:
             assert small[k] == large[k]
         else:
             child = np.random.SeedSequence(9).spawn(k + 1)[k]
-            again = draw_case(np.random.default_rng(child), small[k].label, small[k].case_id)
+            again = draw_case(
+                np.random.default_rng(child), small[k].label, small[k].case_id, phantom=V1
+            )
             assert again == small[k]
             assert again.body == large[k].body
 
 
 def test_bayes_ceiling() -> None:
-    cohort = draw_cohort(2000, seed=11)
+    cohort = draw_cohort(2000, seed=11, phantom=V1)
     full = bayes_auc(cohort)
     presence = bayes_auc([replace(c, bayes_llr=c.presence_llr) for c in cohort])
     assert 0.86 < presence < 0.92

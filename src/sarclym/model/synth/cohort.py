@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sarclym.model.synth.dicomwriter import StudyMeta, TransferSyntax, WrittenStudy, write_study
-from sarclym.model.synth.latent import Case, bayes_auc, draw_cohort
+from sarclym.model.synth.latent import DEFAULT_PHANTOM, Case, bayes_auc, draw_cohort
 from sarclym.model.synth.phantom import PetGrid, PetVolumes, render_ct, render_pet
 from sarclym.model.synth.vendors import Vendor, draw_profile
 
@@ -306,7 +306,7 @@ def generate_cohort(
     mip_series: bool | None = None,
     jobs: int = 1,
     on_study: Callable[[GeneratedStudy], None] | None = None,
-    phantom: int = 1,
+    phantom: int = DEFAULT_PHANTOM,
 ) -> CohortResult:
     """Draw ``n`` cases, write them under ``out`` and write ``out/labels.csv``.
 
@@ -330,7 +330,8 @@ def generate_cohort(
     on_study
         Called with each study once it is on disk (progress, sending).
     phantom
-        Phantom (cohort) version, 1 or 2 (:func:`~sarclym.model.synth.latent.draw_case`).
+        Phantom (cohort) version, 1 or 2 (:func:`~sarclym.model.synth.latent.draw_case`);
+        :data:`~sarclym.model.synth.latent.DEFAULT_PHANTOM` (2) unless given.
 
     Returns
     -------

@@ -8,10 +8,14 @@ its input is taken, so a few hundred studies need the disk of one.
 
 Used to calibrate the out-of-distribution reference of a model trained on the synthetic cohort
 (:mod:`sarclym.model.training.ood_calibrate` reads the ``.npz`` this module's command writes);
-the same ``(seed, index)`` gives the same input::
+the same ``(seed, index)`` and phantom version give the same input::
 
     python -m sarclym.model.synth.inputs --cases 500 --seed 2026 --take 240 \\
-        --size 256x128 --suv-window 0 10 --out fit.npz --jobs 2 [--phantom 2]
+        --size 256x128 --suv-window 0 10 --out fit.npz --jobs 2 [--phantom 1]
+
+The phantom version is 2 unless ``--phantom 1`` (the version the model 1.0.0 was trained on;
+its card's commands were recorded when 1 was the default). A file of version 1 names no
+phantom in its ``cohort`` (as the files written before version 2 existed).
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import numpy as np
 
 from sarclym.model.imaging.prepare import scan_paths
 from sarclym.model.synth.cohort import generate_study
-from sarclym.model.synth.latent import Case, draw_cohort
+from sarclym.model.synth.latent import DEFAULT_PHANTOM, PHANTOM_VERSIONS, Case, draw_cohort
 
-__all__ = ["main", "synthetic_inputs"]
+__all__ = ["build_parser", "main", "synthetic_inputs"]
 
 
 def _one_input(
@@ -43,7 +47,7 @@ def _one_input(
     size: tuple[int, int],
     window: tuple[float, float],
     work: Path,
-    phantom: int = 1,
+    phantom: int = DEFAULT_PHANTOM,
 ) -> np.ndarray:
     case = _case(n, seed, index, phantom)
     folder = Path(tempfile.mkdtemp(dir=work, prefix=f"{case.case_id}."))
@@ -80,7 +84,7 @@ def synthetic_inputs(
     jobs: int = 1,
     work_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
-    phantom: int = 1,
+    phantom: int = DEFAULT_PHANTOM,
 ) -> np.ndarray:
     """Network inputs of cases ``indices`` of the synthetic cohort ``(n, seed)``.
 
@@ -100,7 +104,7 @@ def synthetic_inputs(
     progress : callable or None, optional
         Called with (done, total) after each case.
     phantom : {1, 2}, optional
-        Phantom (cohort) version, as ``sarclym-node synth --phantom``.
+        Phantom (cohort) version, as ``sarclym-node synth --phantom`` (default 2).
 
     Returns
     -------
@@ -133,8 +137,8 @@ def _map(work: Callable[[int], np.ndarray], items: list[int], jobs: int) -> Iter
         yield from pool.imap(work, items)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the network inputs of the first ``--take`` cases of a synthetic cohort (``.npz``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (:func:`main`)."""
     parser = argparse.ArgumentParser(prog="python -m sarclym.model.synth.inputs")
     parser.add_argument("--cases", type=int, required=True, help="cohort size (as for synth)")
     parser.add_argument("--seed", type=int, required=True)
@@ -143,8 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suv-window", type=float, nargs=2, default=(0.0, 10.0))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--phantom", type=int, choices=[1, 2], default=1, help="cohort version")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--phantom",
+        type=int,
+        choices=PHANTOM_VERSIONS,
+        default=DEFAULT_PHANTOM,
+        help=f"phantom (cohort) version (default {DEFAULT_PHANTOM})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the network inputs of the first ``--take`` cases of a synthetic cohort (``.npz``)."""
+    args = build_parser().parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     take = args.cases if args.take is None else min(args.take, args.cases)
 

@@ -23,8 +23,9 @@ The generative model is an explicit product of factors. Each case draws, in this
 5. **Placement details** (node counts, exact positions, mass sizes, cluster seeds): the same
    distribution for both classes, so they cancel.
 
-**Phantom (cohort) version 2** (``phantom=2``) changes two things, and nothing for version 1
-(the same seed gives the same case as before):
+**Phantom (cohort) version 2** (``phantom=2``, the default: :data:`DEFAULT_PHANTOM`) changes
+two things, and nothing for version 1 (``phantom=1``: the same seed gives the same case as
+before version 2 existed):
 
 * step 1 draws the body and its physiological uptake with :func:`._physiology.draw_body_v2`
   (brain grey/white matter, Waldeyer's ring, vocal cords, bowel, ureters, bladder filling,
@@ -66,6 +67,7 @@ from sarclym.model.synth._anatomy import Body, draw_body
 from sarclym.model.synth._physiology import Physiology, draw_body_v2
 
 __all__ = [
+    "DEFAULT_PHANTOM",
     "LABELS",
     "PHANTOM_VERSIONS",
     "Body",
@@ -84,8 +86,11 @@ __all__ = [
 
 LesionShape = Literal["node", "mass", "diffuse", "micronodular"]
 LABELS: tuple[Label, Label] = CLASSES
-#: Phantom (cohort) versions: 1 (the default model 1.0.0 was trained on it), 2 (physiology).
+#: Phantom (cohort) versions: 1 (the model 1.0.0 was trained on it), 2 (physiology).
 PHANTOM_VERSIONS = (1, 2)
+#: The version drawn unless one is named (``synth``, ``retrain --synthetic-cohort``, the
+#: library): the one the shipped default model (2.0.0) was trained on.
+DEFAULT_PHANTOM = 2
 
 #: The paper's cohort: 62 lymphoma, 56 sarcoidosis.
 _RATIO_LYMPHOMA = 62 / 118
@@ -534,7 +539,9 @@ def _check_phantom(phantom: int) -> None:
         raise ValueError(f"phantom must be one of {PHANTOM_VERSIONS}, got {phantom!r}")
 
 
-def draw_case(rng: np.random.Generator, label: Label, case_id: str, *, phantom: int = 1) -> Case:
+def draw_case(
+    rng: np.random.Generator, label: Label, case_id: str, *, phantom: int = DEFAULT_PHANTOM
+) -> Case:
     """Draw one case of class ``label`` (module docstring: the factors and the LLR).
 
     Parameters
@@ -545,8 +552,9 @@ def draw_case(rng: np.random.Generator, label: Label, case_id: str, *, phantom: 
         The class.
     case_id : str
         Identifier stored in the case.
-    phantom : {1, 2}
-        Phantom (cohort) version; 1 is bit-identical to the cohorts before version 2 existed.
+    phantom : {1, 2}, optional
+        Phantom (cohort) version, :data:`DEFAULT_PHANTOM` (2) unless given; 1 is bit-identical
+        to the cohorts before version 2 existed.
 
     Returns
     -------
@@ -592,15 +600,15 @@ def draw_case(rng: np.random.Generator, label: Label, case_id: str, *, phantom: 
     )
 
 
-def draw_cohort(n: int, seed: int, *, phantom: int = 1) -> list[Case]:
+def draw_cohort(n: int, seed: int, *, phantom: int = DEFAULT_PHANTOM) -> list[Case]:
     """Draw ``n`` cases in the paper's ratio (62 lymphoma : 56 sarcoidosis).
 
     Parameters
     ----------
     n : int
         Number of cases; ``round(n * 62 / 118)`` are lymphoma.
-    phantom : {1, 2}
-        Phantom (cohort) version (:func:`draw_case`).
+    phantom : {1, 2}, optional
+        Phantom (cohort) version (:func:`draw_case`; default :data:`DEFAULT_PHANTOM`).
     seed : int
         Cohort seed. Case ``k`` (``case_id`` ``f"case{k + 1:04d}"``) draws from
         ``SeedSequence(seed).spawn``'s ``k``-th child, whatever ``n`` is; the label order is a

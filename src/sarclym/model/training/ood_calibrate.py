@@ -12,10 +12,13 @@ A version registered without one (the shipped default), this module's command
     ``synth`` seed: the same pixels), the threshold on a held-out synthetic cohort of another
     seed; added with :meth:`~sarclym.model.inference.registry.Registry.add_ood_reference`
     (the weights, and their SHA-256, unchanged). The inputs are made by the generator's
-    side (``training`` does not import ``synth``)::
+    side (``training`` does not import ``synth``); 1.0.0 was trained on phantom version 1,
+    which the generator draws only when told (``--phantom 1``, as its card's Reproduce step)::
 
-        python -m sarclym.model.synth.inputs --cases 500 --seed 2026 --take 240 --out fit.npz
-        python -m sarclym.model.synth.inputs --cases 300 --seed 1717 --out held_out.npz
+        python -m sarclym.model.synth.inputs --cases 500 --seed 2026 --take 240 --out fit.npz \\
+            --phantom 1
+        python -m sarclym.model.synth.inputs --cases 300 --seed 1717 --out held_out.npz \\
+            --phantom 1
         python -m sarclym.model.training.ood_calibrate \\
             --registry src/sarclym/model/default_registry --version 1.0.0 \\
             --fit-inputs fit.npz --held-out-inputs held_out.npz
@@ -115,6 +118,7 @@ def _synth_cohort(card: Mapping[str, Any]) -> tuple[int, int, int]:
     for command in raw if isinstance(raw, list) else [raw]:
         words = shlex.split(str(command))
         if words[:2] == ["sarclym-node", "synth"] and "--seed" in words and "--cases" in words:
+            # A step without --phantom was recorded when version 1 was the only one.
             phantom = int(words[words.index("--phantom") + 1]) if "--phantom" in words else 1
             return (
                 int(words[words.index("--cases") + 1]),

@@ -204,11 +204,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--phantom",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=2,  # sarclym.model.synth.latent.DEFAULT_PHANTOM (not imported: a quick --help)
         metavar="V",
-        help="phantom (cohort) version: 1 (default; the shipped model was trained on it) or 2 "
-        "(physiological uptake: bowel, ureters, marrow, brown fat, arms up... and a site in "
-        "every diseased case)",
+        help="phantom (cohort) version: 2 (default; the shipped model 2.0.0 was trained on it: "
+        "physiological uptake, bowel, ureters, marrow, brown fat, arms up... and a site in "
+        "every diseased case) or 1 (the earlier phantom, bit-identical; model 1.0.0's)",
     )
     synth.add_argument(
         "--contact-sheet",
@@ -486,9 +486,9 @@ def _add_model_commands(sub: Any) -> None:
         "--phantom",
         type=int,
         choices=[1, 2],
-        default=1,
+        default=2,  # sarclym.model.synth.latent.DEFAULT_PHANTOM
         metavar="V",
-        help="phantom (cohort) version, as synth --phantom (default 1)",
+        help="phantom (cohort) version, as synth --phantom (default 2)",
     )
     synthetic.add_argument(
         "--inputs-cache",
