@@ -1,7 +1,8 @@
 """Benchmark: ``evaluate`` of 500 cached cases against the bare forward pass (issue 15 must-show).
 
-The shipped version (1.0.0, 256x128) is evaluated on 500 labelled studies whose network inputs
-are in the MIP cache (:mod:`sarclym.model.training.cache`), through the code the command runs
+The shipped default version (:data:`tests.shipped.SHIPPED`, 256x128) is evaluated on 500
+labelled studies whose network inputs are in the MIP cache
+(:mod:`sarclym.model.training.cache`), through the code the command runs
 (:func:`sarclym.node.acceptance.run.run_evaluation`: cache reads, forward pass, bootstrap CIs,
 ECE, ROC, criteria, HTML with plots and JSON). The reference, measured in the same run, is the
 bare forward pass (``predict_proba``) over the same 500 inputs; the ratio says what the
@@ -40,10 +41,11 @@ from sarclym.node.acceptance.scoring import VersionScores, evaluate_scores
 from sarclym.node.cases.labels import KeyKind
 from sarclym.node.config import load_config
 from tests.integration.cases_fixtures import write_tiny_cohort
+from tests.shipped import SHIPPED
 
 pytestmark = pytest.mark.bench
 
-VERSION = "1.0.0"
+VERSION = SHIPPED
 N_CASES = 500
 N_SOURCES = 40
 #: Instances of each cached study's analysed series (part of the cache key; a typical PET series).

@@ -38,6 +38,7 @@ from sarclym.node.store.state import StateDB
 from tests.conftest import OrthancServer, free_port, require_tool
 from tests.integration.test_serve import NodeProcess, _send
 from tests.ohif.cdp import Browser
+from tests.shipped import SHIPPED
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +228,7 @@ def test_dashboard_in_a_browser(
             )
 
             # The active model and its card.
-            card = json.loads((node.data_dir / "models" / "1.0.0" / "model_card.json").read_text())
+            card = json.loads((node.data_dir / "models" / SHIPPED / "model_card.json").read_text())
             ready = "document.querySelector('.model-card') && document.body.innerText"
             model_text = _open(browser, f"{base}/dashboard/model", ready, "model card")
             assert "Model card" in model_text

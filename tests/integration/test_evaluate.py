@@ -25,6 +25,7 @@ from sarclym.node.cli.exitcodes import EXIT_NOT_ACCEPTED
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.evaluations import evaluations_of
 from sarclym.node.store.state import StateDB
+from tests.shipped import SHIPPED
 
 NEW = "0.1.0"
 #: Studies of the case store.
@@ -78,8 +79,8 @@ def test_evaluate_the_shipped_version_on_a_case_store(
     report = _report(out)
     assert report["research_use_only"] is True
     (model,) = report["models"]
-    assert model["version"] == "1.0.0"
-    weights = (env / "var" / "models" / "1.0.0" / "weights.safetensors").read_bytes()
+    assert model["version"] == SHIPPED
+    weights = (env / "var" / "models" / SHIPPED / "weights.safetensors").read_bytes()
     assert model["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     assert model["n_cases"] + model["n_refused"] == N
     assert set(model["metrics"]) == {"auc", "sensitivity", "specificity", "accuracy", "ppv", "npv"}
@@ -96,17 +97,17 @@ def test_evaluate_the_shipped_version_on_a_case_store(
     assert 0 <= outside <= model["n_cases"]
     assert model["ood_threshold"] > 0
     rows = [row for row in report["per_case"] if "probability_lymphoma" in row]
-    flags = [row["outside_training_data"]["1.0.0"] for row in rows]
+    flags = [row["outside_training_data"][SHIPPED] for row in rows]
     assert sum(flags) == outside
     assert len(flags) == model["n_cases"]
-    html = next((env / "reports").glob("evaluation-1.0.0-*.html"))
+    html = next((env / "reports").glob(f"evaluation-{SHIPPED}-*.html"))
     assert "data:image/png;base64," in html.read_text()
     assert "Outside the model's training data" in html.read_text()
     assert "Research use only" in html.read_text()
     assert report["html_report"]["sha256"] == hashlib.sha256(html.read_bytes()).hexdigest()
     with StateDB(env / "var" / "state.db") as state:
-        (record,) = evaluations_of(state, "1.0.0")
-        events = audit_events(state, series_uid="model:1.0.0")
+        (record,) = evaluations_of(state, SHIPPED)
+        events = audit_events(state, series_uid=f"model:{SHIPPED}")
     assert record.passed
     assert record.report_sha256 == hashlib.sha256(Path(record.report_path).read_bytes()).hexdigest()
     assert [e.event for e in events] == ["evaluated"]
@@ -141,7 +142,7 @@ def test_retrain_on_the_store_evaluate_both_and_the_activation_gate(
     assert record["data"]["scanners"]
     assert record["data"]["pseudonymised"] is False
     assert record["protocol"]["folds"] == 2
-    assert record["replaces"]["version"] == "1.0.0"
+    assert record["replaces"]["version"] == SHIPPED
     assert set(record["replaces"]["metrics"]) == {"auc", "accuracy", "sensitivity", "specificity"}
 
     # Not evaluated: refused, naming the command to run.
@@ -149,19 +150,19 @@ def test_retrain_on_the_store_evaluate_both_and_the_activation_gate(
     err = capsys.readouterr().err
     assert "no passing local evaluation" in err
     assert "evaluate --cases" in err
-    assert registry.active() == "1.0.0"
+    assert registry.active() == SHIPPED
 
     code = main(
-        ["evaluate", "--cases", str(env / "cases"), "--model", "1.0.0", "--model", NEW,
+        ["evaluate", "--cases", str(env / "cases"), "--model", SHIPPED, "--model", NEW,
          "--out", str(env / "reports")]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code in (EXIT_OK, EXIT_NOT_ACCEPTED)
-    assert "DeLong 1.0.0 - 0.1.0" in out
+    assert f"DeLong {SHIPPED} - {NEW}" in out
     report = _report(out)
     assert report["comparison"]["method"].startswith("DeLong")
     assert 0.0 <= report["comparison"]["p_value"] <= 1.0
-    assert [m["version"] for m in report["models"]] == ["1.0.0", NEW]
+    assert [m["version"] for m in report["models"]] == [SHIPPED, NEW]
     # Each version scored on inputs of its own size (256x128 and 32x32), cached apart.
     assert len(list((env / "var" / "mip-cache").glob("*.npz"))) == 2 * N
     new_passed = report["models"][1]["passed"]
@@ -190,8 +191,8 @@ def test_retrain_on_the_store_evaluate_both_and_the_activation_gate(
 
 
 def test_force_without_evaluation_is_audited(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    Registry(env / "var" / "models")  # 1.0.1: same weights file as a new, unevaluated version
-    src = env / "var" / "models" / "1.0.0"
+    Registry(env / "var" / "models")  # 1.0.1: the shipped weights as a new, unevaluated version
+    src = env / "var" / "models" / SHIPPED
     card = json.loads((src / "model_card.json").read_text())
     card["version"] = "1.0.1"
     dst = env / "var" / "models" / "1.0.1"

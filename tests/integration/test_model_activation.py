@@ -32,6 +32,7 @@ from sarclym.node.store.audit import audit_events
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import HOLD_ENV
 from tests.conftest import free_port, redis_server, require_tool, wait_for_port
+from tests.shipped import SHIPPED
 from tests.unit.test_running_model import NEW, registry_with_two_versions
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,8 @@ def test_activate_reaches_the_running_serve_and_worker(
     registry = registry_with_two_versions(cluster.data_dir)
     cluster.start()
     try:
-        # A is in flight in one process, its model (1.0.0) taken, when 1.0.1 is activated.
+        # A is in flight in one process, its model (the shipped default) taken, when 1.0.1 is
+        # activated.
         cluster.hold_next_job()
         a = cluster.send(cohort[0])
         cluster.wait_held()
@@ -210,7 +212,7 @@ def test_activate_reaches_the_running_serve_and_worker(
         assert done_b["model_version"] == NEW
         cluster.release()
         done_a = cluster.wait_done(a)
-        assert done_a["model_version"] == "1.0.0"  # the job in flight kept its model
+        assert done_a["model_version"] == SHIPPED  # the job in flight kept its model
         assert done_a["actor"] != done_b["actor"]
 
         # C held in one process, D to the other: both processes run the new version now.
@@ -225,7 +227,7 @@ def test_activate_reaches_the_running_serve_and_worker(
         assert {done_c["actor"], done_d["actor"]} == {done_a["actor"], done_b["actor"]}
 
         # Each Secondary Capture names the version that made it.
-        assert cluster.sc_versions() == {a: "1.0.0", b: NEW, c: NEW, d: NEW}
+        assert cluster.sc_versions() == {a: SHIPPED, b: NEW, c: NEW, d: NEW}
 
         # The Model page: loaded (this serve, and what each process reported) beside active.
         page = cluster.page("/dashboard/model")

@@ -33,6 +33,7 @@ from tests.conftest import (
     stop_orthanc,
     wait_for_port,
 )
+from tests.shipped import SHIPPED
 
 pytestmark = pytest.mark.integration
 
@@ -291,7 +292,7 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
     assert trail[0]["actor"] == "STORESCU"
     assert trail[1]["detail"]["senders"] == {"STORESCU": len(list((study / "PT_AC").glob("*.dcm")))}
     done = trail[4]["detail"]
-    assert done["model_version"] == "1.0.0"
+    assert done["model_version"] == SHIPPED
     assert len(done["weights_sha256"]) == 64
     assert 0.0 <= done["probability_lymphoma"] <= 1.0
     assert set(done["stage_ms"]) == {"read", "prepare", "predict", "results"}

@@ -42,12 +42,12 @@ from tests.integration.cases_fixtures import (
     store_into_orthanc,
     write_tiny_cohort,
 )
+from tests.shipped import SHIPPED
 
 pytestmark = pytest.mark.integration
 
 #: Studies in the PACS: both classes in each of 2 folds, DeLong's test defined.
 N = 8
-SHIPPED = "1.0.0"
 NEW = "1.1.0"
 KEY = "the-site-pseudonym-key-32-bytes!"
 UNKNOWN = "NOSUCH0042"
