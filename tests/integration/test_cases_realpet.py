@@ -79,6 +79,9 @@ def test_a_real_ge_scan_pulled_by_patient_and_date_pseudonymised(
         for value in (original.PatientID, original.StudyInstanceUID, original.SeriesInstanceUID):
             assert str(value).encode() not in raw
 
+    # infer's own data folder (its model registry, seeded from the package) in tmp_path, not
+    # ./var of the working folder (a registry seeded there earlier may run another version).
+    monkeypatch.setenv("SARCLYM__STORAGE__DATA_DIR", str(tmp_path / "var"))
     pulled, source = _infer(capsys, out), _infer(capsys, SCAN / "STS_001" / "FDG_PET" / "image")
     assert pulled["suv_max"] == source["suv_max"] == pytest.approx(66.52, abs=0.01)
     assert pulled["probability_lymphoma"] == pytest.approx(source["probability_lymphoma"])
