@@ -23,15 +23,11 @@ user can reach, removed at the end, as in ``tests/pg.py``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +41,7 @@ import yaml
 
 from tests.conftest import OrthancServer, free_port, require_tool
 from tests.hosts import Host, HostNetwork, wait_for_address
-from tests.pg import _OWNER, PG_BIN, PgServer, _as_owner, _wait_ready
+from tests.pg import PgServer, start_pg
 
 __all__ = [
     "SENDER",
@@ -63,58 +59,9 @@ def start_pg_for_hosts(net: HostNetwork) -> Iterator[PgServer]:
 
     :meth:`PgServer.url` is its loopback URL (for the test); :func:`host_url` the hosts' one.
     """
-    initdb, postgres = PG_BIN / "initdb", PG_BIN / "postgres"
-    if not (initdb.exists() and postgres.exists()):
-        pytest.fail(
-            f"PostgreSQL server not found ({postgres}): install the Debian package "
-            "'postgresql' (15), as ./dev.sh setup does"
-        )
-    folder = Path(tempfile.mkdtemp(prefix="sarclym-pg-hosts-"))
-    owner = pwd.getpwnam(_OWNER) if os.geteuid() == 0 else None
-    if owner is not None:
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data = folder / "data"
-    init = [str(initdb), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
-    subprocess.run(
-        _as_owner([*init, "--locale=C", "--no-sync", "--no-instructions"]),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    with (data / "pg_hba.conf").open("a") as hba:
-        hba.write(f"host all all {net.prefix}0/24 trust\n")
-    port = free_port()
-    settings = {
-        "listen_addresses": f"127.0.0.1,{net.root_address}",
-        "port": str(port),
-        "unix_socket_directories": str(folder),
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
-        "max_connections": "200",
-        "shared_buffers": "32MB",
-    }
-    argv = [str(postgres), "-D", str(data)]
-    for key, value in settings.items():
-        argv += ["-c", f"{key}={value}"]
-    log_path = folder / "server.log"
-    with log_path.open("wb") as log:
-        if owner is not None:
-            os.chown(log_path, owner.pw_uid, owner.pw_gid)
-        process = subprocess.Popen(_as_owner(argv), stdout=log, stderr=subprocess.STDOUT)
-    server = PgServer(port, folder, process, itertools.count(1))
-    try:
-        _wait_ready(server)
+    addresses = ("127.0.0.1", net.root_address)
+    with start_pg(listen_addresses=addresses, trusted_networks=[f"{net.prefix}0/24"]) as server:
         yield server
-    finally:
-        stop = [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-s"]
-        subprocess.run(_as_owner(stop), check=False, timeout=60)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def host_url(server: PgServer, net: HostNetwork, loopback_url: str) -> str:

@@ -1,12 +1,13 @@
 """A real PostgreSQL server for the tests: the Debian package's, started once per session.
 
-:func:`pg_server` (session scope) runs ``initdb`` and ``postgres`` from
-``/usr/lib/postgresql/15/bin`` (Debian package ``postgresql``; ``./dev.sh setup`` installs it) in
-a temporary folder, listening on 127.0.0.1 only on a free port, trust authentication on loopback,
-and stops it at the end of the session. PostgreSQL refuses to run as root: under root the folder
-belongs to the ``postgres`` system user and every server command runs as it (``runuser``).
-:func:`pg_url` (function scope) gives each test a new empty database ``t_<n>`` and its URL;
-:func:`state_backend` runs a test on the embedded SQLite file and on such a database.
+:func:`start_pg` runs ``initdb`` and ``postgres`` from ``/usr/lib/postgresql/15/bin`` (Debian
+package ``postgresql``; ``./dev.sh setup`` installs it) in a temporary folder, listening on a free
+port of 127.0.0.1 only (or of the addresses given), trust authentication on loopback, and stops it
+on exit; :func:`pg_server` (session scope) is the session's such server. PostgreSQL refuses to
+run as root: under root the folder belongs to the ``postgres`` system user and every server
+command runs as it (``runuser``). :func:`pg_url` (function scope) gives each test a new empty
+database ``t_<n>`` and its URL; :func:`state_backend` runs a test on the embedded SQLite file and
+on such a database.
 
 A missing server binary fails the tests that need it, naming the package: CI installs it, so they
 must not skip silently. The server runs without fsync: the tests check transactions and locks,
@@ -25,7 +26,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,10 @@ __all__ = [
     "PgServer",
     "StateBackend",
     "durable_pg",
+    "on_both_backends",
     "pg_server",
     "pg_url",
+    "start_pg",
     "state_backend",
 ]
 
@@ -129,9 +132,27 @@ def _wait_ready(server: PgServer, *, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """The session's PostgreSQL server (see the module docstring)."""
+@contextlib.contextmanager
+def start_pg(
+    *,
+    listen_addresses: Sequence[str] = ("127.0.0.1",),
+    trusted_networks: Sequence[str] = (),
+    durable: bool = False,
+) -> Iterator[PgServer]:
+    """A new PostgreSQL server (see the module docstring) on a free port; stopped, and its
+    folder removed, on exit.
+
+    Parameters
+    ----------
+    listen_addresses
+        The addresses it listens on (never ``0.0.0.0``): loopback by default; the multi-host
+        tests add their bridge's address (``tests/multihost.py``).
+    trusted_networks
+        Networks (CIDR) whose TCP connections are trusted besides loopback's.
+    durable
+        A site's durability (fsync, synchronous commit, full page writes: PostgreSQL's
+        defaults) for the benchmarks; else none of them, for speed.
+    """
     initdb, postgres = PG_BIN / "initdb", PG_BIN / "postgres"
     if not (initdb.exists() and postgres.exists()):
         pytest.fail(
@@ -140,53 +161,58 @@ def pg_server() -> Iterator[PgServer]:
         )
     # Not under pytest's tmp_path: its parents are private to root, the server user must reach it.
     folder = Path(tempfile.mkdtemp(prefix="sarclym-pg-"))
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam(_OWNER)
+    owner = pwd.getpwnam(_OWNER) if os.geteuid() == 0 else None
+    if owner is not None:
         os.chown(folder, owner.pw_uid, owner.pw_gid)
     data = folder / "data"
     init = [str(initdb), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
-    subprocess.run(
-        _as_owner([*init, "--locale=C", "--no-sync", "--no-instructions"]),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    init += ["--locale=C", "--no-instructions", *([] if durable else ["--no-sync"])]
+    subprocess.run(_as_owner(init), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (data / "pg_hba.conf").open("a") as hba:
+        hba.writelines(f"host all all {network} trust\n" for network in trusted_networks)
     port = _free_port()
     settings = {
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": ",".join(listen_addresses),
         "port": str(port),
         "unix_socket_directories": str(folder),
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
         "max_connections": "200",
-        "shared_buffers": "32MB",
     }
+    if not durable:
+        settings |= {
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "32MB",
+        }
     argv = [str(postgres), "-D", str(data)]
     for key, value in settings.items():
         argv += ["-c", f"{key}={value}"]
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    if os.geteuid() == 0:
-        os.chown(folder / "server.log", owner.pw_uid, owner.pw_gid)
-    process = subprocess.Popen(_as_owner(argv), stdout=log, stderr=subprocess.STDOUT)
+    log_path = folder / "server.log"
+    with log_path.open("wb") as log:  # the server writes to its own copy of the descriptor
+        if owner is not None:
+            os.chown(log_path, owner.pw_uid, owner.pw_gid)
+        process = subprocess.Popen(_as_owner(argv), stdout=log, stderr=subprocess.STDOUT)
     server = PgServer(port, folder, process, itertools.count(1))
     try:
         _wait_ready(server)
         yield server
     finally:
         # Fast shutdown: open connections of the tests are closed, not waited for.
-        subprocess.run(
-            _as_owner([str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-s"]),
-            check=False,
-            timeout=60,
-        )
+        stop = [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-s"]
+        subprocess.run(_as_owner(stop), check=False, timeout=60)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-        log.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL server (see the module docstring)."""
+    with start_pg() as server:
+        yield server
 
 
 @pytest.fixture
@@ -201,17 +227,31 @@ class StateBackend:
 
     :meth:`open` is :meth:`StateDB.in_data_dir` on this back-end: within one test every call
     opens the same database (another process's connection), as the same data folder does on
-    SQLite.
+    SQLite. :meth:`another` is a second node's own database, as another data folder's file is.
     """
 
     name: str  # "sqlite" or "postgresql"
     database_url: str  # "" for the embedded file
+    server: PgServer | None = None  # the server of a "postgresql" back-end
 
     def open(self, data_dir: Path, **kwargs: object) -> StateDB:
         """A new :class:`StateDB` on this test's database (``data_dir`` for stored paths)."""
         from sarclym.node.store.state import StateDB
 
         return StateDB.in_data_dir(data_dir, database_url=self.database_url, **kwargs)  # type: ignore[arg-type]
+
+    def another(self) -> StateBackend:
+        """The same back-end with a database of its own: on SQLite the file of whichever data
+        folder opens it (``""``), on PostgreSQL a new empty database on the same server."""
+        if self.server is None:
+            return self
+        return StateBackend(self.name, self.server.create_database(), self.server)
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """This back-end as a process's environment sets it (``SARCLYM__STORAGE__DATABASE_URL``;
+        nothing for the embedded file, which is the default)."""
+        return {"SARCLYM__STORAGE__DATABASE_URL": self.database_url} if self.database_url else {}
 
     @property
     def integrity_error(self) -> type[Exception]:
@@ -225,44 +265,32 @@ class StateBackend:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_backend(request: pytest.FixtureRequest) -> StateBackend:
-    """Each test twice: on the embedded SQLite file and on a fresh PostgreSQL database."""
+    """Each test twice: on the embedded SQLite file and on a fresh PostgreSQL database.
+
+    A test may narrow it to one back-end with ``pytest.mark.parametrize("state_backend",
+    ["sqlite"], indirect=True)`` (the slow end-to-end tests double only representative cases).
+    """
     if request.param == "sqlite":
         return StateBackend("sqlite", "")
-    return StateBackend("postgresql", request.getfixturevalue("pg_url"))
+    url = request.getfixturevalue("pg_url")  # the test's pg_url too, where it takes that
+    return StateBackend("postgresql", url, request.getfixturevalue("pg_server"))
+
+
+#: Runs a test on both back-ends when the test itself has no use for the :class:`StateBackend`
+#: (its fixtures read it: ``start_node`` in ``tests/integration/test_listener.py``).
+on_both_backends = pytest.mark.usefixtures("state_backend")
 
 
 @contextlib.contextmanager
 def durable_pg() -> Iterator[tuple[str, str, str]]:
-    """A PostgreSQL server with a site's durability (fsync, synchronous commit, full page writes:
-    the defaults; :func:`pg_server` runs without fsync) on a free loopback port, for the
-    benchmarks that compare it with SQLite's ``synchronous=FULL``; yields the ``postgres``
-    database's URL, the server version and the file system type of its folder."""
+    """A PostgreSQL server with a site's durability (:func:`start_pg` with ``durable``;
+    :func:`pg_server` runs without fsync) on a free loopback port, for the benchmarks that
+    compare it with SQLite's ``synchronous=FULL``; yields the ``postgres`` database's URL, the
+    server version and the file system type of its folder."""
     import psycopg
 
-    folder = Path(tempfile.mkdtemp(prefix="sarclym-pg-durable-"))  # the server user must reach it
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam(_OWNER)
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data = folder / "data"
-    init = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-    subprocess.run(
-        _as_owner([*init, "-E", "UTF8", "--locale=C", "--no-instructions"]),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    port = _free_port()
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} "
-        "-c max_connections=200"
-    )
-    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-s", "-w"]
-    subprocess.run(
-        _as_owner([*ctl, "-l", str(folder / "server.log"), "-o", options, "start"]),
-        check=True,
-        timeout=120,
-    )
-    try:
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    with start_pg(durable=True) as server:
+        url = server.url()
         with psycopg.connect(url) as conn:
             row = conn.execute("SHOW server_version").fetchone()
             assert row is not None
@@ -272,9 +300,9 @@ def durable_pg() -> Iterator[tuple[str, str, str]]:
                 assert got is not None
                 assert got[0] == "on", (setting, got)
         fs = subprocess.run(
-            ["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True, check=False
+            ["stat", "-f", "-c", "%T", str(server.folder)],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
         yield url, version, fs
-    finally:
-        subprocess.run(_as_owner([*ctl, "-m", "fast", "stop"]), check=False, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)

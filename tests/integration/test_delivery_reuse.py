@@ -34,6 +34,7 @@ from sarclym.node.results import build_sc, build_sr
 from sarclym.node.store.records import DeliveryState
 from tests.conftest import OrthancServer, start_orthanc, stop_orthanc
 from tests.integration.test_destinations import orthanc_copies, restart_orthanc, sop_uid
+from tests.pg import StateBackend
 from tests.results_fixtures import CREATED, make_prediction
 
 pytestmark = pytest.mark.integration
@@ -196,6 +197,13 @@ def _destination(kind: str, server: OrthancServer, port: int, **options: float) 
     return OrthancRestDestination("pacs", f"http://127.0.0.1:{port}", timeout=10)
 
 
+@contextlib.contextmanager
+def _ledger(state_backend: StateBackend, data_dir: Path) -> Iterator[DeliveryLedger]:
+    """A ledger on the test's state database; it and the database closed on exit."""
+    with state_backend.open(data_dir) as state, DeliveryLedger(state, policy=FAST) as ledger:
+        yield ledger
+
+
 def _deliver_results(ledger: DeliveryLedger, dest: Destination, files: list[Path], n: int) -> None:
     for k in range(n):
         ledger.enqueue(f"r{k}-{random.random()}", files, [dest])
@@ -205,13 +213,17 @@ def _deliver_results(ledger: DeliveryLedger, dest: Destination, files: list[Path
 
 @pytest.mark.parametrize("kind", ["cstore", "stowrs", "orthanc"])
 def test_n_deliveries_use_one_connection(
-    tmp_path: Path, server: OrthancServer, results: list[Path], kind: str
+    tmp_path: Path,
+    server: OrthancServer,
+    results: list[Path],
+    kind: str,
+    state_backend: StateBackend,
 ) -> None:
     port = server.dicom_port if kind == "cstore" else server.http_port
     proxy = CountingProxy(port)
     dest = _destination(kind, server, proxy.port)
     try:
-        with DeliveryLedger(tmp_path / "state.db", policy=FAST) as ledger:
+        with _ledger(state_backend, tmp_path) as ledger:
             _deliver_results(ledger, dest, results, 5)
             assert all(r.attempts == 1 for r in ledger.records())
         assert proxy.connections == 1
@@ -229,7 +241,7 @@ def test_n_deliveries_use_one_connection(
 
 
 def test_stale_association_is_replaced_without_losing_an_attempt(
-    tmp_path: Path, server: OrthancServer, results: list[Path]
+    tmp_path: Path, server: OrthancServer, results: list[Path], state_backend: StateBackend
 ) -> None:
     """The kept association's peer vanished without a word: the next result goes first time."""
     proxy = CountingProxy(server.dicom_port)
@@ -237,7 +249,7 @@ def test_stale_association_is_replaced_without_losing_an_attempt(
         "pacs", "127.0.0.1", proxy.port, called_aet=server.aet, timeout=2, keep_open_s=60
     )
     try:
-        with DeliveryLedger(tmp_path / "state.db", policy=FAST) as ledger:
+        with _ledger(state_backend, tmp_path) as ledger:
             _deliver_results(ledger, dest, results, 1)
             proxy.freeze()
             _deliver_results(ledger, dest, results, 1)
@@ -270,14 +282,15 @@ def test_idle_association_is_released(server: OrthancServer, results: list[Path]
 
 
 def test_deliverer_stop_releases_and_closes(
-    tmp_path: Path, server: OrthancServer, results: list[Path]
+    tmp_path: Path, server: OrthancServer, results: list[Path], state_backend: StateBackend
 ) -> None:
     dicom, web = CountingProxy(server.dicom_port), CountingProxy(server.http_port)
     destinations = [
         CStoreDestination("dimse", "127.0.0.1", dicom.port, called_aet=server.aet, timeout=10),
         OrthancRestDestination("rest", f"http://127.0.0.1:{web.port}", timeout=10),
     ]
-    ledger = DeliveryLedger(tmp_path / "state.db", policy=FAST)
+    state = state_backend.open(tmp_path)
+    ledger = DeliveryLedger(state, policy=FAST)
     deliverer = Deliverer(ledger, destinations, interval=0.05)
     try:
         deliverer.start()
@@ -292,6 +305,7 @@ def test_deliverer_stop_releases_and_closes(
     finally:
         deliverer.stop(timeout=30)
         ledger.close()
+        state.close()
     try:
         assert (dicom.connections, web.connections) == (1, 1)
         wait_until(lambda: dicom.closed == web.closed == 1, timeout=20, what="closed at stop")
@@ -303,8 +317,14 @@ def test_deliverer_stop_releases_and_closes(
         web.close()
 
 
-@pytest.mark.parametrize("how", ["graceful", "kill -9"])
-def test_orthanc_restart_between_deliveries(tmp_path: Path, results: list[Path], how: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "state_backend"),
+    [("graceful", "sqlite"), ("kill -9", "sqlite"), ("kill -9", "postgresql")],
+    indirect=["state_backend"],  # the ledger's part is the same in both: PostgreSQL once
+)
+def test_orthanc_restart_between_deliveries(
+    tmp_path: Path, results: list[Path], how: str, state_backend: StateBackend
+) -> None:
     """Every kind, Orthanc restarted between two results: both delivered at the first attempt.
 
     A graceful stop of Orthanc waits for open associations: the kept one ends at its idle
@@ -319,7 +339,8 @@ def test_orthanc_restart_between_deliveries(tmp_path: Path, results: list[Path],
         StowRsDestination("stow", first.dicomweb),
         OrthancRestDestination("rest", first.url),
     ]
-    ledger = DeliveryLedger(tmp_path / "state.db", policy=FAST)
+    state = state_backend.open(tmp_path)
+    ledger = DeliveryLedger(state, policy=FAST)
     try:
         ledger.enqueue("before", results, destinations)
         assert ledger.run_due(destinations).delivered == 3
@@ -338,4 +359,5 @@ def test_orthanc_restart_between_deliveries(tmp_path: Path, results: list[Path],
     finally:
         close_destinations(destinations)
         ledger.close()
+        state.close()
         stop_orthanc(restarted if restarted is not None else first)

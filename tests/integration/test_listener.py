@@ -61,7 +61,7 @@ from sarclym.node.log import configure_logging
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.state import SeriesStatus, StateDB
 from tests.conftest import free_port, require_tool
-from tests.pg import StateBackend
+from tests.pg import StateBackend, on_both_backends
 from tests.phi import assert_no_phi, phi_dataset
 from tests.unit.petfactory import ENHANCED_PET_SOP, PET_SOP, compress, make_series, to_enhanced
 
@@ -100,16 +100,21 @@ class Node:
 def start_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Node]]:
     """Start listeners on free loopback ports; all are stopped when the test ends.
 
-    A test that takes ``state_backend`` runs its nodes on that back-end (the
-    PostgreSQL smoke subset); the others on each node's embedded state.db.
+    A test that takes ``state_backend`` (or is marked ``on_both_backends``) runs its nodes on
+    that back-end, each node on a database of its own (the first on the test's
+    ``state_backend.database_url``), as each node's data folder has its own state.db; the
+    others on each node's embedded state.db.
     """
     nodes: list[Node] = []
-    database_url = ""
+    backend: StateBackend | None = None
     if "state_backend" in request.fixturenames:
-        database_url = request.getfixturevalue("state_backend").database_url
+        backend = request.getfixturevalue("state_backend")
 
     def start(*, min_free_mb: int = 1, **listener: Any) -> Node:
         data_dir = tmp_path / f"node{len(nodes)}"
+        database_url = ""
+        if backend is not None:
+            database_url = (backend if not nodes else backend.another()).database_url
         config = Config.model_validate(
             {
                 "listener": {"host": "127.0.0.1", "port": free_port(), **listener},
@@ -356,6 +361,7 @@ def test_shuffled_over_two_concurrent_associations_with_duplicates(
     assert len(node.spool_files()) == len(files)
 
 
+@on_both_backends
 def test_enhanced_pet_completes_on_arrival(start_node: Callable[..., Node]) -> None:
     node = start_node()
     enhanced = to_enhanced(small_series(5))
@@ -367,6 +373,7 @@ def test_enhanced_pet_completes_on_arrival(start_node: Callable[..., Node]) -> N
     assert node.completions(str(enhanced.SeriesInstanceUID)) == [1]
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("syntax", "storescu_option", "tool"),
     [
@@ -413,6 +420,7 @@ def test_compressed_syntaxes_are_stored_as_sent(
     assert node.completions(str(datasets[0].SeriesInstanceUID)) == [len(files)]
 
 
+@on_both_backends
 def test_peer_order_decides_the_transfer_syntax(start_node: Callable[..., Node]) -> None:
     """One context offering several syntaxes: the node takes the peer's first choice."""
     pytest.importorskip("openjpeg", reason="pylibjpeg-openjpeg encodes JPEG 2000")
@@ -513,6 +521,7 @@ def test_expected_count(values: dict[str, Any], expected: int | None) -> None:
     assert expected_count(_pet_header(**values)) == expected
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("aet", "aec", "peers", "reason"),
     [
@@ -679,6 +688,7 @@ def client_context(pki: dict[str, Path], *, with_cert: bool) -> ssl.SSLContext:
     return context
 
 
+@on_both_backends
 def test_tls_association(start_node: Callable[..., Node], tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     tls = {
@@ -781,6 +791,7 @@ def _garbage_file(path: Path) -> Path:
     return path
 
 
+@on_both_backends
 def test_garbage_data_set_fails_and_the_node_keeps_serving(
     start_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -799,6 +810,7 @@ def test_garbage_data_set_fails_and_the_node_keeps_serving(
     assert len(node.spool_files()) == 2
 
 
+@on_both_backends
 @pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
 def test_missing_uid_fails_naming_the_attribute(
     start_node: Callable[..., Node], keyword: str
@@ -828,6 +840,7 @@ def test_missing_uid_fails_naming_the_attribute(
     assert node.spool_files() == []
 
 
+@on_both_backends
 def test_below_watermark_out_of_resources_and_nothing_written(
     start_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -845,6 +858,7 @@ def test_below_watermark_out_of_resources_and_nothing_written(
     assert node.state.series(series[0].SeriesInstanceUID) is None
 
 
+@on_both_backends
 def test_duplicate_instance_is_success_and_stored_once(
     start_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -864,6 +878,7 @@ def test_duplicate_instance_is_success_and_stored_once(
     assert node.completions(str(ds.SeriesInstanceUID)) == [1]  # a one-slice series
 
 
+@on_both_backends
 def test_callback_error_does_not_fail_the_store(
     start_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -889,6 +904,7 @@ def test_callback_error_does_not_fail_the_store(
 # -- logs ------------------------------------------------------------------------------------
 
 
+@on_both_backends
 def test_no_phi_in_logs_and_one_line_per_association(
     start_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -925,6 +941,7 @@ def test_no_phi_in_logs_and_one_line_per_association(
     assert_no_phi(json.dumps([dataclasses.asdict(e) for e in trail]))
 
 
+@on_both_backends
 def test_stale_temp_files_removed_at_start(start_node: Callable[..., Node]) -> None:
     node = start_node()
     node.listener.stop()
@@ -936,6 +953,7 @@ def test_stale_temp_files_removed_at_start(start_node: Callable[..., Node]) -> N
     assert not stale.exists()
 
 
+@on_both_backends
 def test_spool_files_lost_by_state_db_are_reindexed_at_start(
     start_node: Callable[..., Node], study: dict[str, list[Path]]
 ) -> None:

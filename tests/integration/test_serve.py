@@ -5,6 +5,11 @@ PET/CT study (CT, NAC PET, AC PET, derived MIP series) is sent by storescu; the 
 appear in Orthanc in the same study, once, and nothing is produced for the other series. The
 node is also killed with SIGKILL right after the study arrived and restarted: still exactly one
 SC and one SR.
+
+The tests that take ``state_backend`` run the node with its state (and so its queue) on SQLite
+and on PostgreSQL: the whole path and two kill -9 recoveries. The others stay on SQLite (CI
+time): what they add is past the state (Redis, STOW-RS, Orthanc down), or the listener's tests
+show it on both back-ends (concurrent senders and duplicates complete a series once).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from tests.conftest import (
     stop_orthanc,
     wait_for_port,
 )
+from tests.pg import StateBackend
 from tests.shipped import SHIPPED
 
 pytestmark = pytest.mark.integration
@@ -52,7 +58,12 @@ class NodeProcess:
     """``sarclym-node serve`` in a subprocess, on free ports, data under ``data_dir``."""
 
     def __init__(
-        self, tmp: Path, orthanc: OrthancServer, *, service: dict[str, Any] | None = None
+        self,
+        tmp: Path,
+        orthanc: OrthancServer,
+        *,
+        service: dict[str, Any] | None = None,
+        database_url: str = "",
     ) -> None:
         self.port = free_port()
         self.http_port = free_port()
@@ -64,7 +75,11 @@ class NodeProcess:
                 "host": "127.0.0.1",
                 "allowed_peers": [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
             },
-            "storage": {"data_dir": str(self.data_dir), "min_free_mb": 1},
+            "storage": {
+                "data_dir": str(self.data_dir),
+                "min_free_mb": 1,
+                "database_url": database_url,
+            },
             "logging": {"format": "json", "level": "INFO"},
             # CT and the derived series carry no slice count: complete after the quiet time.
             "service": {
@@ -119,8 +134,14 @@ class NodeProcess:
 
 
 @pytest.fixture
-def node(tmp_path: Path, orthanc: OrthancServer) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path, orthanc)
+def node(
+    tmp_path: Path, orthanc: OrthancServer, request: pytest.FixtureRequest
+) -> Iterator[NodeProcess]:
+    """The node, its state on the test's ``state_backend`` where it takes one (else state.db)."""
+    database_url = ""
+    if "state_backend" in request.fixturenames:
+        database_url = request.getfixturevalue("state_backend").database_url
+    proc = NodeProcess(tmp_path, orthanc, database_url=database_url)
     try:
         yield proc
     finally:
@@ -193,7 +214,9 @@ def _assert_one_result_in_source_study(orthanc: OrthancServer, study: Path) -> N
     assert {t["SOPClassUID"] for t in tags if t["Modality"] != "SR"} == {SC_CLASS}
 
 
-def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: Path) -> None:
+def test_study_in_results_out(
+    node: NodeProcess, orthanc: OrthancServer, study: Path, state_backend: StateBackend
+) -> None:
     node.start()
     _send(node.port, study)
     _wait_for_results(orthanc, node)
@@ -230,7 +253,7 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
         "pacs": "delivered",
     }
 
-    # Health, readiness and Prometheus metrics (read from state.db).
+    # Health, readiness and Prometheus metrics (read from the state database).
     base = f"http://127.0.0.1:{node.http_port}"
     assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
     ready = httpx.get(f"{base}/readyz", timeout=30)
@@ -306,7 +329,7 @@ def test_study_in_results_out(node: NodeProcess, orthanc: OrthancServer, study: 
 
 
 def test_kill_9_after_the_study_arrived(
-    node: NodeProcess, orthanc: OrthancServer, study: Path
+    node: NodeProcess, orthanc: OrthancServer, study: Path, state_backend: StateBackend
 ) -> None:
     node.start()
     _send(node.port, study)
@@ -449,9 +472,13 @@ def test_kill_9_mid_series_then_the_rest_arrives(
     assert node.stop() == 0
 
 
-@pytest.mark.parametrize("point", ["processing", "outbox"])
+@pytest.mark.parametrize(
+    ("point", "state_backend"),
+    [("processing", "sqlite"), ("outbox", "sqlite"), ("outbox", "postgresql")],
+    indirect=["state_backend"],  # PostgreSQL at the later point: the results made, not recorded
+)
 def test_kill_9_mid_processing(
-    node: NodeProcess, orthanc: OrthancServer, study: Path, point: str
+    node: NodeProcess, orthanc: OrthancServer, study: Path, point: str, state_backend: StateBackend
 ) -> None:
     """Killed while the model runs, or with the results in the outbox but not in the ledger."""
     from sarclym.node.worker.processor import CRASH_ENV

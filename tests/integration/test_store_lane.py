@@ -5,6 +5,7 @@ The lane serves C-STOREs from the listener's PDU reader, below pynetdicom's DIMS
 responses a DICOM decoder reads, messages in any fragmentation, C-ECHO between C-STOREs, the
 same bytes in the spool as pynetdicom's path, and a refusal (A-ABORT) for a P-DATA-TF that
 breaks the protocol. The listener's other tests run with the lane on (the default) too.
+The tests that read what the state recorded run on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from tests.integration.test_listener_hardening_net import (
     echo_ok,
     read_pdu,
 )
+from tests.pg import on_both_backends
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +149,7 @@ def _served_by_lane(json_log: io.StringIO) -> int:
     return sum(line["event"] == "c-store served" for line in lines)
 
 
+@on_both_backends
 def test_a_c_store_in_any_fragmentation_is_stored_and_answered(
     start_node: Callable[..., Node], json_log: io.StringIO
 ) -> None:
@@ -197,6 +200,7 @@ def _spooled(node: Node, ds: Dataset) -> Path:
     return node.data_dir / rows[0][0]
 
 
+@on_both_backends
 def test_c_echo_between_c_stores_goes_to_pynetdicom_and_the_lane_resumes(
     start_node: Callable[..., Node],
 ) -> None:
@@ -267,6 +271,7 @@ def test_a_data_set_broken_by_another_message_is_aborted(
     assert "inside a C-STORE data set" in refused[0]["reason"]
 
 
+@on_both_backends
 def test_an_error_while_storing_is_answered_c211_and_the_association_goes_on(
     start_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +295,7 @@ def test_an_error_while_storing_is_answered_c211_and_the_association_goes_on(
     assert node.instance_count() == 1
 
 
+@on_both_backends
 def test_the_lane_stores_what_pynetdicom_stores(
     start_node: Callable[..., Node], json_log: io.StringIO
 ) -> None:

@@ -14,6 +14,7 @@ from sarclym.node.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from sarclym.node.cli.exitcodes import EXIT_BROKEN_PIPE
 from sarclym.node.config import CONFIG_ENV, loading
 from sarclym.node.store.state import StateDB
+from tests.pg import StateBackend
 
 SUBCOMMANDS = [
     "synth",
@@ -175,16 +176,21 @@ def test_worker_refuses_zero_threads(capsys: pytest.CaptureFixture[str]) -> None
 # Which configuration a command read, and the data folder `status` and `audit` look in.
 
 
-def _installed_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def _installed_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: StateBackend | None = None
+) -> tuple[Path, Path]:
     """A node's configuration in a temporary "etc" folder, on the search path; its data folder
-    holds a state database. The working directory is another folder."""
+    holds a state database (or the configuration names ``backend``'s, where it has one). The
+    working directory is another folder."""
     data = tmp_path / "srv" / "node-data"
     data.mkdir(parents=True)
-    StateDB(data / "state.db").close()
+    database_url = "" if backend is None else backend.database_url
+    StateDB.in_data_dir(data, database_url=database_url).close()
     etc = tmp_path / "etc" / "sarclym"
     etc.mkdir(parents=True)
     installed = etc / "sarclym.yaml"
-    installed.write_text(f"storage:\n  data_dir: {data}\n")
+    storage = {"data_dir": str(data), **({"database_url": database_url} if database_url else {})}
+    installed.write_text(yaml.safe_dump({"storage": storage}))
     monkeypatch.setattr(loading, "SEARCH_PATH", (Path("sarclym.yaml"), installed))
     elsewhere = tmp_path / "home"
     elsewhere.mkdir()
@@ -198,8 +204,9 @@ def test_status_and_audit_name_the_configuration_and_data_folder(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    state_backend: StateBackend,
 ) -> None:
-    installed, data = _installed_node(tmp_path, monkeypatch)
+    installed, data = _installed_node(tmp_path, monkeypatch, state_backend)
     assert main([command]) == EXIT_OK
     captured = capsys.readouterr()
     assert captured.err.splitlines()[:2] == [f"configuration: {installed}", f"data folder: {data}"]
@@ -212,8 +219,9 @@ def test_with_json_stdout_stays_json(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    state_backend: StateBackend,
 ) -> None:
-    installed, data = _installed_node(tmp_path, monkeypatch)
+    installed, data = _installed_node(tmp_path, monkeypatch, state_backend)
     assert main([command, "--json"]) == EXIT_OK
     captured = capsys.readouterr()
     # Standard output stays JSON: an empty list of series, or no audit lines at all.
@@ -291,12 +299,12 @@ def test_log_level_is_case_insensitive(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["--log-level", "warning", "config", "check"]) == EXIT_OK
 
 
-def _node_with_history(data: Path, events: int) -> None:
-    """A state database with one series and ``events`` audit events."""
+def _node_with_history(data: Path, events: int, backend: StateBackend) -> None:
+    """A state database (``backend``'s) with one series and ``events`` audit events."""
     from sarclym.node.store.audit import record_event
     from tests.unit.test_state import pet
 
-    with StateDB.in_data_dir(data) as state:
+    with backend.open(data) as state:
         for index in (1, 2, 3, 4):
             state.record_instance(pet(index))
         with state.transaction() as conn:
@@ -306,20 +314,22 @@ def _node_with_history(data: Path, events: int) -> None:
                 )
 
 
-def _cli_env(data: Path) -> dict[str, str]:
+def _cli_env(data: Path, backend: StateBackend) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
-    return {**env, "SARCLYM__STORAGE__DATA_DIR": str(data)}
+    return {**env, **backend.environ, "SARCLYM__STORAGE__DATA_DIR": str(data)}
 
 
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["audit"]])
-def test_stdout_closed_before_the_first_line_ends_quietly(argv: list[str], tmp_path: Path) -> None:
+def test_stdout_closed_before_the_first_line_ends_quietly(
+    argv: list[str], tmp_path: Path, state_backend: StateBackend
+) -> None:
     """`sarclym-node status | true`: the reader is gone before anything is written."""
     import os
 
     data = tmp_path / "data"
-    _node_with_history(data, 10)
+    _node_with_history(data, 10, state_backend)
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -329,7 +339,7 @@ def test_stdout_closed_before_the_first_line_ends_quietly(argv: list[str], tmp_p
             stderr=subprocess.PIPE,
             text=True,
             timeout=120,
-            env=_cli_env(data),
+            env=_cli_env(data, state_backend),
             cwd=tmp_path,
         )
     finally:
@@ -341,14 +351,16 @@ def test_stdout_closed_before_the_first_line_ends_quietly(argv: list[str], tmp_p
 
 
 @pytest.mark.parametrize("argv", [["audit", "--limit", "4000"], ["audit", "--json"]])
-def test_reader_that_stops_early_ends_the_command_quietly(argv: list[str], tmp_path: Path) -> None:
+def test_reader_that_stops_early_ends_the_command_quietly(
+    argv: list[str], tmp_path: Path, state_backend: StateBackend
+) -> None:
     """`sarclym-node audit | head -1`: the reader takes one line and closes the pipe while
     the command still has much more to write (far more than the pipe holds)."""
     import fcntl
     import os
 
     data = tmp_path / "data"
-    _node_with_history(data, 4000)
+    _node_with_history(data, 4000, state_backend)
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # smallest pipe: the writer must block
     proc = subprocess.Popen(
@@ -356,7 +368,7 @@ def test_reader_that_stops_early_ends_the_command_quietly(argv: list[str], tmp_p
         stdout=write_end,
         stderr=subprocess.PIPE,
         text=True,
-        env=_cli_env(data),
+        env=_cli_env(data, state_backend),
         cwd=tmp_path,
     )
     os.close(write_end)

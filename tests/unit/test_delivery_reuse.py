@@ -31,6 +31,7 @@ from sarclym.node.delivery.ledger import DeliveryLedger
 from sarclym.node.results import build_sc, build_sr
 from sarclym.node.store.records import DeliveryState
 from tests.conftest import free_port
+from tests.pg import StateBackend
 from tests.results_fixtures import CREATED, make_prediction
 
 FAST = RetryPolicy(max_attempts=100, base_delay_s=0.05, max_delay_s=0.2, jitter=JitterMode.NONE)
@@ -254,10 +255,11 @@ def test_concurrent_deliveries_to_one_destination(scp: CountingSCP, results: lis
 
 
 def test_deliverer_stop_releases_the_kept_association(
-    tmp_path: Path, scp: CountingSCP, results: list[Path]
+    tmp_path: Path, scp: CountingSCP, results: list[Path], state_backend: StateBackend
 ) -> None:
     dest = cstore(scp)
-    ledger = DeliveryLedger(tmp_path / "state.db", policy=FAST)
+    state = state_backend.open(tmp_path)
+    ledger = DeliveryLedger(state, policy=FAST)
     deliverer = Deliverer(ledger, [dest], interval=0.05)
     try:
         deliverer.start()
@@ -273,6 +275,7 @@ def test_deliverer_stop_releases_the_kept_association(
     finally:
         deliverer.stop(timeout=30)
         ledger.close()
+        state.close()
     assert scp.established == 1
     wait_for(lambda: scp.ended() == 1, "the peer saw the association end")
     assert (scp.released, scp.aborted) == (1, 0)

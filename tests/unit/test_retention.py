@@ -1,8 +1,10 @@
-"""Retention: what the node deletes, when, and what it keeps."""
+"""Retention: what the node deletes, when, and what it keeps (the state on SQLite and on
+PostgreSQL)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,16 @@ from sarclym.node.config import Config, load_config
 from sarclym.node.service import Node
 from sarclym.node.store.spool import Spool
 from sarclym.node.store.state import ReceivedInstance, SeriesStatus
+from tests.pg import StateBackend
 
 STUDY = "1.2.826.0.1.3680043.8.498.100"
 HOUR = 3600.0
 
 
-def _config(tmp_path: Path, retention: str = "72") -> Config:
+def _config(tmp_path: Path, backend: StateBackend, retention: str = "72") -> Config:
     return load_config(
         environ={
+            **backend.environ,
             "SARCLYM__STORAGE__DATA_DIR": str(tmp_path / "var"),
             "SARCLYM__STORAGE__MIN_FREE_MB": "0",
             "SARCLYM__STORAGE__RETENTION_HOURS": retention,
@@ -58,8 +62,10 @@ def _receive(
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Node:
-    return Node(_config(tmp_path))
+def node(tmp_path: Path, state_backend: StateBackend) -> Iterator[Node]:
+    node = Node(_config(tmp_path, state_backend))
+    yield node
+    node.stop()
 
 
 def test_old_done_and_skipped_series_leave_the_spool_failed_ones_stay(node: Node) -> None:
@@ -79,13 +85,16 @@ def test_old_done_and_skipped_series_leave_the_spool_failed_ones_stay(node: Node
     assert node.prune() == 0  # pruned once
 
 
-def test_no_retention_keeps_everything(tmp_path: Path) -> None:
-    node = Node(_config(tmp_path, retention="null"))
-    then = time.time() - 1000 * HOUR
-    files = _receive(node, f"{STUDY}.1", 2, when=then)
-    node.state.mark_series(f"{STUDY}.1", "done", now=then)
-    assert node.prune() == 0
-    assert all(p.exists() for p in files)
+def test_no_retention_keeps_everything(tmp_path: Path, state_backend: StateBackend) -> None:
+    node = Node(_config(tmp_path, state_backend, retention="null"))
+    try:
+        then = time.time() - 1000 * HOUR
+        files = _receive(node, f"{STUDY}.1", 2, when=then)
+        node.state.mark_series(f"{STUDY}.1", "done", now=then)
+        assert node.prune() == 0
+        assert all(p.exists() for p in files)
+    finally:
+        node.stop()
 
 
 def test_outbox_files_go_once_every_destination_confirmed(node: Node, tmp_path: Path) -> None:
