@@ -168,7 +168,8 @@ fi
 
 export PYTHONUNBUFFERED=1
 if [ "${1:-}" = "train-default" ]; then
-  # The default model's next version: 2400 studies of phantom 2, the 1.0.0 recipe otherwise,
+  # The default model's next version (2.1.0; 2.0.0, trained on 2 CPU cores with 24 epochs, ships
+  # now): 2400 studies of phantom 2, the 1.0.0 recipe otherwise (40 epochs),
   # the paper-size cross-validation too. Later arguments override these (argparse: the last
   # value wins). The version lands in $OUT/registry/<version>/ (4 files, under 1 MB).
   shift
@@ -183,7 +184,7 @@ if [ "${1:-}" = "train-default" ]; then
   exec "$PY" -m sarclym.node.cli retrain --synthetic-cohort 2400 --cohort-seed 2026 \
     --phantom 2 --folds 5 --epochs 40 --batch-size 16 --lr 0.003 --seed 0 \
     --arch two_branch_grid --suv-max 10 --input-size 256x128 --paper-size \
-    --device "$DEVICE" --jobs "$JOBS" --version 2.0.0 --registry "$OUTDIR/registry" \
+    --device "$DEVICE" --jobs "$JOBS" --version 2.1.0 --registry "$OUTDIR/registry" \
     --inputs-cache "${SARCLYM_GPU_TMP:-/tmp}/sarclym-train-inputs.npz" "$@"
 fi
 exec "$PY" -m tests.gpu.gpu_check "$@"
