@@ -21,7 +21,10 @@ STUDY = "1.2.826.0.1.3680043.8.498.100"
 HOUR = 3600.0
 
 
-def _config(tmp_path: Path, backend: StateBackend, retention: str = "72") -> Config:
+def _config(tmp_path: Path, backend: StateBackend | None = None, retention: str = "72") -> Config:
+    """A node's configuration in ``tmp_path`` (the state on ``backend``, else SQLite; other
+    test modules, e.g. test_service, use it without one)."""
+    backend = backend or StateBackend("sqlite", "")
     return load_config(
         environ={
             **backend.environ,
