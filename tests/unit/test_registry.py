@@ -252,19 +252,13 @@ def _earlier_release(root: Path, *, weights_sha: str | None = None) -> None:
     card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
 
 
-def test_registry_seeded_earlier_gets_the_shipped_ood_reference(tmp_path: Path) -> None:
-    """A site upgraded from a release without OOD scores: its registry's 1.0.0 (same weights)
-    gets the shipped reference at the next start, by several processes at once, and the
-    active version stays as it was."""
+def _open_at_once(config: Any, count: int) -> list[BaseException]:
+    """``open_registry(config)`` from ``count`` threads at once (processes starting together on
+    one data folder); what they raised."""
     import threading
 
-    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
-    from sarclym.node.config import Config
     from sarclym.node.worker.registry import open_registry
 
-    _earlier_release(tmp_path / "models")
-    assert Registry(tmp_path / "models").ood_reference("1.0.0") is None
-    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
     errors: list[BaseException] = []
 
     def start() -> None:
@@ -273,12 +267,25 @@ def test_registry_seeded_earlier_gets_the_shipped_ood_reference(tmp_path: Path) 
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(6)]
+    threads = [threading.Thread(target=start) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert errors == []
+    return errors
+
+
+def test_registry_seeded_earlier_gets_the_shipped_ood_reference(tmp_path: Path) -> None:
+    """A site upgraded from a release without OOD scores: its registry's 1.0.0 (same weights)
+    gets the shipped reference at the next start, by several processes at once, and the
+    active version stays as it was."""
+    from sarclym.model.inference.predictor import DEFAULT_REGISTRY
+    from sarclym.node.config import Config
+
+    _earlier_release(tmp_path / "models")
+    assert Registry(tmp_path / "models").ood_reference("1.0.0") is None
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    assert _open_at_once(config, 6) == []
     node = Registry(tmp_path / "models")
     shipped = Registry(DEFAULT_REGISTRY)
     assert node.active() == "1.0.0"
@@ -297,11 +304,9 @@ def test_registry_seeded_by_the_release_before_gets_the_new_default_not_activate
     default is added beside it, whole and loadable, not activated (the site decides: ``model
     activate``); what ran before runs on, and its files are untouched."""
     import hashlib
-    import threading
 
     from sarclym.model.inference.predictor import DEFAULT_REGISTRY
     from sarclym.node.config import Config
-    from sarclym.node.worker.registry import open_registry
 
     assert len(SHIPPED_HISTORY) >= 2, "no earlier default shipped"
     before = SHIPPED_HISTORY[-2]
@@ -309,20 +314,7 @@ def test_registry_seeded_by_the_release_before_gets_the_new_default_not_activate
     _seeded_by(root, before)
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / before).iterdir()}
     config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            open_registry(config)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    assert _open_at_once(config, 4) == []
     node = Registry(root)
     assert sorted(info.version for info in node.versions()) == SHIPPED_VERSIONS
     assert node.active() == before
