@@ -6,8 +6,10 @@ The score against real and held-out synthetic studies is in tests/integration/te
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,11 @@ from sarclym.model.inference.ood import (
     set_threshold,
 )
 from sarclym.model.inference.registry import CARD_FILE, Registry
+from sarclym.model.synth.inputs import build_parser as inputs_parser
+from sarclym.model.training.ood_calibrate import _synth_cohort, reference_from_cv
 from sarclym.model.training.ood_calibrate import main as calibrate_main
-from sarclym.model.training.ood_calibrate import reference_from_cv
 from sarclym.model.training.train import TrainSettings, cross_validate, train_final
+from tests.shipped import SHIPPED_VERSIONS, shipped_card
 from tests.unit.test_net_gradcam import toy_cohort
 
 SIZE = (64, 32)
@@ -241,5 +245,33 @@ def test_the_calibration_command_adds_a_reference_from_synthetic_inputs(tmp_path
     named = loaded.card["ood_reference"]
     assert named["n_fit"] == 30
     assert named["n_calibration"] == 25
-    assert "--seed 8" in named["source"]
+    assert "--seed 8 --phantom 1`" in named["source"]
     assert named["command"][-1].startswith("python -m sarclym.model.training.ood_calibrate")
+    # The recorded steps make the same inputs again: the inputs command's default phantom is
+    # 2 now, so a version-1 step must say --phantom 1.
+    fit_step, held_step = (_inputs_step(c) for c in named["command"][:2])
+    assert (fit_step.cases, fit_step.seed, fit_step.take, fit_step.phantom) == (50, 7, 30, 1)
+    assert (held_step.cases, held_step.seed, held_step.take, held_step.phantom) == (25, 8, 25, 1)
+
+
+def _inputs_step(command: str) -> argparse.Namespace:
+    """A recorded ``python -m sarclym.model.synth.inputs ...`` step, parsed by that command."""
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "sarclym.model.synth.inputs"], command
+    return inputs_parser().parse_args(words[3:])
+
+
+@pytest.mark.parametrize("version", SHIPPED_VERSIONS)
+def test_a_shipped_references_recorded_steps_remake_its_training_cohort(version: str) -> None:
+    card = shipped_card(version)
+    named = card["ood_reference"]
+    steps = [c for c in named.get("command", []) if "sarclym.model.synth.inputs" in c]
+    if not steps:  # fitted by retrain on its own out-of-fold cases: no generator steps
+        assert "retrain" in named["source"]
+        return
+    cases, seed, phantom = _synth_cohort(card)
+    fit_step, held_step = (_inputs_step(c) for c in steps)
+    assert (fit_step.cases, fit_step.seed, fit_step.take) == (cases, seed, named["n_fit"])
+    assert (held_step.take, held_step.seed) == (named["n_calibration"], named["seed"])
+    assert fit_step.phantom == held_step.phantom == phantom
+    assert f"--phantom {phantom}`" in named["source"]

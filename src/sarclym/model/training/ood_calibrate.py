@@ -179,9 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = " ".join(f"{float(v):g}" for v in loaded.card["suv_window"])
     make = f"python -m sarclym.model.synth.inputs --size {size[0]}x{size[1]} --suv-window {window}"
     commands = [
-        f"{make} --cases {n_train} --seed {train_seed} --take {fit_cohort['take']} --out fit.npz",
+        f"{make} --cases {n_train} --seed {train_seed} --take {fit_cohort['take']} "
+        f"--phantom {phantom} --out fit.npz",
         f"{make} --cases {held_cohort['cases']} --seed {held_cohort['seed']} "
-        f"--take {held_cohort['take']} --out held_out.npz",
+        f"--take {held_cohort['take']} --phantom {phantom} --out held_out.npz",
         f"python -m sarclym.model.training.ood_calibrate --registry REGISTRY --version "
         f"{args.version} --fit-inputs fit.npz --held-out-inputs held_out.npz "
         f"--percentile {args.percentile:g}",
@@ -194,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta={
             "source": (
                 f"fitted on training cases 1-{fit_cohort['take']} of `sarclym-node synth "
-                f"--cases {n_train} --seed {train_seed}`; threshold on cases "
-                f"1-{held_cohort['take']} of `sarclym-node synth --cases "
-                f"{held_cohort['cases']} --seed {held_cohort['seed']}` (held out)"
+                f"--cases {n_train} --seed {train_seed} --phantom {phantom}`; threshold on "
+                f"cases 1-{held_cohort['take']} of `sarclym-node synth --cases "
+                f"{held_cohort['cases']} --seed {held_cohort['seed']} --phantom {phantom}` "
+                "(held out)"
             ),
             "seed": held_cohort["seed"],
             "command": commands,
