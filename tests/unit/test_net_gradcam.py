@@ -9,6 +9,7 @@ import torch
 from sarclym.model.imaging.mip import Mips, _net_input, make_mips
 from sarclym.model.inference.gradcam import cams_to_mip_grid, gradcam, to_mip_grid
 from sarclym.model.inference.net import ARCHITECTURES, GRID, build_net, count_parameters
+from sarclym.model.inference.ood import feature_layout
 from sarclym.model.training.train import TrainSettings, train_final
 
 SIZE = 64
@@ -46,6 +47,8 @@ def _two_threads() -> None:
 @pytest.mark.parametrize("size", [(64, 64), (128, 96)])
 def test_shapes_and_size(arch: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
+    if arch == "two_branch_grid_pool2":  # twice the size: multiples of 16
+        size = (2 * size[0], 2 * size[1])
     net = build_net(arch, input_size=size)
     assert net.arch == arch
     assert 10_000 <= count_parameters(net) <= 300_000
@@ -65,6 +68,7 @@ def test_parameter_counts() -> None:
         "two_branch": 49393,
         "two_branch_resnet": 152433,
         "two_branch_grid": 49393 + 2 * 64 * (cells - 1),  # only the classifier grows
+        "two_branch_grid_pool2": 49393 + 2 * 64 * (cells - 1),  # the max-pool has none
     }
 
 
@@ -73,6 +77,33 @@ def test_build_net_rejects() -> None:
         build_net("vgg", input_size=(64, 64))
     with pytest.raises(ValueError, match="multiples of 8"):
         build_net("two_branch", input_size=(100, 64))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        build_net("two_branch_grid_pool2", input_size=(520, 256))
+
+
+def test_pool2_keeps_a_one_pixel_peak_and_the_grid_features() -> None:
+    # A node one pixel wide in a 512x256 input: the 2x2 max-pool stem hands the trunk its full
+    # peak at 256x128, where resizing the MIP to 256x128 (anti-aliased) would spread it.
+    torch.manual_seed(0)
+    net = build_net("two_branch_grid_pool2", input_size=(512, 256))
+    x = torch.zeros(1, 2, 512, 256)
+    x[0, :, 201, 77] = 1.0
+    stem = net.frontal[0]
+    assert isinstance(stem, torch.nn.MaxPool2d)
+    pooled = stem(x[:, :1])
+    assert pooled.shape == (1, 1, 256, 128)
+    assert pooled[0, 0, 100, 38] == 1.0
+    assert pooled.sum() == 1.0
+    assert feature_layout(net) == (2, 64, GRID[0] * GRID[1])
+    assert net.cam_layers()["frontal"] is net.frontal[-1]
+    # The grid net without the stem keeps the parameter names its saved weights use.
+    names = list(build_net("two_branch_grid", input_size=(256, 128)).state_dict())
+    assert names[0] == "frontal.0.0.weight"
+    assert [n.replace("frontal.", "", 1) for n in list(net.state_dict())[:3]] == [
+        "1.0.weight",
+        "1.1.weight",
+        "1.1.bias",
+    ]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -124,7 +124,7 @@ def feature_layout(net: MipNet) -> tuple[int, int, int]:
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"{type(net).__name__} has no linear classifier head")
     views = 1 if net.arch == "two_channel" else 2
-    cells = GRID[0] * GRID[1] if net.arch == "two_branch_grid" else 1
+    cells = GRID[0] * GRID[1] if net.arch.startswith("two_branch_grid") else 1
     return views, linear.in_features // (views * cells), cells
 
 
