@@ -1,7 +1,7 @@
 """Benchmark: ``evaluate`` of 500 cached cases against the bare forward pass (issue 15 must-show).
 
-The shipped default version (:data:`tests.shipped.SHIPPED`, 256x128) is evaluated on 500
-labelled studies whose network inputs are in the MIP cache
+The shipped default version (:data:`tests.shipped.SHIPPED`, at its card's input size) is
+evaluated on 500 labelled studies whose network inputs are in the MIP cache
 (:mod:`sarclym.model.training.cache`), through the code the command runs
 (:func:`sarclym.node.acceptance.run.run_evaluation`: cache reads, forward pass, bootstrap CIs,
 ECE, ROC, criteria, HTML with plots and JSON). The reference, measured in the same run, is the
