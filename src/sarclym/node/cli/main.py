@@ -448,7 +448,9 @@ def _add_model_commands(sub: Any) -> None:
         "--arch",
         default="two_branch_grid",
         help="two_branch_grid (default: one CNN per view, features pooled on an 8x4 grid so "
-        "the location of uptake counts), two_branch, two_channel or two_branch_resnet",
+        "the location of uptake counts), two_branch_grid_pool2 (the same on an input of twice "
+        "the size, max-pooled 2x2 first: the shipped default's, with --input-size 512x256), "
+        "two_branch, two_channel or two_branch_resnet",
     )
     retrain.add_argument(
         "--input-size",
