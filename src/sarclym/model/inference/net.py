@@ -77,6 +77,8 @@ VIEWS = ("frontal", "lateral")
 STRIDE = 8
 
 _WIDTHS = (8, 16, 32, 64)
+#: Architectures whose input is max-pooled before the trunk, and by how much.
+_STEM_POOL = {"two_branch_grid_pool2": 2}
 _DROPOUT = 0.3
 
 
@@ -161,12 +163,17 @@ class MipNet(nn.Module):
         Architecture name (one of :data:`ARCHITECTURES`).
     input_size : tuple of int
         ``(H, W)`` of each view.
+    cells : int, optional
+        Cells each view's features are pooled over (the grid's rows times columns; 1 when
+        pooled globally): what :func:`~sarclym.model.inference.ood.feature_layout` groups by.
     """
 
-    def __init__(self, arch: str, input_size: tuple[int, int]) -> None:
+    def __init__(self, arch: str, input_size: tuple[int, int], cells: int = 1) -> None:
         super().__init__()
         self.arch = arch
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        #: Pooling cells per view of the penultimate features (1: pooled globally).
+        self.cells = cells
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != 2 or tuple(x.shape[2:]) != self.input_size:
@@ -247,11 +254,11 @@ class TwoBranchNet(MipNet):
             name = "two_branch"
         else:
             name = "two_branch_grid" if stem_pool == 1 else f"two_branch_grid_pool{stem_pool}"
-        super().__init__(name, input_size)
+        cells = grid or (1, 1)
+        super().__init__(name, input_size, cells=cells[0] * cells[1])
         trunk = _residual_trunk if residual else _plain_trunk
         self.frontal = _stem(stem_pool, trunk(1, widths))
         self.lateral = _stem(stem_pool, trunk(1, widths))
-        cells = grid or (1, 1)
         self.pool = nn.AdaptiveAvgPool2d(cells)
         self.head = _head(2 * widths[-1] * cells[0] * cells[1])
 
@@ -289,7 +296,7 @@ def build_net(arch: str, *, input_size: tuple[int, int]) -> MipNet:
         Unknown ``arch`` or unusable ``input_size``.
     """
     size = (int(input_size[0]), int(input_size[1]))
-    step = 2 * STRIDE if arch == "two_branch_grid_pool2" else STRIDE
+    step = _STEM_POOL.get(arch, 1) * STRIDE
     if len(input_size) != 2 or min(size) < 4 * step or size[0] % step or size[1] % step:
         raise ValueError(
             f"input_size {tuple(input_size)} must be two multiples of {step}, "
@@ -303,8 +310,8 @@ def build_net(arch: str, *, input_size: tuple[int, int]) -> MipNet:
         return TwoBranchNet(size, residual=True)
     if arch == "two_branch_grid":
         return TwoBranchNet(size, grid=GRID)
-    if arch == "two_branch_grid_pool2":
-        return TwoBranchNet(size, grid=GRID, stem_pool=2)
+    if arch in _STEM_POOL:
+        return TwoBranchNet(size, grid=GRID, stem_pool=_STEM_POOL[arch])
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
 
 

@@ -56,7 +56,7 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 from torch import Tensor, nn
 
-from sarclym.model.inference.net import GRID, MipNet
+from sarclym.model.inference.net import MipNet
 
 __all__ = [
     "DEFAULT_COMPONENTS",
@@ -124,8 +124,7 @@ def feature_layout(net: MipNet) -> tuple[int, int, int]:
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"{type(net).__name__} has no linear classifier head")
     views = 1 if net.arch == "two_channel" else 2
-    cells = GRID[0] * GRID[1] if net.arch.startswith("two_branch_grid") else 1
-    return views, linear.in_features // (views * cells), cells
+    return views, linear.in_features // (views * net.cells), net.cells
 
 
 def _grouped(features: np.ndarray, layout: tuple[int, int, int]) -> np.ndarray:
