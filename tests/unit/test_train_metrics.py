@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from sarclym.model.training.augment import Augmentation
+from sarclym.model.training.augment import Augmentation, affine_grid
 from sarclym.model.training.evaluation import (
     auc_mann_whitney,
     binary_metrics,
@@ -139,6 +139,33 @@ def test_augmentation_flip_only_frontal() -> None:
     torch.testing.assert_close(out[:, 1], x[:, 1])
     with pytest.raises(ValueError, match="probability"):
         Augmentation(flip_p=2.0)
+
+
+@pytest.mark.parametrize(("h", "w"), [(512, 256), (7, 3), (1, 1)])
+def test_affine_grid_is_torchs_grid(h: int, w: int) -> None:
+    """The separable grid equals torch's affine_grid (align_corners=False) to float rounding.
+
+    Matrices with rotation, zoom, shift and a mirrored x row, as the augmentation makes them;
+    and the warped image through grid_sample is the same (to 1e-4: grid_sample scales a
+    coordinate by half the image size, so a rounding of 2e-7 in the grid moves a sample by up
+    to 5e-5 of a pixel at 512 rows).
+    """
+    gen = torch.Generator().manual_seed(11)
+    theta = torch.rand(6, 2, 3, generator=gen) * 2 - 1
+    theta[0] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    theta[1, 0] = -theta[1, 0]
+    ours = affine_grid(theta, h, w)
+    ref = torch.nn.functional.affine_grid(theta, [6, 1, h, w], align_corners=False)
+    assert ours.shape == ref.shape == (6, h, w, 2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    image = torch.rand(6, 1, h, w, generator=gen)
+    sample = torch.nn.functional.grid_sample
+    torch.testing.assert_close(
+        sample(image, ours, align_corners=False),
+        sample(image, ref, align_corners=False),
+        rtol=0,
+        atol=1e-4,
+    )
 
 
 # -- cross-validation --------------------------------------------------------------------------

@@ -33,7 +33,37 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Augmentation"]
+__all__ = ["Augmentation", "affine_grid"]
+
+
+def affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
+    """``torch.nn.functional.affine_grid(theta, (N, 1, h, w), align_corners=False)``, faster.
+
+    torch computes each of the ``N * h * w`` points as a product with a ``(3, 2)`` matrix
+    (``bmm``), which on the CPU took most of a training step at 512x256 (about 130 ms of a
+    16-case batch against 20 ms for the sampling itself). The grid is separable: a term that
+    depends on the column plus one that depends on the row, so it is two broadcast products and
+    one sum. Equal to torch's to float rounding (``tests/unit/test_train_metrics.py``).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        ``(N, 2, 3)`` affine matrices mapping output to input coordinates (normalised,
+        ``x`` the column, ``y`` the row, pixel centres at ``(2 i + 1) / size - 1``).
+    h, w : int
+        Output height and width.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, h, w, 2)`` sampling grid for :func:`torch.nn.functional.grid_sample` (a
+        permuted view: last dimension ``(x, y)``).
+    """
+    xs = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1
+    by_column = theta[:, :, 0, None, None] * xs + theta[:, :, 2, None, None]  # (N, 2, 1, w)
+    by_row = theta[:, :, 1, None, None] * ys[:, None]  # (N, 2, h, 1)
+    return (by_column + by_row).permute(0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
@@ -120,9 +150,7 @@ class Augmentation:
 
         h, w = x.shape[2], x.shape[3]
         views = x.reshape(b * 2, 1, h, w)
-        grid = torch.nn.functional.affine_grid(
-            theta.reshape(b * 2, 2, 3), [b * 2, 1, h, w], align_corners=False
-        )
+        grid = affine_grid(theta.reshape(b * 2, 2, 3), h, w)
         warped = torch.nn.functional.grid_sample(
             views, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         ).reshape(b, 2, h, w)
