@@ -28,16 +28,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
-    """Return once something accepts on 127.0.0.1:port; fail the test after ``timeout``."""
+def wait_for_address(
+    address: str,
+    port: int,
+    *,
+    timeout: float = 10.0,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Return once something accepts on ``address:port``; fail the test after ``timeout``.
+
+    With ``process``: fail at once when it exits, with the tail of ``log``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+            pytest.fail(
+                f"the process exited ({process.returncode}) before {address}:{port}\n{tail}"
+            )
         with socket.socket() as sock:
             sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.05)
-    pytest.fail(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+    pytest.fail(f"nothing listened on {address}:{port} within {timeout} s\n{tail}")
+
+
+def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
+    """Return once something accepts on 127.0.0.1:port; fail the test after ``timeout``."""
+    wait_for_address("127.0.0.1", port, timeout=timeout)
 
 
 def require_tool(name: str) -> str:
@@ -49,11 +70,18 @@ def require_tool(name: str) -> str:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A real redis-server on a free loopback port, no persistence (as the benches run it);
-    its URL (database 0). Stopped on exit."""
+def redis_process(
+    folder: Path, *, address: str = "127.0.0.1"
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real redis-server on a free port of ``address``, no persistence: ``(process, port)``.
+
+    Redis's protected mode accepts loopback clients only, so it is off for any other address
+    (the server binds that address alone, never 0.0.0.0). Stopped on exit.
+    """
     port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args = ["--port", str(port), "--bind", address, "--save", "", "--appendonly", "no"]
+    if address != "127.0.0.1":
+        args += ["--protected-mode", "no"]
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [require_tool("redis-server"), *args, "--dir", str(folder)],
@@ -61,11 +89,19 @@ def redis_server(folder: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        wait_for_address(address, port, process=proc)
+        yield proc, port
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, no persistence (as the benches run it);
+    its URL (database 0). Stopped on exit."""
+    with redis_process(folder) as (_, port):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @dataclass

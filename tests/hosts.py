@@ -485,34 +485,6 @@ def start_orthanc_for_hosts(folder: Path, net: HostNetwork) -> OrthancServer:
     return start_orthanc(folder, extra=extra)
 
 
-def wait_for_address(
-    address: str,
-    port: int,
-    *,
-    timeout: float = 10.0,
-    process: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-) -> None:
-    """Return once something accepts on ``address:port``; fail the test after ``timeout``.
-
-    With ``process``: fail at once when it exits, with the tail of ``log``.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            pytest.fail(
-                f"the process exited ({process.returncode}) before {address}:{port}\n{tail}"
-            )
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex((address, port)) == 0:
-                return
-        time.sleep(0.05)
-    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-    pytest.fail(f"nothing listened on {address}:{port} within {timeout} s\n{tail}")
-
-
 @pytest.fixture
 def make_hosts(tmp_path: Path) -> Iterator[MakeHosts]:
     """``make_hosts(n)``: a :class:`HostNetwork` of n hosts, closed when the test ends.

@@ -39,8 +39,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OrthancServer, free_port, require_tool
-from tests.hosts import Host, HostNetwork, wait_for_address
+from tests.conftest import (
+    OrthancServer,
+    free_port,
+    redis_process,
+    require_tool,
+    wait_for_address,
+)
+from tests.hosts import Host, HostNetwork
 from tests.pg import PgServer, start_pg
 
 __all__ = [
@@ -72,22 +78,8 @@ def host_url(server: PgServer, net: HostNetwork, loopback_url: str) -> str:
 @contextmanager
 def start_redis_for_hosts(net: HostNetwork, folder: Path) -> Iterator[str]:
     """A real redis-server on the bridge address, no persistence; its URL without a database."""
-    port = free_port()
-    # Protected mode accepts loopback only; the server binds the bridge alone, no 0.0.0.0.
-    args = ["--port", str(port), "--bind", net.root_address, "--protected-mode", "no"]
-    args += ["--save", "", "--appendonly", "no"]
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [require_tool("redis-server"), *args, "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_address(net.root_address, port, process=proc)
+    with redis_process(folder, address=net.root_address) as (_, port):
         yield f"redis://{net.root_address}:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @dataclass
