@@ -29,7 +29,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OrthancServer, free_port, require_tool, stop_orthanc
+from tests.conftest import (
+    OrthancServer,
+    free_port,
+    require_tool,
+    stop_orthanc,
+    wait_for_address,
+)
 from tests.hosts import (
     Host,
     HostNetwork,
@@ -40,7 +46,6 @@ from tests.hosts import (
     process_alive,
     start_orthanc_for_hosts,
     sweep_leftovers,
-    wait_for_address,
 )
 from tests.integration.cases_fixtures import write_tiny_study
 
