@@ -40,20 +40,22 @@ def wait_for_address(
 
     With ``process``: fail at once when it exits, with the tail of ``log``.
     """
+
+    def tail() -> str:
+        return log.read_text()[-4000:] if log is not None and log.exists() else ""
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
             pytest.fail(
-                f"the process exited ({process.returncode}) before {address}:{port}\n{tail}"
+                f"the process exited ({process.returncode}) before {address}:{port}\n{tail()}"
             )
         with socket.socket() as sock:
             sock.settimeout(0.2)
             if sock.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.05)
-    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-    pytest.fail(f"nothing listened on {address}:{port} within {timeout} s\n{tail}")
+    pytest.fail(f"nothing listened on {address}:{port} within {timeout} s\n{tail()}")
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
