@@ -24,6 +24,8 @@ APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /us
             /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server /bin/ip
             /usr/lib/postgresql/15/bin/postgres)
 TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
+# pytest-xdist workers for the tests (not the benchmarks): one a core unless set.
+TEST_WORKERS=${SARCLYM_TEST_WORKERS:-$(nproc)}
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -74,8 +76,20 @@ run_tests() {
   run_mypy
   log "import contracts (pyproject [tool.importlinter])"
   "$VENV/bin/lint-imports"
-  log "pytest"
-  "$VENV/bin/python" -m pytest "$@"
+  # Tests first, in parallel (pytest-xdist, one worker a core, each test file on one worker so
+  # that a module's fixtures such as its Orthanc start once); most of their time is waiting on
+  # real peers. Then the benchmarks alone, one at a time, so that their ratios are measured on
+  # an otherwise idle machine, in the subset the CI runs (`./dev.sh bench` runs them in full;
+  # tests/bench/conftest.py full_run). pytest exits 5 when a selection holds no test (a single
+  # test file given on the command line holds only one kind): a failure only if both are empty.
+  local tests=0 benches=0
+  log "pytest: tests ($TEST_WORKERS workers)"
+  "$VENV/bin/python" -m pytest -m "not bench" -n "$TEST_WORKERS" --dist loadfile "$@" || tests=$?
+  [ "$tests" = 0 ] || [ "$tests" = 5 ] || return "$tests"
+  log "pytest: benchmarks (serial)"
+  SARCLYM_BENCH_CI_SUBSET=1 "$VENV/bin/python" -m pytest -m bench "$@" || benches=$?
+  [ "$benches" = 0 ] || [ "$benches" = 5 ] || return "$benches"
+  [ "$tests$benches" != 55 ] || { log "no test selected"; return 5; }
 }
 
 run_node() {

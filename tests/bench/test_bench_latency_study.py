@@ -44,6 +44,7 @@ from sarclym.node.cli import main
 from sarclym.node.store.audit import audit_events
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import FULL_READ_ENV
+from tests.bench.conftest import full_run
 from tests.bench.synth_study import ROUTED, write_small_study
 from tests.conftest import OrthancServer, start_orthanc, stop_orthanc
 from tests.integration.test_serve import NodeProcess, storescu
@@ -243,7 +244,7 @@ def test_bench_whole_study_last_ac_slice_to_results_in_orthanc(
     capsys: pytest.CaptureFixture[str],
     quiet_httpx: None,
 ) -> None:
-    full = "bench" in (request.config.getoption("markexpr") or "")
+    full = full_run(request)
     measured = MEASURED_BENCH if full else MEASURED_CI
     cases = _cohort(tmp_path, full, 1 + 2 * measured)
     warm, one, two = cases[0], cases[1 : 1 + measured], cases[1 + measured :]

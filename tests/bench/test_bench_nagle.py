@@ -40,6 +40,7 @@ from sarclym.node.dicom import pdu_reader
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.dicom.transport import ListenerServer
 from sarclym.node.store.state import StateDB
+from tests.bench.conftest import full_run
 from tests.conftest import free_port, require_tool, wait_for_port
 
 pytestmark = [
@@ -159,7 +160,7 @@ def _setsockopt_us() -> float:
 def test_bench_nagle_sender(
     tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    full = "bench" in (request.config.getoption("markexpr") or "")
+    full = full_run(request)
     files = sorted(SERIES.glob("*.dcm"))
     files = files if full else files[:CI_SLICES]
     rounds = ROUNDS if full else 1

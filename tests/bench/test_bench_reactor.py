@@ -36,6 +36,7 @@ from sarclym.node.dicom import compat, reactor
 from sarclym.node.dicom.listener import Listener
 from sarclym.node.dicom.transport import ListenerServer
 from sarclym.node.store.state import StateDB
+from tests.bench.conftest import full_run
 from tests.bench.test_bench_ingest import send_with_storescu, storescp_receiver
 from tests.conftest import free_port
 from tests.unit.petfactory import PET_SOP, make_series
@@ -115,7 +116,7 @@ def test_bench_reactor(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    full = "bench" in (request.config.getoption("markexpr") or "")
+    full = full_run(request)
     files = pet_series if full else pet_series[:CI_SLICES]
     rounds = ROUNDS if full else 1
     datasets = [dcmread(f) for f in pet_series[: 5 + LATENCY_SENDS]]

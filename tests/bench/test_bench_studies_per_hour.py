@@ -56,6 +56,7 @@ from sarclym.node.store.audit import audit_events
 from sarclym.node.store.partials import load_partials
 from sarclym.node.store.state import StateDB
 from sarclym.node.worker.processor import FULL_READ_ENV
+from tests.bench.conftest import full_run
 from tests.bench.synth_study import ROUTED, routed_files, write_small_study
 from tests.bench.test_bench_throughput import (
     _cli,
@@ -319,7 +320,7 @@ def test_bench_studies_per_hour_one_worker(
 ) -> None:
     from sarclym.model.inference.predictor import DEFAULT_REGISTRY
 
-    full = "bench" in (request.config.getoption("markexpr") or "")
+    full = full_run(request)
     cohort = tmp_path / "cohort"
     if full:
         args = ["synth", "--out", str(cohort), "--cases", str(BENCH_STUDIES), "--seed", str(SEED)]
