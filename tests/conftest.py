@@ -58,6 +58,22 @@ def wait_for_address(
     pytest.fail(f"nothing listened on {address}:{port} within {timeout} s\n{tail()}")
 
 
+def wait_for_log(path: Path, text: str, *, timeout: float = 30.0) -> str:
+    """The log at ``path`` once it contains ``text``; fail the test after ``timeout``.
+
+    A process may log an event just after its effect shows elsewhere (a worker delivers its
+    results, then logs "series processed"): wait for the line instead of reading the log once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{text!r} not in {path.name} within {timeout} s:\n{content[-3000:]}")
+        time.sleep(0.2)
+
+
 def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
     """Return once something accepts on 127.0.0.1:port; fail the test after ``timeout``."""
     wait_for_address("127.0.0.1", port, timeout=timeout)

@@ -35,6 +35,7 @@ from tests.conftest import (
     require_tool,
     stop_orthanc,
     wait_for_address,
+    wait_for_log,
 )
 from tests.hosts import (
     Host,
@@ -267,7 +268,7 @@ def test_serve_in_one_host_storescu_in_another_results_in_root_orthanc(
     assert len(results) == 2, log[-4000:]
     assert sorted(r["Modality"] for r in results) in (["OT", "SR"], ["SC", "SR"])
     assert [r["SOPClassUID"] for r in results].count(SC_CLASS) == 1
-    assert '"series processed"' in log
+    wait_for_log(a.tmp / "serve.log", '"series processed"')  # logged after the delivery
 
     # Host A's identity is the one the node records (its lock in the shared data folder).
     pid, name = (data / "serve.lock").read_text().split()
