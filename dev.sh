@@ -24,8 +24,10 @@ APT_PROBES=(/usr/bin/storescp /usr/bin/dciodvfy /usr/share/java/pixelmed.jar /us
             /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/redis-server /bin/ip
             /usr/lib/postgresql/15/bin/postgres)
 TORCH_PIN="torch==2.13.0"   # the CPU wheel; an open range would pull a multi-GB CUDA build
-# pytest-xdist workers for the tests (not the benchmarks): one a core unless set.
-TEST_WORKERS=${SARCLYM_TEST_WORKERS:-$(nproc)}
+# pytest-xdist workers for the tests (not the benchmarks). 1 (the default): no xdist, one
+# process. 2 on 2 cores took the tests from about 19 to 15 min, but two of five such runs each
+# met a timing race in a test (both fixed since); the CI stays serial until more runs pass.
+TEST_WORKERS=${SARCLYM_TEST_WORKERS:-1}
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -76,15 +78,16 @@ run_tests() {
   run_mypy
   log "import contracts (pyproject [tool.importlinter])"
   "$VENV/bin/lint-imports"
-  # Tests first, in parallel (pytest-xdist, one worker a core, each test file on one worker so
-  # that a module's fixtures such as its Orthanc start once); most of their time is waiting on
-  # real peers. Then the benchmarks alone, one at a time, so that their ratios are measured on
+  # Tests first, in parallel when TEST_WORKERS > 1 (pytest-xdist, each test file on one worker
+  # so that a module's fixtures such as its Orthanc start once). Then the benchmarks alone, one at a time, so that their ratios are measured on
   # an otherwise idle machine, in the subset the CI runs (`./dev.sh bench` runs them in full;
   # tests/bench/conftest.py full_run). pytest exits 5 when a selection holds no test (a single
   # test file given on the command line holds only one kind): a failure only if both are empty.
   local tests=0 benches=0
-  log "pytest: tests ($TEST_WORKERS workers)"
-  "$VENV/bin/python" -m pytest -m "not bench" -n "$TEST_WORKERS" --dist loadfile "$@" || tests=$?
+  local parallel=()
+  [ "$TEST_WORKERS" = 1 ] || parallel=(-n "$TEST_WORKERS" --dist loadfile)
+  log "pytest: tests ($TEST_WORKERS worker(s))"
+  "$VENV/bin/python" -m pytest -m "not bench" "${parallel[@]}" "$@" || tests=$?
   [ "$tests" = 0 ] || [ "$tests" = 5 ] || return "$tests"
   log "pytest: benchmarks (serial)"
   SARCLYM_BENCH_CI_SUBSET=1 "$VENV/bin/python" -m pytest -m bench "$@" || benches=$?
