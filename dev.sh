@@ -79,10 +79,11 @@ run_tests() {
   log "import contracts (pyproject [tool.importlinter])"
   "$VENV/bin/lint-imports"
   # Tests first, in parallel when TEST_WORKERS > 1 (pytest-xdist, each test file on one worker
-  # so that a module's fixtures such as its Orthanc start once). Then the benchmarks alone, one at a time, so that their ratios are measured on
-  # an otherwise idle machine, in the subset the CI runs (`./dev.sh bench` runs them in full;
-  # tests/bench/conftest.py full_run). pytest exits 5 when a selection holds no test (a single
-  # test file given on the command line holds only one kind): a failure only if both are empty.
+  # so that a module's fixtures such as its Orthanc start once). Then the benchmarks alone, one
+  # at a time, so that their ratios are measured on an otherwise idle machine, in the subset
+  # the CI runs (`./dev.sh bench` runs them in full; tests/bench/conftest.py full_run). pytest
+  # exits 5 when a selection holds no test (a single test file given on the command line holds
+  # only one kind): a failure only if both are empty.
   local tests=0 benches=0
   local parallel=()
   [ "$TEST_WORKERS" = 1 ] || parallel=(-n "$TEST_WORKERS" --dist loadfile)
